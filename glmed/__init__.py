@@ -1,0 +1,38 @@
+"""glmed: memory-efficient segmentation of ultra-high-resolution medical images.
+
+The public API is re-exported here and imported lazily, so ``import glmed`` stays fast
+and does not touch torch, MONAI, OpenSlide or tifffile until a feature needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "GLNet": "glmed.models.glnet",
+    "GLNetConfig": "glmed.models.glnet",
+    "Sharing": "glmed.models.glnet",
+    "GlobalLocalInferer": "glmed.engine.inferer",
+    "SegmentationResult": "glmed.engine.inferer",
+    "predict": "glmed.engine.inferer",
+    "open_image": "glmed.io",
+    "score_submission": "glmed.metrics.isic",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'glmed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

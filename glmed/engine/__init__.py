@@ -1,0 +1,1 @@
+"""Training and inference: the global-local inferer, staged training, checkpoints."""

@@ -1,0 +1,1 @@
+"""The networks: ResNet/FPN branches, GLNet with its sharing modes, losses."""

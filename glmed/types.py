@@ -1,0 +1,24 @@
+"""The coordinate conventions of glmed, said once.
+
+Every position and size in glmed is in level-0 (full-resolution) pixels and ordered
+``(row, col)`` / ``(height, width)``, as MONAI orders them. A box is
+``(row0, col0, row1, col1)`` with the end excluded, so its height is ``row1 - row0``.
+Libraries that want ``(x, y)`` / ``(width, height)`` (OpenSlide, PIL) are converted at
+the call site, never elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+Size = Tuple[int, int]
+"""``(height, width)`` in pixels."""
+
+Point = Tuple[int, int]
+"""``(row, col)`` in pixels."""
+
+Box = Tuple[int, int, int, int]
+"""``(row0, col0, row1, col1)`` in pixels, end-exclusive."""
+
+FloatBox = Tuple[float, float, float, float]
+"""A box in continuous coordinates, e.g. on a feature map or as fractions of an image."""
