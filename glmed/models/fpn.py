@@ -1,0 +1,145 @@
+"""One GLNet branch: a feature pyramid network over a ResNet, open to the other branch's maps.
+
+A branch exposes twelve named maps, the places where GLNet shares features:
+``c2``–``c5`` (ResNet stage outputs where they enter the FPN's lateral convolutions),
+``p2``–``p5`` (top-down maps entering the first smoothing convolutions) and
+``s2``–``s5`` (first smoothing outputs entering the second). At each place the branch may
+take the partner branch's map of the same name; the convolution that consumes it then
+sees both, exactly as a convolution over their channel concatenation would (the kernel
+is split in two, ``conv(own) + conv(partner)``), which also makes an absent partner the
+same as an all-zero one without allocating it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glmed.models.resnet import BACKBONES, ResNetEncoder
+from glmed.types import Size
+
+LEVELS = (2, 3, 4, 5)
+ENCODER_POINTS = tuple(f"c{k}" for k in LEVELS)
+TOPDOWN_POINTS = tuple(f"p{k}" for k in LEVELS)
+SMOOTH_POINTS = tuple(f"s{k}" for k in LEVELS)
+SHARED_POINTS = ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS
+FINAL = "final"
+"""The branch's last map: the four pyramid outputs upsampled to 1/4 and concatenated."""
+
+PartnerFn = Callable[[str, Size], Optional[torch.Tensor]]
+"""Given a shared point's name and the spatial size of this branch's map there, return the
+partner branch's map at that size (or None where nothing is shared)."""
+
+
+class FusedConv(nn.Module):
+    """A convolution over ``own`` and, when present, a partner map concatenated to it."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, partner_channels: int = 0) -> None:
+        super().__init__()
+        padding = kernel_size // 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding)
+        self.partner_conv = (
+            nn.Conv2d(partner_channels, out_channels, kernel_size, padding=padding, bias=False)
+            if partner_channels
+            else None
+        )
+
+    @property
+    def takes_partner(self) -> bool:
+        return self.partner_conv is not None
+
+    def forward(self, own: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(own)
+        if partner is not None:
+            if self.partner_conv is None:
+                raise ValueError("this convolution was built without a partner input")
+            out = out + self.partner_conv(partner)
+        return out
+
+
+class FPNBranch(nn.Module):
+    """ResNet encoder + FPN decoder that returns every shared map and its final map.
+
+    Args:
+        backbone: ResNet name (``resnet18``, ``resnet34``, ``resnet50``).
+        fpn_channels: width of the pyramid (256 in the paper); the final map has twice this.
+        partner_channels: for each shared point this branch listens to, the partner's
+            channel count there.
+        in_channels: image channels.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        fpn_channels: int = 256,
+        partner_channels: Mapping[str, int] | None = None,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if fpn_channels < 2 or fpn_channels % 2:
+            raise ValueError(f"fpn_channels must be an even number >= 2, got {fpn_channels}")
+        partner_channels = dict(partner_channels or {})
+        unknown = set(partner_channels) - set(SHARED_POINTS)
+        if unknown:
+            raise ValueError(f"unknown shared points {sorted(unknown)}; choose from {SHARED_POINTS}")
+        self.encoder = ResNetEncoder(backbone, in_channels=in_channels)
+        width, half = fpn_channels, fpn_channels // 2
+        self.lateral = nn.ModuleList(
+            FusedConv(c, width, 1, partner_channels.get(f"c{k}", 0))
+            for k, c in zip(LEVELS, self.encoder.out_channels)
+        )
+        self.smooth = nn.ModuleList(FusedConv(width, width, 3, partner_channels.get(f"p{k}", 0)) for k in LEVELS)
+        self.refine = nn.ModuleList(FusedConv(width, half, 3, partner_channels.get(f"s{k}", 0)) for k in LEVELS)
+        self.map_channels = map_channels(backbone, fpn_channels)
+
+    @property
+    def partner_points(self) -> Tuple[str, ...]:
+        """The shared points where this branch takes the partner's map."""
+        convs = list(self.lateral) + list(self.smooth) + list(self.refine)
+        points = ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS
+        return tuple(p for p, conv in zip(points, convs) if conv.takes_partner)
+
+    def forward(self, image: torch.Tensor, partner: PartnerFn | None = None) -> Dict[str, torch.Tensor]:
+        """``B×C×H×W`` image → dict of the twelve shared maps and ``final`` (``B×2F×H/4×W/4``)."""
+        encoded = dict(zip(ENCODER_POINTS, self.encoder(image)))
+        maps: Dict[str, torch.Tensor] = dict(encoded)
+
+        def fused(conv: FusedConv, point: str, own: torch.Tensor) -> torch.Tensor:
+            other = partner(point, tuple(own.shape[-2:])) if (partner is not None and conv.takes_partner) else None
+            return conv(own, other)
+
+        topdown: torch.Tensor | None = None
+        for index in reversed(range(len(LEVELS))):
+            k = LEVELS[index]
+            lateral = fused(self.lateral[index], f"c{k}", encoded[f"c{k}"])
+            topdown = lateral if topdown is None else lateral + _resize(topdown, lateral.shape[-2:])
+            maps[f"p{k}"] = topdown
+        outputs = []
+        for index, k in enumerate(LEVELS):
+            smoothed = F.relu(fused(self.smooth[index], f"p{k}", maps[f"p{k}"]))
+            maps[f"s{k}"] = smoothed
+            outputs.append(F.relu(fused(self.refine[index], f"s{k}", smoothed)))
+        size = outputs[0].shape[-2:]
+        maps[FINAL] = torch.cat([_resize(o, size) for o in outputs], dim=1)
+        return maps
+
+
+def map_channels(backbone: str, fpn_channels: int) -> Dict[str, int]:
+    """Channel count of every shared map and of ``final`` for a branch of this shape."""
+    block, _ = BACKBONES[backbone]
+    encoder_channels = [w * block.expansion for w in (64, 128, 256, 512)]
+    return {
+        **{f"c{k}": c for k, c in zip(LEVELS, encoder_channels)},
+        **{f"p{k}": fpn_channels for k in LEVELS},
+        **{f"s{k}": fpn_channels for k in LEVELS},
+        FINAL: fpn_channels // 2 * len(LEVELS),
+    }
+
+
+def _resize(x: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

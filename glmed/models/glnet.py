@@ -1,0 +1,350 @@
+"""GLNet: collaborative global-local networks (Chen et al., CVPR 2019).
+
+The module wires parts and holds no state between calls: a global branch for the
+downsampled image, a local branch for full-resolution patches, the sharing between them,
+an auxiliary head per branch and an aggregation head over both. The loop over an image's
+patches (and bidirectional sharing's collect-then-global-then-local order) lives in
+:class:`glmed.engine.inferer.GlobalLocalInferer` and in the trainer, never here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glmed.models.fpn import FINAL, SHARED_POINTS, SMOOTH_POINTS, FPNBranch, PartnerFn, map_channels
+from glmed.models.resnet import BACKBONES, load_pretrained
+from glmed.models.sharing import crop_to_patches
+from glmed.types import Size
+
+
+class Sharing(str, Enum):
+    """The paper's ablation rows (Table 2) as feature-sharing modes.
+
+    ``global_only`` / ``local_only`` are the single-branch baselines; ``none`` has both
+    branches joined only by the aggregation head and the feature-map regulariser;
+    ``g2l_shallow`` shares global→local at one stage (the last smoothing maps, right
+    before the branches' final maps); ``g2l`` at every stage; ``bidirectional`` adds
+    local→global at every stage.
+    """
+
+    GLOBAL_ONLY = "global_only"
+    LOCAL_ONLY = "local_only"
+    NONE = "none"
+    G2L_SHALLOW = "g2l_shallow"
+    G2L = "g2l"
+    BIDIRECTIONAL = "bidirectional"
+
+    @property
+    def has_global(self) -> bool:
+        return self is not Sharing.LOCAL_ONLY
+
+    @property
+    def has_local(self) -> bool:
+        return self is not Sharing.GLOBAL_ONLY
+
+    @property
+    def global_to_local_points(self) -> Tuple[str, ...]:
+        """Shared points where the local branch takes the global branch's maps."""
+        if self is Sharing.G2L_SHALLOW:
+            return SMOOTH_POINTS
+        if self in (Sharing.G2L, Sharing.BIDIRECTIONAL):
+            return SHARED_POINTS
+        return ()
+
+    @property
+    def local_to_global_points(self) -> Tuple[str, ...]:
+        """Shared points where the global branch takes the stitched local maps."""
+        return SHARED_POINTS if self is Sharing.BIDIRECTIONAL else ()
+
+
+@dataclass(frozen=True)
+class GLNetConfig:
+    """Everything needed to rebuild a GLNet; saved beside its weights in checkpoints.
+
+    Defaults are the paper's: ResNet50-FPN, 508-pixel global image and patches, 50-pixel
+    minimum overlap.
+    """
+
+    num_classes: int = 2
+    backbone: str = "resnet50"
+    sharing: str = "bidirectional"
+    fpn_channels: int = 256
+    in_channels: int = 3
+    global_size: int = 508
+    patch_size: int = 508
+    overlap: int = 50
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2 (background included), got {self.num_classes}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
+        try:
+            Sharing(self.sharing)
+        except ValueError:
+            raise ValueError(
+                f"unknown sharing mode {self.sharing!r}; choose one of {[s.value for s in Sharing]}"
+            ) from None
+        for name in ("global_size", "patch_size"):
+            if getattr(self, name) < 32:
+                raise ValueError(f"{name} must be at least 32 pixels, got {getattr(self, name)}")
+        if not 0 <= self.overlap < self.patch_size:
+            raise ValueError(f"overlap must be in [0, patch_size={self.patch_size}), got {self.overlap}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {self.in_channels}")
+
+    @property
+    def mode(self) -> Sharing:
+        return Sharing(self.sharing)
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class GLNetOutput:
+    """What one training/evaluation forward returns; the same fields every call for a mode.
+
+    Attributes:
+        logits: main output. Per patch (``N×K×p×p``, the aggregation head, or the local
+            head for ``local_only``), or per image (``B×K×g×g``) for ``global_only``.
+        local_logits: the local branch's own head, ``N×K×p×p`` (None without a local branch).
+        global_logits: the global branch's own head, ``B×K×g×g`` (None without a global branch).
+        local_final: the local branch's last map per patch (for the feature-map regulariser).
+        global_final_crop: the global branch's last map cropped at each patch, same size.
+    """
+
+    logits: torch.Tensor
+    local_logits: torch.Tensor | None
+    global_logits: torch.Tensor | None
+    local_final: torch.Tensor | None
+    global_final_crop: torch.Tensor | None
+
+    @property
+    def logits_per_image(self) -> bool:
+        """True when :attr:`logits` is per downsampled image rather than per patch."""
+        return self.local_logits is None
+
+
+class GLNet(nn.Module):
+    """Collaborative global-local network with a selectable sharing mode.
+
+    Args:
+        num_classes: output classes, background included.
+        backbone: ``resnet18``, ``resnet34`` or ``resnet50`` (the paper's).
+        sharing: a :class:`Sharing` mode name.
+        fpn_channels: FPN width (256 in the paper; smaller for tests).
+        in_channels: image channels.
+        global_size: side of the downsampled global image.
+        patch_size: side of the full-resolution patches.
+        overlap: minimum overlap between neighbouring patches.
+        pretrained_backbone: path of an ImageNet ResNet state dict to load into both
+            encoders; nothing is ever downloaded.
+
+    The main methods, each returning the same type every call:
+    :meth:`global_features`, :meth:`local_features`, :meth:`crop_global`,
+    :meth:`heads`, and :meth:`forward` which composes them for a training step.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        backbone: str = "resnet50",
+        sharing: str | Sharing = "bidirectional",
+        *,
+        fpn_channels: int = 256,
+        in_channels: int = 3,
+        global_size: int = 508,
+        patch_size: int = 508,
+        overlap: int = 50,
+        pretrained_backbone: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = GLNetConfig(
+            num_classes=num_classes,
+            backbone=backbone,
+            sharing=Sharing(sharing).value if isinstance(sharing, Sharing) else sharing,
+            fpn_channels=fpn_channels,
+            in_channels=in_channels,
+            global_size=global_size,
+            patch_size=patch_size,
+            overlap=overlap,
+        )
+        mode = self.config.mode
+        reference = map_channels(backbone, fpn_channels)
+        final_channels = reference[FINAL]
+        self.global_branch = (
+            FPNBranch(backbone, fpn_channels, {p: reference[p] for p in mode.local_to_global_points}, in_channels)
+            if mode.has_global
+            else None
+        )
+        self.local_branch = (
+            FPNBranch(backbone, fpn_channels, {p: reference[p] for p in mode.global_to_local_points}, in_channels)
+            if mode.has_local
+            else None
+        )
+        self.global_head = nn.Conv2d(final_channels, num_classes, 3, padding=1) if mode.has_global else None
+        self.local_head = nn.Conv2d(final_channels, num_classes, 3, padding=1) if mode.has_local else None
+        both = mode.has_global and mode.has_local
+        self.aggregate = nn.Conv2d(2 * final_channels, num_classes, 3, padding=1) if both else None
+        if pretrained_backbone is not None:
+            for branch in (self.global_branch, self.local_branch):
+                if branch is not None:
+                    load_pretrained(branch.encoder, pretrained_backbone)
+
+    @classmethod
+    def from_config(cls, config: GLNetConfig | Dict[str, object]) -> "GLNet":
+        """Rebuild a model from a :class:`GLNetConfig` or its dict (e.g. from a checkpoint)."""
+        values = config.to_dict() if isinstance(config, GLNetConfig) else dict(config)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def sharing(self) -> Sharing:
+        return self.config.mode
+
+    # -- branches ---------------------------------------------------------------------
+
+    def global_features(
+        self, image: torch.Tensor, local_context: Dict[str, torch.Tensor] | None = None
+    ) -> Dict[str, torch.Tensor]:
+        """Run the global branch on ``B×C×g×g`` downsampled images.
+
+        Args:
+            local_context: for ``bidirectional``, the stitched local maps at each shared
+                point (from :class:`glmed.models.sharing.LocalToGlobalCanvas`); None runs the
+                branch without them (the first, collect-free pass).
+        """
+        branch = self._require(self.global_branch, "global")
+        partner: PartnerFn | None = None
+        if local_context is not None:
+            if not self.sharing.local_to_global_points:
+                raise ValueError(f"sharing mode {self.sharing.value!r} takes no local context in the global branch")
+            partner = lambda point, size: _checked_map(local_context, point, size)  # noqa: E731
+        return branch(image, partner)
+
+    def local_features(
+        self,
+        patches: torch.Tensor,
+        global_maps: Dict[str, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+    ) -> Dict[str, torch.Tensor]:
+        """Run the local branch on ``N×C×p×p`` patches, taking global maps where the mode shares.
+
+        Args:
+            global_maps: output of :meth:`global_features` for the patches' images.
+            boxes: ``N×4`` patch boxes as fractions of their image.
+            image_index: ``N`` index of each patch's image in ``global_maps``.
+        """
+        branch = self._require(self.local_branch, "local")
+        partner: PartnerFn | None = None
+        if self.sharing.global_to_local_points:
+            if global_maps is None or boxes is None or image_index is None:
+                raise ValueError(
+                    f"sharing mode {self.sharing.value!r} needs the global maps, patch boxes and image index"
+                )
+            partner = lambda point, size: self.crop_global(global_maps, point, boxes, image_index, size)  # noqa: E731
+        return branch(patches, partner)
+
+    @staticmethod
+    def crop_global(
+        global_maps: Dict[str, torch.Tensor],
+        point: str,
+        boxes: torch.Tensor,
+        image_index: torch.Tensor,
+        size: Size,
+    ) -> torch.Tensor:
+        """The global map at ``point``, cropped at each patch's box and resized to ``size``."""
+        return crop_to_patches(global_maps[point], boxes, image_index, size)
+
+    # -- heads ------------------------------------------------------------------------
+
+    def global_logits(self, global_maps: Dict[str, torch.Tensor], size: Size) -> torch.Tensor:
+        """The global branch's own prediction, upsampled to ``size``."""
+        head = self._require(self.global_head, "global")
+        return _upsample(head(global_maps[FINAL]), size)
+
+    def local_logits(self, local_maps: Dict[str, torch.Tensor], size: Size) -> torch.Tensor:
+        """The local branch's own prediction per patch, upsampled to ``size``."""
+        head = self._require(self.local_head, "local")
+        return _upsample(head(local_maps[FINAL]), size)
+
+    def aggregated_logits(self, local_final: torch.Tensor, global_final_crop: torch.Tensor, size: Size) -> torch.Tensor:
+        """The main output per patch: the aggregation conv over both branches' last maps."""
+        head = self._require(self.aggregate, "aggregation")
+        return _upsample(head(torch.cat([local_final, global_final_crop], dim=1)), size)
+
+    # -- one training step ----------------------------------------------------------
+
+    def forward(
+        self,
+        global_image: torch.Tensor,
+        patches: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        local_context: Dict[str, torch.Tensor] | None = None,
+    ) -> GLNetOutput:
+        """Both branches on a mini-batch: downsampled images plus some of their patches.
+
+        Args:
+            global_image: ``B×C×g×g``.
+            patches: ``N×C×p×p`` full-resolution patches (unused by ``global_only``).
+            boxes: ``N×4`` their boxes as fractions of their image.
+            image_index: ``N`` which of the ``B`` images each patch comes from.
+            local_context: ``bidirectional`` only: stitched local maps of all the images'
+                patches (see :class:`glmed.models.sharing.LocalToGlobalCanvas`).
+        """
+        mode = self.sharing
+        global_size = tuple(global_image.shape[-2:])
+        if mode is Sharing.GLOBAL_ONLY:
+            global_maps = self.global_features(global_image)
+            logits = self.global_logits(global_maps, global_size)
+            return GLNetOutput(logits, None, logits, None, None)
+        if patches is None:
+            raise ValueError(f"sharing mode {mode.value!r} needs patches")
+        patch_size = tuple(patches.shape[-2:])
+        if mode is Sharing.LOCAL_ONLY:
+            local_maps = self.local_features(patches)
+            logits = self.local_logits(local_maps, patch_size)
+            return GLNetOutput(logits, logits, None, local_maps[FINAL], None)
+        if boxes is None or image_index is None:
+            raise ValueError(f"sharing mode {mode.value!r} needs the patches' boxes and image index")
+        global_maps = self.global_features(global_image, local_context)
+        local_maps = self.local_features(patches, global_maps, boxes, image_index)
+        local_final = local_maps[FINAL]
+        global_crop = self.crop_global(global_maps, FINAL, boxes, image_index, tuple(local_final.shape[-2:]))
+        return GLNetOutput(
+            logits=self.aggregated_logits(local_final, global_crop, patch_size),
+            local_logits=self.local_logits(local_maps, patch_size),
+            global_logits=self.global_logits(global_maps, global_size),
+            local_final=local_final,
+            global_final_crop=global_crop,
+        )
+
+    def _require(self, part: nn.Module | None, what: str) -> nn.Module:
+        if part is None:
+            raise ValueError(f"sharing mode {self.sharing.value!r} has no {what} branch")
+        return part
+
+
+def _checked_map(maps: Dict[str, torch.Tensor], point: str, size: Size) -> torch.Tensor:
+    if point not in maps:
+        raise ValueError(f"local context lacks the shared map {point!r}")
+    found = maps[point]
+    if tuple(found.shape[-2:]) != tuple(size):
+        raise ValueError(f"local context map {point!r} is {tuple(found.shape[-2:])}, the global map is {tuple(size)}")
+    return found
+
+
+def _upsample(logits: torch.Tensor, size: Size) -> torch.Tensor:
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
