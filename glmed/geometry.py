@@ -96,6 +96,8 @@ def patch_grid(
     height, width = _checked_size(image_size, "image size")
     requested = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
     requested = _checked_size(requested, "patch size")
+    if not 0 <= overlap < min(requested):
+        raise ValueError(f"overlap must be in [0, patch size {min(requested)}), got {overlap}")
     region = (0, 0, height, width) if region is None else tuple(int(v) for v in region)
     r0, c0, r1, c1 = region
     if not (0 <= r0 < r1 <= height and 0 <= c0 < c1 <= width):

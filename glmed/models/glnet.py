@@ -290,6 +290,7 @@ class GLNet(nn.Module):
         boxes: torch.Tensor | None = None,
         image_index: torch.Tensor | None = None,
         local_context: Dict[str, torch.Tensor] | None = None,
+        train_global: bool = True,
     ) -> GLNetOutput:
         """Both branches on a mini-batch: downsampled images plus some of their patches.
 
@@ -300,10 +301,16 @@ class GLNet(nn.Module):
             image_index: ``N`` which of the ``B`` images each patch comes from.
             local_context: ``bidirectional`` only: stitched local maps of all the images'
                 patches (see :class:`glmed.models.sharing.LocalToGlobalCanvas`).
+            train_global: False runs the global branch without gradients (the paper's local
+                stage): it saves the memory of its activations, and no loss term, the
+                feature-map regulariser included, can then reach its parameters through
+                the global maps the local branch consumed.
         """
         mode = self.sharing
         global_size = tuple(global_image.shape[-2:])
         if mode is Sharing.GLOBAL_ONLY:
+            if not train_global:
+                raise ValueError("a global_only model has nothing to train without its global branch")
             global_maps = self.global_features(global_image)
             logits = self.global_logits(global_maps, global_size)
             return GLNetOutput(logits, None, logits, None, None)
@@ -316,7 +323,8 @@ class GLNet(nn.Module):
             return GLNetOutput(logits, logits, None, local_maps[FINAL], None)
         if boxes is None or image_index is None:
             raise ValueError(f"sharing mode {mode.value!r} needs the patches' boxes and image index")
-        global_maps = self.global_features(global_image, local_context)
+        with torch.set_grad_enabled(train_global and torch.is_grad_enabled()):
+            global_maps = self.global_features(global_image, local_context)
         local_maps = self.local_features(patches, global_maps, boxes, image_index)
         local_final = local_maps[FINAL]
         global_crop = self.crop_global(global_maps, FINAL, boxes, image_index, tuple(local_final.shape[-2:]))

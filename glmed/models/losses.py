@@ -66,8 +66,11 @@ class GLNetLoss(nn.Module):
     """Focal loss on the main, local and global outputs plus λ‖X_loc − X_glb‖².
 
     The regulariser compares the local branch's last map with the global branch's last
-    map cropped at the patch; the global side is detached, so its gradient reaches the
-    local branch only. Terms whose output a sharing mode lacks are left out.
+    map cropped at the patch; the global side is detached, so the regulariser pulls the
+    local branch towards the global one and never the reverse. (Under global→local
+    sharing the local branch also consumed global maps; the paper's local stage runs the
+    global branch frozen — ``GLNet.forward(..., train_global=False)`` — so nothing reaches
+    it that way either.) Terms whose output a sharing mode lacks are left out.
 
     Args:
         gamma: focal loss γ.

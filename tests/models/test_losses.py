@@ -1,0 +1,67 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glmed.models.losses import FocalLoss, GLNetLoss
+
+from conftest import GLOBAL, PATCH, tiny_glnet
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy():
+    logits = torch.randn(4, 5, 8, 8)
+    target = torch.randint(0, 5, (4, 8, 8))
+    torch.testing.assert_close(FocalLoss(gamma=0)(logits, target), F.cross_entropy(logits, target))
+
+
+def test_focal_loss_down_weights_easy_pixels():
+    logits = torch.tensor([[[[4.0]], [[-4.0]]]])  # confidently class 0
+    easy, hard = torch.zeros(1, 1, 1, dtype=torch.long), torch.ones(1, 1, 1, dtype=torch.long)
+    ce_ratio = F.cross_entropy(logits, hard) / F.cross_entropy(logits, easy)
+    focal_ratio = FocalLoss(gamma=6)(logits, hard) / FocalLoss(gamma=6)(logits, easy)
+    assert focal_ratio > ce_ratio * 1e3
+
+
+def test_ignored_pixels_do_not_count():
+    logits = torch.randn(1, 2, 4, 4)
+    target = torch.randint(0, 2, (1, 4, 4))
+    masked = target.clone()
+    masked[0, :2] = 255
+    expected = F.cross_entropy(logits, masked, ignore_index=255)
+    torch.testing.assert_close(FocalLoss(gamma=0, ignore_index=255)(logits, masked), expected)
+
+
+def test_colour_or_out_of_range_labels_are_refused_clearly():
+    logits = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match="not class indices"):
+        FocalLoss()(logits, torch.full((1, 4, 4), 255))
+    with pytest.raises(ValueError, match="integer class-index"):
+        FocalLoss()(logits, torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="does not match"):
+        FocalLoss()(logits, torch.zeros(1, 4, 4, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mode, train_global", [("none", True), ("g2l", False), ("bidirectional", False)])
+def test_fmreg_gradient_reaches_local_parameters_only(mode, train_global, batch):
+    model = tiny_glnet(mode)
+    out = model(**batch, train_global=train_global)
+    loss = GLNetLoss(main_weight=0, local_weight=0, global_weight=0)(
+        out, torch.zeros(len(batch["patches"]), PATCH, PATCH, dtype=torch.long),
+        torch.zeros(2, GLOBAL, GLOBAL, dtype=torch.long))
+    assert set(loss.terms) == {"main", "local", "global", "fmreg"} and loss.terms["fmreg"] > 0
+    loss.total.backward()
+    local_grads = [p.grad for p in model.local_branch.parameters() if p.grad is not None]
+    assert local_grads and any(g.abs().sum() > 0 for g in local_grads)
+    for part in (model.global_branch, model.global_head, model.aggregate):
+        assert all(p.grad is None or p.grad.abs().sum() == 0 for p in part.parameters())
+
+
+def test_loss_terms_follow_the_mode(batch):
+    n = len(batch["patches"])
+    patch_labels = torch.randint(0, 2, (n, PATCH, PATCH))
+    global_labels = torch.randint(0, 2, (2, GLOBAL, GLOBAL))
+    for mode, terms in [("global_only", {"main"}), ("local_only", {"main"}), ("none", {"main", "local", "global",
+                                                                                      "fmreg"})]:
+        out = tiny_glnet(mode)(**batch)
+        result = GLNetLoss()(out, patch_labels, global_labels)
+        assert set(result.terms) == terms
+        torch.testing.assert_close(result.total, sum(result.terms.values()))
