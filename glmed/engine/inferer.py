@@ -1,0 +1,203 @@
+"""Whole-image inference with GLNet: the loop over patches that the model itself never runs.
+
+The device only ever holds the downsampled image, one batch of patches and the global
+branch's maps; the full-resolution image stays with its reader on the host (an array in
+memory or a file read region by region), and the per-patch outputs are averaged into a
+host-side canvas by MONAI's :class:`~monai.inferers.AvgMerger`.
+
+MONAI's ``PatchInferer`` calls its network with the patches alone, and
+``sliding_window_inference`` needs the whole image as one tensor and places windows its
+own way; GLNet needs each patch's place (to crop the global maps) and the same patch grid
+as training, so the loop is written here over :func:`glmed.geometry.patch_grid`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Tuple
+
+import numpy as np
+import torch
+
+from glmed.data.normalize import Normalization, to_model_input
+from glmed.engine.stitching import upsample_to_labels
+from glmed.geometry import PatchGrid, patch_grid
+from glmed.io.base import ArrayReader, ImageReader
+from glmed.models.fpn import FINAL
+from glmed.models.glnet import GLNet, Sharing
+from glmed.models.sharing import LocalToGlobalCanvas
+from glmed.types import Box
+
+ImageLike = ImageReader | np.ndarray | str | os.PathLike
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`predict` returns for one image.
+
+    Attributes:
+        mask: ``H×W`` full-resolution class indices (uint8).
+        coarse: ``H×W`` mask from the global branch alone (None for ``local_only``).
+        boxes: regions refined at full resolution by coarse-to-fine models,
+            ``(row0, col0, row1, col1)`` end-exclusive; empty for plain GLNet.
+        patches: how many full-resolution patches the local branch processed (a
+            bidirectional pass runs each twice and counts it once).
+        notes: plain-language remarks about this prediction.
+    """
+
+    mask: np.ndarray
+    coarse: np.ndarray | None
+    boxes: List[Box] = field(default_factory=list)
+    patches: int = 0
+    notes: List[str] = field(default_factory=list)
+
+
+class GlobalLocalInferer:
+    """Runs a :class:`~glmed.models.glnet.GLNet` over a whole image, patch batch by patch batch.
+
+    Args:
+        batch_size: patches per forward pass; device memory grows with it, not with the image.
+        device: where the network runs; the model's own device by default.
+        normalization: pixel scaling, as in training.
+        progress: show a progress bar over patch batches.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 4,
+        device: torch.device | str | None = None,
+        normalization: Normalization = Normalization(),
+        progress: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.device = None if device is None else torch.device(device)
+        self.normalization = normalization
+        self.progress = progress
+
+    def __call__(self, model: GLNet, image: ImageLike) -> SegmentationResult:
+        """Segment one image given as a reader, an ``H×W×C`` array or a file path."""
+        reader, opened = as_reader(image)
+        device = self.device or _model_device(model)
+        was_training = model.training
+        model.eval().to(device)
+        try:
+            with torch.inference_mode():
+                return self._segment(model, reader, device)
+        finally:
+            model.train(was_training)
+            if opened:
+                reader.close()
+
+    def _segment(self, model: GLNet, reader: ImageReader, device: torch.device) -> SegmentationResult:
+        config, mode = model.config, model.sharing
+        size = reader.size
+        global_image = self._global_input(reader, config.global_size, device)
+        grid = patch_grid(size, config.patch_size, config.overlap)
+        global_maps = model.global_features(global_image) if mode.has_global else None
+        coarse = None
+        if global_maps is not None:
+            coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
+        if mode is Sharing.GLOBAL_ONLY:
+            return SegmentationResult(mask=coarse, coarse=coarse)
+        if mode is Sharing.BIDIRECTIONAL:
+            canvas = LocalToGlobalCanvas.like(global_maps, mode.local_to_global_points)
+            for _, boxes, patches in self._patch_batches(reader, grid, device, "collecting local features"):
+                index = torch.zeros(len(boxes), dtype=torch.long, device=device)
+                canvas.add(model.local_features(patches, global_maps, boxes, index), boxes, index)
+            global_maps = model.global_features(global_image, canvas.maps())
+            coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
+        mask = self._stitch_patches(model, reader, grid, global_maps, device)
+        return SegmentationResult(mask=mask, coarse=coarse, patches=len(grid))
+
+    def _stitch_patches(
+        self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: Dict[str, torch.Tensor] | None,
+        device: torch.device,
+    ) -> np.ndarray:
+        """Run the local (and aggregation) heads on every patch and average their probabilities."""
+        from monai.inferers import AvgMerger
+
+        height, width = reader.size
+        merger = AvgMerger(merged_shape=(1, model.config.num_classes, height, width), device="cpu")
+        patch_size = grid.patch_size
+        for pixel_boxes, boxes, patches in self._patch_batches(reader, grid, device, "segmenting patches"):
+            index = torch.zeros(len(boxes), dtype=torch.long, device=device)
+            local_maps = model.local_features(patches, global_maps, boxes, index)
+            if global_maps is None:
+                logits = model.local_logits(local_maps, patch_size)
+            else:
+                local_final = local_maps[FINAL]
+                crop = model.crop_global(global_maps, FINAL, boxes, index, tuple(local_final.shape[-2:]))
+                logits = model.aggregated_logits(local_final, crop, patch_size)
+            probabilities = logits.float().softmax(dim=1).cpu()
+            for probs, (r0, c0, _, _) in zip(probabilities, pixel_boxes.tolist()):
+                merger.aggregate(probs[None], (r0, c0))
+        merged = merger.finalize()[0]
+        return merged.argmax(0).numpy().astype(np.uint8)
+
+    def _global_input(self, reader: ImageReader, side: int, device: torch.device) -> torch.Tensor:
+        view = reader.resized((side, side))
+        return to_model_input(view, self.normalization)[None].to(device)
+
+    def _patch_batches(
+        self, reader: ImageReader, grid: PatchGrid, device: torch.device, what: str
+    ) -> Iterator[Tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """Yield ``(pixel boxes, boxes as fractions, normalised patches)``, one batch at a time.
+
+        The fractions and patches are on ``device``; each patch region is read once per call.
+        """
+        normalized = torch.tensor(grid.normalized(), dtype=torch.float32)
+        starts = range(0, len(grid), self.batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"{reader.name}: {what}", unit="batch", leave=False)
+        for start in starts:
+            chunk = grid.boxes[start : start + self.batch_size]
+            pixels = np.stack([reader.read(tuple(box)) for box in chunk])
+            patches = to_model_input(pixels, self.normalization).to(device)
+            yield chunk, normalized[start : start + len(chunk)].to(device), patches
+
+
+def predict(
+    model: GLNet,
+    image: ImageLike,
+    *,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    normalization: Normalization = Normalization(),
+    progress: bool = False,
+) -> SegmentationResult:
+    """Segment a whole image of any size with ``model``; returns a full-size mask and more.
+
+    Args:
+        model: a :class:`~glmed.models.glnet.GLNet` (its config sets the global size,
+            patch size and overlap it was trained with).
+        image: an ``H×W×C`` array, a path to any format glmed reads, or an open reader.
+        batch_size: patches per forward pass; bounds device memory.
+        device: where to run; the model's device by default.
+        normalization: pixel scaling, as in training (ImageNet, 8-bit by default).
+        progress: show a progress bar.
+    """
+    inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress)
+    return inferer(model, image)
+
+
+def as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
+    """A reader for ``image`` and whether this call opened it (and so must close it)."""
+    if isinstance(image, ImageReader):
+        return image, False
+    if isinstance(image, (str, os.PathLike)):
+        from glmed.io import open_image
+
+        return open_image(image), True
+    if isinstance(image, np.ndarray):
+        return ArrayReader(image), False
+    raise TypeError(f"expected an image array, a file path or an ImageReader, got {type(image).__name__}")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import glmed
+from glmed.data.normalize import to_model_input
+from glmed.engine.stitching import upsample_to_labels
+from glmed.geometry import patch_grid
+from glmed.models.glnet import GLNet, Sharing
+
+
+def tiny(sharing, patch=64, overlap=8, global_size=64):
+    return GLNet(2, "resnet18", sharing, fpn_channels=16, global_size=global_size, patch_size=patch,
+                 overlap=overlap).eval()
+
+
+def image(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("mode", list(Sharing))
+def test_predict_gives_a_full_size_mask_in_every_mode(mode):
+    result = glmed.predict(tiny(mode.value), image(150, 100), batch_size=3)
+    assert result.mask.shape == (150, 100) and result.mask.dtype == np.uint8
+    assert set(np.unique(result.mask)) <= {0, 1}
+    assert result.boxes == []
+    assert result.patches == (0 if mode is Sharing.GLOBAL_ONLY else 6)
+    assert (result.coarse is None) == (mode is Sharing.LOCAL_ONLY)
+
+
+def test_an_image_of_one_patch_gives_the_networks_own_answer():
+    model = tiny("g2l", patch=64, global_size=64)
+    pixels = image(64, 64)
+    result = glmed.predict(model, pixels)
+    x = to_model_input(pixels)[None]
+    with torch.no_grad():
+        out = model(x, x, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([0]))
+    np.testing.assert_array_equal(result.mask, out.logits[0].argmax(0).numpy())
+    np.testing.assert_array_equal(result.coarse, out.global_logits[0].argmax(0).numpy())
+
+
+def test_patches_are_stitched_back_at_their_own_places():
+    model = tiny("local_only", patch=32, overlap=0)
+    pixels = image(64, 96)
+    result = glmed.predict(model, pixels, batch_size=4)
+    for r0 in (0, 32):
+        for c0 in (0, 32, 64):
+            x = to_model_input(pixels[r0:r0 + 32, c0:c0 + 32])[None]
+            with torch.no_grad():
+                expected = model(x[:, :, :1, :1].expand(1, 3, 64, 64), x).logits[0].argmax(0).numpy()
+            np.testing.assert_array_equal(result.mask[r0:r0 + 32, c0:c0 + 32], expected)
+
+
+def test_constant_outputs_stitch_to_the_same_constant_everywhere():
+    model = tiny("g2l", patch=48, overlap=20)
+    with torch.no_grad():
+        model.aggregate.weight.zero_()
+        model.aggregate.bias.copy_(torch.tensor([-1.0, 1.0]))
+    result = glmed.predict(model, image(130, 170), batch_size=5)
+    assert result.patches == len(patch_grid((130, 170), 48, 20)) > 1
+    assert (result.mask == 1).all()
+
+
+def test_predict_leaves_the_model_in_its_training_mode():
+    model = tiny("g2l").train()
+    glmed.predict(model, image(70, 70))
+    assert model.training
+
+
+def test_bad_inputs_are_refused_clearly():
+    with pytest.raises(TypeError, match="expected an image array"):
+        glmed.predict(tiny("g2l"), [[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="batch_size"):
+        glmed.predict(tiny("g2l"), image(64, 64), batch_size=0)
+
+
+@pytest.mark.parametrize("size, chunk", [((37, 53), 5), ((200, 120), 512), ((9, 9), 1)])
+def test_banded_upsampling_equals_whole_interpolation(size, chunk):
+    logits = torch.randn(3, 8, 6)
+    expected = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+    np.testing.assert_array_equal(upsample_to_labels(logits, size, rows_per_chunk=chunk), expected)
