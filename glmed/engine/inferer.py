@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from glmed.data.normalize import Normalization, to_model_input
+from glmed.engine.devices import model_device
 from glmed.engine.stitching import upsample_to_labels
 from glmed.geometry import PatchGrid, patch_grid
 from glmed.io.base import ArrayReader, ImageReader
@@ -80,7 +81,7 @@ class GlobalLocalInferer:
     def __call__(self, model: GLNet, image: ImageLike) -> SegmentationResult:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path."""
         reader, opened = as_reader(image)
-        device = self.device or _model_device(model)
+        device = self.device or model_device(model)
         was_training = model.training
         model.eval().to(device)
         try:
@@ -197,7 +198,3 @@ def as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
         return ArrayReader(image), False
     raise TypeError(f"expected an image array, a file path or an ImageReader, got {type(image).__name__}")
 
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
