@@ -146,3 +146,127 @@ def _checked_size(size: Sequence[int], what: str) -> Tuple[int, int]:
     if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
         raise ValueError(f"{what} must be two positive integers (height, width), got {tuple(size)}")
     return (int(size[0]), int(size[1]))
+
+
+# -- coarse-to-fine boxes ---------------------------------------------------------------
+
+
+def tight_box(mask: np.ndarray) -> Box | None:
+    """The smallest box holding every non-zero pixel of an ``H×W`` mask; None if there is none."""
+    mask = np.asarray(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+def relax_box(mask: np.ndarray, box: Box, target_ratio: float = 1.0, step: int = 1) -> Box:
+    """Grow a box until foreground : background inside it is at most ``target_ratio``.
+
+    The rule, exactly: while ``foreground > target_ratio × background`` inside the box and
+    the box is not yet the whole mask, every edge moves outward by ``step`` pixels, an
+    edge that reaches the border staying there while the others go on. Growth is
+    symmetric, so the box stays centred on the lesion until a border stops it. A box
+    already at or below the ratio is returned unchanged; a mask more than
+    ``target_ratio / (1 + target_ratio)`` foreground ends at the whole mask. Foreground
+    is counted from ``mask`` itself at every step (other lesions entering count too).
+
+    Args:
+        mask: ``h×w`` foreground mask (non-zero = foreground), the grid ``box`` is on.
+        box: ``(row0, col0, row1, col1)`` on that grid.
+        target_ratio: foreground : background to reach (1.0 = the paper's 1:1).
+        step: pixels each edge moves per step.
+    """
+    if not target_ratio > 0:
+        raise ValueError(f"target_ratio must be positive, got {target_ratio}")
+    if step < 1:
+        raise ValueError(f"step must be at least 1 pixel, got {step}")
+    mask = np.asarray(mask) != 0
+    height, width = mask.shape
+    integral = np.zeros((height + 1, width + 1), dtype=np.int64)
+    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+    r0, c0, r1, c1 = (int(v) for v in box)
+    while True:
+        foreground = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+        background = (r1 - r0) * (c1 - c0) - foreground
+        if foreground <= target_ratio * background or (r0, c0, r1, c1) == (0, 0, height, width):
+            return (r0, c0, r1, c1)
+        r0, c0 = max(r0 - step, 0), max(c0 - step, 0)
+        r1, c1 = min(r1 + step, height), min(c1 + step, width)
+
+
+def merge_overlapping(boxes: Sequence[Box]) -> List[Box]:
+    """Replace every group of overlapping boxes by their common bounding box, until none overlap."""
+    merged = [tuple(int(v) for v in b) for b in boxes]
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(merged)):
+            for j in range(i + 1, len(merged)):
+                a, b = merged[i], merged[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    merged[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del merged[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return sorted(merged)
+
+
+def scale_box_outward(box: Box, from_size: Size, to_size: Size) -> Box:
+    """A box on a coarse grid mapped to a finer one, rounded outward so it covers every pixel."""
+    r0, c0, r1, c1 = map_box(box, from_size, to_size)
+    return (
+        max(int(math.floor(r0 + 1e-9)), 0),
+        max(int(math.floor(c0 + 1e-9)), 0),
+        min(int(math.ceil(r1 - 1e-9)), to_size[0]),
+        min(int(math.ceil(c1 - 1e-9)), to_size[1]),
+    )
+
+
+def grow_to_size(box: Box, size: Size, image_size: Size) -> Box:
+    """Grow a box about its centre to at least ``size`` (never past the image), shifting it
+    inside the image rather than shrinking it."""
+    out = []
+    for axis in range(2):
+        start, stop = int(box[axis]), int(box[axis + 2])
+        length = min(max(stop - start, int(size[axis])), int(image_size[axis]))
+        grow = length - (stop - start)
+        start = min(max(start - grow // 2, 0), int(image_size[axis]) - length)
+        out.append((start, start + length))
+    return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+
+def coarse_to_fine_boxes(
+    mask: np.ndarray,
+    image_size: Size,
+    target_ratio: float = 1.0,
+    min_size: Size = (1, 1),
+    per_component: bool = False,
+) -> List[Box]:
+    """The full-resolution regions coarse-to-fine refines, from a coarse foreground mask.
+
+    1. Boxes on the mask's grid: one tight box around all foreground (default), or one per
+       8-connected component with ``per_component``.
+    2. Each is relaxed with :func:`relax_box` to ``target_ratio`` foreground : background.
+    3. Mapped to ``image_size`` outward, grown to at least ``min_size`` (one patch), and
+       overlapping boxes merged.
+
+    Returns:
+        Disjoint ``(row0, col0, row1, col1)`` boxes in image pixels, sorted; empty when the
+        mask has no foreground.
+    """
+    mask = np.asarray(mask) != 0
+    grid_size = (int(mask.shape[0]), int(mask.shape[1]))
+    if per_component:
+        from scipy import ndimage
+
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        tight = [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(labels) if s]
+    else:
+        tight = [tight_box(mask)]
+    boxes = [relax_box(mask, box, target_ratio) for box in tight if box is not None]
+    boxes = [grow_to_size(scale_box_outward(b, grid_size, image_size), min_size, image_size) for b in boxes]
+    return merge_overlapping(boxes)
