@@ -1,30 +1,89 @@
 """The one small interface every image source in glmed satisfies.
 
-Readers hide four libraries (scikit-image, tifffile, OpenSlide, nibabel) behind the same
-calls, so the sampler and the inferer never care whether a region comes from a JPEG in
-memory or from a 100k-pixel slide read lazily. :class:`ArrayReader` wraps an array that
-is already in memory and stands in for a slide in tests.
+Readers hide four libraries (Pillow, tifffile, OpenSlide, nibabel) behind the same calls,
+so the sampler and the inferer never care whether a region comes from a JPEG in memory or
+from a 100k-pixel slide read lazily. :class:`ImageReader` does the shared work (checking
+boxes and levels, mapping a level-0 box onto a level, the pixel limit, the streamed
+downsampled view); a format only says how to read a box already on a level's pixel grid
+(``_read_level``). :class:`DecodedReader` is the base of formats that must be decoded
+whole (JPEG, PNG, NIfTI): decoded once, on the first read, then sliced.
+:class:`ArrayReader` wraps an array already in memory and stands in for a slide in tests.
 """
 
 from __future__ import annotations
 
+import struct
+import threading
+import zlib
 from abc import ABC, abstractmethod
-from typing import Sequence, Tuple
+from contextlib import contextmanager
+from typing import Iterator, Sequence, Tuple
 
 import numpy as np
 
+from glmed.geometry import footprint
 from glmed.types import Box, Size
+
+DEFAULT_MAX_PIXELS = 2**30
+"""The most pixels (height x width) one array read from a file may hold: about 1.07e9,
+3.2 GB for 8-bit RGB. A flat image (JPEG, PNG, BMP, a stripped TIFF) whose header claims
+more is refused before decoding; a region read larger than this is refused too, so a
+slide is never decoded whole by accident. Raise it with ``open_image(path, max_pixels=...)``
+(``None`` removes the limit)."""
+
+STRIPE_BYTES = 16 * 2**20
+"""Bytes of source pixels :meth:`ImageReader.resized` reads at a time when it streams."""
+
+DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, RuntimeError, IndexError, KeyError, struct.error, zlib.error)
+"""What the decoding libraries raise on corrupt or truncated files; turned into :class:`ImageFormatError`."""
+
+
+class ImageFormatError(ValueError):
+    """A file that glmed cannot read as an image: unknown format, corrupt or truncated data.
+
+    The message always starts with the file's name.
+    """
+
+
+class ImageTooLargeError(ImageFormatError):
+    """An image (or a region of it) with more pixels than the reader's ``max_pixels``."""
+
+
+@contextmanager
+def decoding(name: str, what: str = "read") -> Iterator[None]:
+    """Turn a decoding library's exception into an :class:`ImageFormatError` naming the file."""
+    try:
+        yield
+    except ImageFormatError:
+        raise
+    except DECODE_ERRORS as error:
+        raise ImageFormatError(f"{name}: cannot {what} it, the file is corrupt or truncated ({error})") from error
+
+
+def check_pixels(name: str, size: Size, max_pixels: int | None, what: str = "the image") -> None:
+    """Refuse ``size`` when it holds more than ``max_pixels`` pixels (decompression bombs, runaway reads)."""
+    pixels = int(size[0]) * int(size[1])
+    if max_pixels is not None and pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {what} is {size[0]} x {size[1]} = {pixels} pixels, more than the limit of {max_pixels}; "
+            "if the file is trusted, raise it with open_image(path, max_pixels=...) (None removes the limit)"
+        )
 
 
 class ImageReader(ABC):
     """A 2-D image, possibly multi-resolution, read by regions.
 
     Arrays returned are ``height x width x channels`` (channels last, as image files store
-    them), in the file's own dtype. Coordinates follow :mod:`glmed.types`.
+    them), in the file's own dtype (1-bit images come as uint8 0/255). Coordinates follow
+    :mod:`glmed.types`. Arrays returned may be read-only views of a cached image: copy
+    before modifying them.
     """
 
     name: str = "<array>"
     """What to call this image in messages: usually its path."""
+
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    """The most pixels one :meth:`read` may return (see :data:`DEFAULT_MAX_PIXELS`)."""
 
     @property
     @abstractmethod
@@ -37,32 +96,92 @@ class ImageReader(ABC):
         """Number of channels of every array this reader returns."""
 
     @property
-    def level_downsamples(self) -> Tuple[float, ...]:
-        """Downsample factor of each pyramid level relative to level 0 (``(1.0,)`` if flat)."""
-        return (1.0,)
+    @abstractmethod
+    def dtype(self) -> np.dtype:
+        """The dtype of every array this reader returns."""
 
     @property
     def level_sizes(self) -> Tuple[Size, ...]:
-        """``(height, width)`` of each pyramid level."""
+        """``(height, width)`` of each pyramid level, largest first."""
         return (self.size,)
 
-    @abstractmethod
+    @property
+    def level_downsamples(self) -> Tuple[float, ...]:
+        """Downsample factor of each level relative to level 0 (``(1.0,)`` if flat).
+
+        The mean of the two axes' ratios, as OpenSlide defines it.
+        """
+        height, width = self.size
+        return tuple((height / lh + width / lw) / 2 for lh, lw in self.level_sizes)
+
+    def level_box(self, box: Box, level: int) -> Box:
+        """Where a level-0 box lies on ``level``'s pixel grid: rounded, clamped, never empty.
+
+        This is the region :meth:`read` returns, so its size is the shape of the result.
+        """
+        self._check_level(level)
+        if level == 0:
+            return tuple(int(v) for v in box)
+        return footprint(box, self.size, self.level_sizes[level])
+
     def read(self, box: Box, level: int = 0) -> np.ndarray:
         """Read a region given in level-0 pixels, returned at ``level``'s resolution.
 
-        The box must lie inside the image; only the region is decoded where the format
-        allows it.
+        The box must lie inside the image. Only the region is decoded where the format
+        allows it (tiled TIFFs, slides); flat formats are decoded once and sliced.
+
+        Returns:
+            ``h x w x channels`` array, ``(h, w)`` the size of :meth:`level_box`.
         """
+        self._check_level(level)
+        check_box(box, self.size, self.name)
+        region = self.level_box(box, level)
+        check_pixels(self.name, (region[2] - region[0], region[3] - region[1]), self.max_pixels, "the region asked for")
+        return self._read_level(level, region)
+
+    @abstractmethod
+    def _read_level(self, level: int, box: Box) -> np.ndarray:
+        """Read ``box``, given in ``level``'s own pixels and already checked, as ``h x w x C``."""
 
     def resized(self, size: Size) -> np.ndarray:
-        """The whole image resampled to ``size`` (the global branch's view).
+        """The whole image resampled to ``size`` (the global branch's view), in the reader's dtype.
 
-        Reads the smallest pyramid level that is still at least ``size`` and resamples it
-        with area averaging, so a slide is never decoded at full resolution for this.
+        Reads the coarsest pyramid level still at least ``size``. When that level is at
+        least twice ``size`` along an axis it is streamed in stripes of about
+        :data:`STRIPE_BYTES` and block-averaged by the integer factor, so memory stays
+        near ``4 x size`` pixels whatever the image's size; the remaining factor (< 2) is
+        an anti-aliased resize.
         """
-        level = self.best_level_for(size)
-        h, w = self.size
-        return resize_image(self.read((0, 0, h, w), level=level), size)
+        height, width = (int(size[0]), int(size[1]))
+        if height < 1 or width < 1:
+            raise ValueError(f"{self.name}: resized size must be positive, got {tuple(size)}")
+        level = self.best_level_for((height, width))
+        lh, lw = self.level_sizes[level]
+        row_factor, col_factor = max(1, lh // height), max(1, lw // width)
+        if row_factor == 1 and col_factor == 1:
+            check_pixels(self.name, (lh, lw), self.max_pixels, f"level {level}")
+            small = self._read_level(level, (0, 0, lh, lw))
+        else:
+            small = self._block_mean(level, row_factor, col_factor)
+        return resize_image(small, (height, width))
+
+    def _block_mean(self, level: int, row_factor: int, col_factor: int) -> np.ndarray:
+        """``level`` averaged over ``row_factor x col_factor`` blocks (ragged at the far edges), read in stripes."""
+        lh, lw = self.level_sizes[level]
+        row_bytes = row_factor * lw * self.channels * self.dtype.itemsize
+        stripe_rows = row_factor * max(1, STRIPE_BYTES // row_bytes)
+        col_starts = np.arange(0, lw, col_factor)
+        col_counts = np.diff(np.append(col_starts, lw))
+        out = np.empty((-(-lh // row_factor), len(col_starts), self.channels), dtype=self.dtype)
+        for top in range(0, lh, stripe_rows):
+            bottom = min(top + stripe_rows, lh)
+            stripe = self._read_level(level, (top, 0, bottom, lw))
+            row_starts = np.arange(0, bottom - top, row_factor)
+            row_counts = np.diff(np.append(row_starts, bottom - top))
+            sums = np.add.reduceat(np.add.reduceat(stripe, row_starts, axis=0, dtype=np.float64), col_starts, axis=1)
+            means = sums / (row_counts[:, None, None] * col_counts[None, :, None])
+            out[top // row_factor : top // row_factor + len(row_starts)] = _cast_like(means, self.dtype)
+        return out
 
     def best_level_for(self, size: Size) -> int:
         """The coarsest level whose size is still at least ``size`` on both axes."""
@@ -73,7 +192,12 @@ class ImageReader(ABC):
         return best
 
     def close(self) -> None:
-        """Release file handles; a closed reader must not be used again."""
+        """Release file handles and caches; a closed reader must not be used again."""
+
+    def _check_level(self, level: int) -> None:
+        count = len(self.level_sizes)
+        if not (isinstance(level, (int, np.integer)) and 0 <= level < count):
+            raise ValueError(f"{self.name}: level {level!r} does not exist, the image has levels 0..{count - 1}")
 
     def __enter__(self) -> "ImageReader":
         return self
@@ -81,9 +205,71 @@ class ImageReader(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, size={self.size}, channels={self.channels}, levels={len(self.level_sizes)})"
 
-class ArrayReader(ImageReader):
-    """An in-memory ``H x W`` or ``H x W x C`` array as an :class:`ImageReader`."""
+
+class DecodedReader(ImageReader):
+    """A flat image decoded whole, once, on its first read, then sliced (thread-safe).
+
+    The header's size is checked against ``max_pixels`` before anything is decoded.
+    Subclasses pass the header's size, channels and dtype and implement :meth:`_decode`.
+    """
+
+    def __init__(self, name: str, size: Size, channels: int, dtype: np.dtype, max_pixels: int | None) -> None:
+        self.name = name
+        self.max_pixels = max_pixels
+        self._size = (int(size[0]), int(size[1]))
+        self._channels = int(channels)
+        self._dtype = np.dtype(dtype)
+        self._pixels: np.ndarray | None = None
+        self._lock = threading.Lock()
+        if self._size[0] < 1 or self._size[1] < 1:
+            raise ImageFormatError(f"{name}: the image is empty (size {self._size})")
+        check_pixels(name, self._size, max_pixels)
+
+    @property
+    def size(self) -> Size:
+        return self._size
+
+    @property
+    def channels(self) -> int:
+        return self._channels
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @abstractmethod
+    def _decode(self) -> np.ndarray:
+        """The whole image as ``H x W x C`` matching the header; library errors may escape."""
+
+    def pixels(self) -> np.ndarray:
+        """The whole decoded image (read-only), decoding it on the first call."""
+        with self._lock:
+            if self._pixels is None:
+                with decoding(self.name, "decode"):
+                    array = self._decode()
+                expected = self._size + (self._channels,)
+                if array.shape != expected or array.dtype != self._dtype:
+                    raise ImageFormatError(
+                        f"{self.name}: decoded to {array.shape} {array.dtype} but its header says {expected} {self._dtype}"
+                    )
+                array = array.view()
+                array.flags.writeable = False
+                self._pixels = array
+            return self._pixels
+
+    def _read_level(self, level: int, box: Box) -> np.ndarray:
+        r0, c0, r1, c1 = box
+        return self.pixels()[r0:r1, c0:c1]
+
+    def close(self) -> None:
+        self._pixels = None
+
+
+class ArrayReader(DecodedReader):
+    """An in-memory ``H x W`` or ``H x W x C`` array as an :class:`ImageReader` (reads are read-only views)."""
 
     def __init__(self, array: np.ndarray, name: str = "<array>") -> None:
         array = np.asarray(array)
@@ -91,30 +277,25 @@ class ArrayReader(ImageReader):
             array = array[:, :, None]
         if array.ndim != 3 or array.shape[0] < 1 or array.shape[1] < 1:
             raise ValueError(f"{name}: expected an image of shape H x W or H x W x C, got {array.shape}")
+        super().__init__(name, array.shape[:2], array.shape[2], array.dtype, max_pixels=None)
         self._array = array
-        self.name = name
 
-    @property
-    def size(self) -> Size:
-        return (int(self._array.shape[0]), int(self._array.shape[1]))
-
-    @property
-    def channels(self) -> int:
-        return int(self._array.shape[2])
-
-    def read(self, box: Box, level: int = 0) -> np.ndarray:
-        if level != 0:
-            raise ValueError(f"{self.name}: an in-memory array has only level 0, asked for level {level}")
-        check_box(box, self.size, self.name)
-        r0, c0, r1, c1 = (int(v) for v in box)
-        return self._array[r0:r1, c0:c1]
+    def _decode(self) -> np.ndarray:
+        return self._array
 
 
 def check_box(box: Sequence[int], size: Size, name: str) -> None:
     """Raise a ValueError naming the image if ``box`` is empty or leaves the image."""
+    if len(box) != 4:
+        raise ValueError(f"{name}: a box is (row0, col0, row1, col1), got {tuple(box)}")
     r0, c0, r1, c1 = (int(v) for v in box)
     if not (0 <= r0 < r1 <= size[0] and 0 <= c0 < c1 <= size[1]):
         raise ValueError(f"{name}: box {tuple(box)} is empty or outside the image of size {size}")
+
+
+def bilevel_to_uint8(array: np.ndarray) -> np.ndarray:
+    """A 1-bit (bool) image as uint8 0/255, as the ISIC scorer reads them; other arrays unchanged."""
+    return array.astype(np.uint8) * np.uint8(255) if array.dtype == bool else array
 
 
 def resize_image(array: np.ndarray, size: Size) -> np.ndarray:
@@ -124,11 +305,14 @@ def resize_image(array: np.ndarray, size: Size) -> np.ndarray:
 
     if tuple(array.shape[:2]) == tuple(size):
         return array
-    dtype = array.dtype
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)[None]
     out = F.interpolate(tensor, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    out = out[0].permute(1, 2, 0).numpy()
+    return _cast_like(out[0].permute(1, 2, 0).numpy(), array.dtype)
+
+
+def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float values as ``dtype``: rounded and clipped to its range when it is an integer type."""
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return values.astype(dtype)

@@ -1,0 +1,149 @@
+"""Writers that never leave a half-written file behind: masks as PNG, images as pyramidal TIFF.
+
+Every writer goes through :func:`atomic_path`: the file is written under a temporary name
+in the same folder and moved over the target with ``os.replace`` only once complete, so a
+crash or an interrupted run leaves the old file (or none), never a truncated one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator, List
+
+import numpy as np
+
+RESAMPLINGS = ("area", "nearest")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` if the block succeeds, else delete it.
+
+    The temporary name keeps the target's extensions, for libraries that pick a format by name.
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = name[name.index(".") :] if "." in name.lstrip(".") else ""
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(handle)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write a binary mask as an 8-bit single-channel PNG holding 0 and 255 (the ISIC format).
+
+    Args:
+        path: the PNG to write (ISIC names it ``ISIC_XXXXXXX_segmentation.png``).
+        mask: ``H x W`` (or ``H x W x 1``) of bool, of 0/1 class indices, or of 0/255.
+
+    Raises:
+        ValueError: naming ``path``, when the mask holds other values or has another shape.
+    """
+    from PIL import Image
+
+    path = os.fspath(path)
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"{path}: a mask must be a non-empty H x W array, got shape {mask.shape}")
+    values = np.unique(mask)
+    if mask.dtype == bool or set(values.tolist()) <= {0, 1}:
+        pixels = mask.astype(np.uint8) * np.uint8(255)
+    elif set(values.tolist()) <= {0, 255}:
+        pixels = mask.astype(np.uint8)
+    else:
+        raise ValueError(f"{path}: a binary mask holds 0/1 or 0/255, found values {values[:10].tolist()}")
+    with atomic_path(path) as temporary:
+        Image.fromarray(pixels, mode="L").save(temporary, format="PNG")
+
+
+def pyramid(image: np.ndarray, levels: int | None = None, tile: int = 256, resampling: str = "area") -> List[np.ndarray]:
+    """Level 0 and its successive halvings (``ceil(size / 2)`` each), as ``H x W x C`` arrays.
+
+    Args:
+        image: ``H x W`` or ``H x W x C``.
+        levels: how many levels; by default until the smallest fits in one tile.
+        tile: the tile side that decides the default number of levels.
+        resampling: ``"area"`` (2 x 2 mean, for images) or ``"nearest"`` (every other
+            pixel, for masks and class indices).
+    """
+    if resampling not in RESAMPLINGS:
+        raise ValueError(f"unknown resampling {resampling!r}; choose one of {RESAMPLINGS}")
+    image = np.asarray(image)
+    image = image[:, :, None] if image.ndim == 2 else image
+    if levels is None:
+        levels = 1
+        while max(-(-s // 2 ** (levels - 1)) for s in image.shape[:2]) > tile:
+            levels += 1
+    if levels < 1:
+        raise ValueError(f"levels must be at least 1, got {levels}")
+    out = [image]
+    for _ in range(levels - 1):
+        previous = out[-1]
+        if resampling == "nearest":
+            out.append(previous[::2, ::2])
+            continue
+        rows, cols = np.arange(0, previous.shape[0], 2), np.arange(0, previous.shape[1], 2)
+        sums = np.add.reduceat(np.add.reduceat(previous, rows, axis=0, dtype=np.float64), cols, axis=1)
+        counts = np.diff(np.append(rows, previous.shape[0]))[:, None, None] * np.diff(np.append(cols, previous.shape[1]))[None, :, None]
+        means = sums / counts
+        if np.issubdtype(image.dtype, np.integer):
+            means = np.rint(means)
+        out.append(means.astype(image.dtype))
+    return out
+
+
+def write_pyramidal_tiff(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    levels: int | None = None,
+    tile: int = 256,
+    compression: str | None = "jpeg",
+    resampling: str = "area",
+) -> None:
+    """Write a tiled pyramidal TIFF that both tifffile and OpenSlide (as generic-tiff) read with all levels.
+
+    Levels are written as reduced-resolution pages in the main page chain, not as SubIFDs,
+    which OpenSlide does not see. BigTIFF is used when level 0 exceeds 2 GB uncompressed.
+
+    Args:
+        path: the ``.tif`` to write.
+        image: ``H x W`` or ``H x W x C`` (C = 1 or 3 for JPEG; uint8 for JPEG).
+        levels: number of levels, each half the previous (``ceil``); by default until one tile holds the last.
+        tile: tile side, a multiple of 16.
+        compression: ``"jpeg"`` (lossy, needs ``imagecodecs``), ``"zlib"`` or ``"lzw"`` (lossless), or ``None``.
+        resampling: ``"area"`` for images, ``"nearest"`` for masks.
+    """
+    import tifffile
+
+    path = os.fspath(path)
+    image = np.asarray(image)
+    channels = image.shape[2] if image.ndim == 3 else 1
+    if tile < 16 or tile % 16:
+        raise ValueError(f"{path}: the tile side must be a positive multiple of 16, got {tile}")
+    if compression == "jpeg" and (image.dtype != np.uint8 or channels not in (1, 3)):
+        raise ValueError(f"{path}: JPEG holds 1 or 3 channels of uint8, got {channels} of {image.dtype}; use zlib")
+    if compression == "jpeg" or compression == "lzw":
+        try:
+            import imagecodecs  # noqa: F401  (tifffile's codecs beyond zlib)
+        except ImportError as error:
+            raise ImportError(f"writing {compression}-compressed TIFF needs imagecodecs: pip install imagecodecs") from error
+    photometric = "rgb" if channels in (3, 4) else "minisblack"
+    with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=image.nbytes > 2**31) as writer:
+        for index, level in enumerate(pyramid(image, levels, tile, resampling)):
+            writer.write(
+                level if channels > 1 else level[..., 0],
+                tile=(tile, tile),
+                compression=compression,
+                photometric=photometric,
+                subfiletype=1 if index else 0,
+            )
