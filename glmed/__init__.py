@@ -15,6 +15,7 @@ _EXPORTS = {
     "GLNet": "glmed.models.glnet",
     "GLNetConfig": "glmed.models.glnet",
     "Sharing": "glmed.models.glnet",
+    "CoarseToFineGLNet": "glmed.models.coarse_to_fine",
     "GlobalLocalInferer": "glmed.engine.inferer",
     "SegmentationResult": "glmed.engine.inferer",
     "predict": "glmed.engine.inferer",

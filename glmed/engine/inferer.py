@@ -23,8 +23,10 @@ import torch
 from glmed.data.normalize import Normalization, to_model_input
 from glmed.engine.devices import model_device
 from glmed.engine.stitching import upsample_to_labels
-from glmed.geometry import PatchGrid, patch_grid
+from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
 from glmed.io.base import ArrayReader, ImageReader
+from glmed.io.region import RegionReader
+from glmed.models.coarse_to_fine import CoarseToFineGLNet
 from glmed.models.fpn import FINAL
 from glmed.models.glnet import GLNet, Sharing
 from glmed.models.sharing import LocalToGlobalCanvas
@@ -86,6 +88,8 @@ class GlobalLocalInferer:
         model.eval().to(device)
         try:
             with torch.inference_mode():
+                if isinstance(model, CoarseToFineGLNet):
+                    return self._segment_coarse_to_fine(model, reader, device)
                 return self._segment(model, reader, device)
         finally:
             model.train(was_training)
@@ -112,6 +116,28 @@ class GlobalLocalInferer:
             coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
         mask = self._stitch_patches(model, reader, grid, global_maps, device)
         return SegmentationResult(mask=mask, coarse=coarse, patches=len(grid))
+
+    def _segment_coarse_to_fine(
+        self, model: CoarseToFineGLNet, reader: ImageReader, device: torch.device
+    ) -> SegmentationResult:
+        """Coarse mask from the global branch; GLNet passes over the relaxed boxes only."""
+        config = model.config
+        global_image = self._global_input(reader, config.global_size, device)
+        global_logits = model.global_logits(model.global_features(global_image), global_image.shape[-2:])[0]
+        coarse = upsample_to_labels(global_logits, reader.size)
+        foreground = global_logits.argmax(0).cpu().numpy() != 0
+        min_size = patch_size_for(reader.size, (config.patch_size, config.patch_size))
+        boxes = coarse_to_fine_boxes(foreground, reader.size, config.target_ratio, min_size, config.per_component)
+        if not boxes:
+            note = "the global branch found no foreground, so nothing was refined: the mask is its coarse prediction"
+            return SegmentationResult(mask=coarse.copy(), coarse=coarse, notes=[note])
+        mask = np.zeros(reader.size, dtype=np.uint8)
+        patches = 0
+        for box in boxes:
+            refined = self._segment(model, RegionReader(reader, box), device)
+            mask[box[0] : box[2], box[1] : box[3]] = refined.mask
+            patches += refined.patches
+        return SegmentationResult(mask=mask, coarse=coarse, boxes=boxes, patches=patches)
 
     def _stitch_patches(
         self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: Dict[str, torch.Tensor] | None,
@@ -175,7 +201,9 @@ def predict(
 
     Args:
         model: a :class:`~glmed.models.glnet.GLNet` (its config sets the global size,
-            patch size and overlap it was trained with).
+            patch size and overlap it was trained with) or a
+            :class:`~glmed.models.coarse_to_fine.CoarseToFineGLNet`, which refines only
+            its relaxed foreground boxes and lists them in ``result.boxes``.
         image: an ``H×W×C`` array, a path to any format glmed reads, or an open reader.
         batch_size: patches per forward pass; bounds device memory.
         device: where to run; the model's device by default.

@@ -11,6 +11,7 @@ from typing import Tuple
 
 import numpy as np
 
+from glmed.geometry import footprint
 from glmed.io.base import ImageReader, check_box
 from glmed.types import Box, Size
 
@@ -27,7 +28,13 @@ class RegionReader(ImageReader):
         check_box(region, reader.size, reader.name)
         self.reader = reader
         self.region: Box = tuple(int(v) for v in region)  # type: ignore[assignment]
+        self.max_pixels = reader.max_pixels
         self.name = f"{reader.name}[{self.region[0]}:{self.region[2]}, {self.region[1]}:{self.region[3]}]"
+        # The region's place on each of the reader's levels; level 0 is the region itself.
+        self._level_regions = tuple(
+            footprint(self.region, reader.size, level_size) if index else self.region
+            for index, level_size in enumerate(reader.level_sizes)
+        )
 
     @property
     def size(self) -> Size:
@@ -39,15 +46,13 @@ class RegionReader(ImageReader):
         return self.reader.channels
 
     @property
-    def level_downsamples(self) -> Tuple[float, ...]:
-        return self.reader.level_downsamples
+    def dtype(self) -> np.dtype:
+        return self.reader.dtype
 
     @property
     def level_sizes(self) -> Tuple[Size, ...]:
-        height, width = self.size
-        return tuple((max(int(height / d), 1), max(int(width / d), 1)) for d in self.level_downsamples)
+        return tuple((r1 - r0, c1 - c0) for r0, c0, r1, c1 in self._level_regions)
 
-    def read(self, box: Box, level: int = 0) -> np.ndarray:
-        check_box(box, self.size, self.name)
-        r0, c0 = self.region[0], self.region[1]
-        return self.reader.read((box[0] + r0, box[1] + c0, box[2] + r0, box[3] + c0), level)
+    def _read_level(self, level: int, box: Box) -> np.ndarray:
+        r0, c0 = self._level_regions[level][:2]
+        return self.reader._read_level(level, (box[0] + r0, box[1] + c0, box[2] + r0, box[3] + c0))
