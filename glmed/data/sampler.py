@@ -7,14 +7,14 @@ each patch is one region read. The MONAI transforms in :mod:`glmed.data.transfor
 the inferer both build on these functions, so training and inference see the same grid,
 the same pixels and the same normalisation.
 
-Coarse-to-fine: :func:`coarse_to_fine_box` turns a mask (the ground truth when training,
-the global branch's coarse prediction at inference) into a box relaxed to about 1:1
-foreground:background, and :func:`tile_box` tiles patches inside that box only.
+Coarse-to-fine: :func:`glmed.geometry.coarse_to_fine_boxes` turns a mask (the ground truth
+when training, the global branch's coarse prediction at inference) into a box relaxed to
+about 1:1 foreground:background; :func:`jitter_box` perturbs it for training and
+:func:`tile_box` tiles patches inside it only.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Sequence
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from glmed.data.normalize import Normalization
-from glmed.geometry import normalize_boxes, patch_grid, patch_size_for, PatchGrid
+from glmed.geometry import PatchGrid, grow_to_size, normalize_boxes, patch_grid, patch_size_for
 from glmed.io.base import ArrayReader, ImageReader
 from glmed.types import Box, Size
 
@@ -132,14 +132,10 @@ def read_patches(image: ImageReader | np.ndarray, boxes: np.ndarray | Sequence[B
     sizes = {(int(b[2] - b[0]), int(b[3] - b[1])) for b in boxes}
     if len(sizes) > 1:
         raise ValueError(f"{reader.name}: patches must share one size to be batched, got sizes {sorted(sizes)}")
-    if len(boxes) == 0:
-        return np.empty((0, 0, 0, reader.channels), dtype=np.uint8)
-    out = None
+    height, width = sizes.pop() if sizes else (0, 0)
+    out = np.empty((len(boxes), height, width, reader.channels), dtype=reader.dtype)
     for index, box in enumerate(boxes):
-        pixels = reader.read(tuple(int(v) for v in box))
-        if out is None:  # readers do not declare a dtype: take the first patch's
-            out = np.empty((len(boxes),) + pixels.shape, dtype=pixels.dtype)
-        out[index] = pixels
+        out[index] = reader.read(tuple(int(v) for v in box))
     return out
 
 
@@ -163,80 +159,6 @@ def iter_patch_batches(
 
 
 # -- coarse-to-fine boxes -------------------------------------------------------------
-
-
-def fit_box(center: Sequence[float], size: Sequence[float], image_size: Size) -> Box:
-    """A whole-pixel box of (at least) ``size`` centred on ``center``, moved inside the image.
-
-    Sizes larger than the image are cut to the image; otherwise the box is shifted, not
-    shrunk, where it would leave the image.
-    """
-    box = []
-    for axis in range(2):
-        length = min(int(math.ceil(size[axis] - 1e-9)), image_size[axis])
-        start = int(math.floor(center[axis] - length / 2 + 1e-9))
-        start = min(max(start, 0), image_size[axis] - length)
-        box.append((start, start + length))
-    return (box[0][0], box[1][0], box[0][1], box[1][1])
-
-
-def foreground_box(mask: np.ndarray) -> Box | None:
-    """The tight box around the non-zero pixels of an ``H×W`` mask, or None if it has none."""
-    mask = np.asarray(mask)
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
-
-
-def relax_box(box: Box, image_size: Size, foreground_pixels: int, background_ratio: float = 1.0) -> Box:
-    """Grow a box about its centre until background : foreground inside is at least ``background_ratio``.
-
-    The paper relaxes the coarse box to about 1:1 so the local branch sees both classes.
-    A box that already holds enough background is returned unchanged.
-    """
-    height, width = box[2] - box[0], box[3] - box[1]
-    target = (1.0 + background_ratio) * foreground_pixels
-    if height * width >= target:
-        return tuple(int(v) for v in box)
-    scale = math.sqrt(target / (height * width))
-    center = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-    return fit_box(center, (height * scale, width * scale), image_size)
-
-
-def coarse_to_fine_box(
-    mask: np.ndarray,
-    image_size: Size | None = None,
-    background_ratio: float = 1.0,
-) -> Box:
-    """The box coarse-to-fine refines: the mask's foreground box, relaxed, in image pixels.
-
-    Args:
-        mask: ``h×w`` foreground mask (non-zero = foreground): the ground truth when
-            training, the global branch's coarse prediction at inference.
-        image_size: ``(height, width)`` of the full-resolution image the box is for; the
-            mask's own size by default. The box is mapped outward (floor/ceil), so it
-            covers every image pixel of the masked region.
-        background_ratio: background : foreground wanted inside the box (1.0 = 1:1).
-
-    Returns:
-        ``(row0, col0, row1, col1)`` in image pixels; the whole image when the mask is empty.
-    """
-    mask = np.asarray(mask)
-    mask_size = (int(mask.shape[0]), int(mask.shape[1]))
-    image_size = mask_size if image_size is None else (int(image_size[0]), int(image_size[1]))
-    tight = foreground_box(mask)
-    if tight is None:
-        return (0, 0, image_size[0], image_size[1])
-    relaxed = relax_box(tight, mask_size, int(np.count_nonzero(mask)), background_ratio)
-    sr, sc = image_size[0] / mask_size[0], image_size[1] / mask_size[1]
-    return (
-        max(int(math.floor(relaxed[0] * sr + 1e-9)), 0),
-        max(int(math.floor(relaxed[1] * sc + 1e-9)), 0),
-        min(int(math.ceil(relaxed[2] * sr - 1e-9)), image_size[0]),
-        min(int(math.ceil(relaxed[3] * sc - 1e-9)), image_size[1]),
-    )
 
 
 def jitter_box(box: Box, image_size: Size, fraction: float, shifts: Sequence[float]) -> Box:
@@ -269,9 +191,7 @@ def tile_box(image_size: Size, box: Box, patch_size: int | Size = 508, overlap: 
     r0, c0, r1, c1 = (int(v) for v in box)
     if not (0 <= r0 < r1 <= image_size[0] and 0 <= c0 < c1 <= image_size[1]):
         raise ValueError(f"box {tuple(box)} is not a non-empty box inside an image of size {tuple(image_size)}")
-    wanted = patch_size_for(image_size, patch)
-    size = (max(r1 - r0, wanted[0]), max(c1 - c0, wanted[1]))
-    region = fit_box(((r0 + r1) / 2, (c0 + c1) / 2), size, image_size)
+    region = grow_to_size((r0, c0, r1, c1), patch_size_for(image_size, patch), image_size)
     return patch_grid(image_size, patch, overlap, region=region)
 
 

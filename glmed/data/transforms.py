@@ -33,14 +33,8 @@ from monai.transforms import MapTransform, Randomizable, SpatialCrop, Transform
 from monai.utils.type_conversion import convert_to_dst_type
 
 from glmed.data.normalize import Normalization
-from glmed.data.sampler import (
-    check_class_map,
-    coarse_to_fine_box,
-    global_local_sample,
-    jitter_box,
-    tile_box,
-)
-from glmed.geometry import patch_grid
+from glmed.data.sampler import check_class_map, global_local_sample, jitter_box, tile_box
+from glmed.geometry import coarse_to_fine_boxes, patch_grid
 from glmed.io.base import ImageReader
 from glmed.types import Size
 
@@ -288,20 +282,22 @@ class RandGlobalLocald(Randomizable, GlobalLocald):
 class RandForegroundBox(Randomizable, Transform):
     """The coarse-to-fine training box: the label's foreground box, relaxed and jittered.
 
-    The box is relaxed to about ``background_ratio`` background per foreground pixel (the
-    paper's 1:1), then each edge moves by up to ``jitter`` of the box's size, so the local
-    branch learns from boxes as imprecise as the coarse prediction's. Always inside the
-    image and never empty; the whole image when the label has no foreground.
+    The box is the one inference would take from a perfect coarse mask
+    (:func:`glmed.geometry.coarse_to_fine_boxes`: tight box around all foreground, relaxed
+    to ``target_ratio`` foreground : background, the paper's 1:1); then each edge moves by
+    up to ``jitter`` of the box's size, so the local branch learns from boxes as imprecise
+    as the coarse prediction's. Always inside the image and never empty; the whole image
+    when the label has no foreground.
 
     Args:
-        background_ratio: background : foreground wanted in the box.
+        target_ratio: foreground : background wanted in the box.
         jitter: largest edge move, as a fraction of the box's height or width.
     """
 
-    def __init__(self, background_ratio: float = 1.0, jitter: float = 0.1) -> None:
-        if background_ratio < 0 or jitter < 0:
-            raise ValueError(f"background_ratio ({background_ratio}) and jitter ({jitter}) must be non-negative")
-        self.background_ratio = background_ratio
+    def __init__(self, target_ratio: float = 1.0, jitter: float = 0.1) -> None:
+        if not target_ratio > 0 or jitter < 0:
+            raise ValueError(f"target_ratio ({target_ratio}) must be positive and jitter ({jitter}) non-negative")
+        self.target_ratio = target_ratio
         self.jitter = jitter
         self._shifts = np.zeros(4)
 
@@ -314,7 +310,8 @@ class RandForegroundBox(Randomizable, Transform):
         if randomize:
             self.randomize()
         mask = check_class_map(label, str(key)) > 0
-        box = coarse_to_fine_box(mask, background_ratio=self.background_ratio)
+        boxes = coarse_to_fine_boxes(mask, mask.shape, self.target_ratio)
+        box = boxes[0] if boxes else (0, 0, mask.shape[0], mask.shape[1])
         return np.asarray(jitter_box(box, mask.shape, self.jitter, self._shifts), dtype=np.int64)
 
 
@@ -331,7 +328,7 @@ class RandForegroundBoxd(Randomizable, MapTransform):
         self,
         keys: KeysCollection = "label",
         box_key: str = "box",
-        background_ratio: float = 1.0,
+        target_ratio: float = 1.0,
         jitter: float = 0.1,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -339,7 +336,7 @@ class RandForegroundBoxd(Randomizable, MapTransform):
         if len(self.keys) != 1:
             raise ValueError(f"RandForegroundBoxd takes one label key, got {self.keys}")
         self.box_key = box_key
-        self.boxer = RandForegroundBox(background_ratio, jitter)
+        self.boxer = RandForegroundBox(target_ratio, jitter)
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
