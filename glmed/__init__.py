@@ -21,6 +21,7 @@ _EXPORTS = {
     "predict": "glmed.engine.inferer",
     "open_image": "glmed.io",
     "score_submission": "glmed.metrics.isic",
+    "show_result": "glmed.plotting",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -75,7 +75,13 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     iou = _iou(result.mask, test_mask)
     write_mask_png(args.out / "prediction.png", result.mask)
-    _write_overlay(args.out / "overlay.png", test_image, test_mask, result.mask)
+    try:
+        from glmed.plotting import save_result_figure
+
+        save_result_figure(args.out / "overlay.png", test_image, result, test_mask,
+                           title="truth (green) and GLNet prediction (red)")
+    except ImportError:
+        print("matplotlib is not installed: no overlay.png (pip install 'glmed[plot]')")
     print(f"held-out image: IoU {iou:.3f}, ISIC thresholded IoU {iou if iou >= 0.65 else 0.0:.3f}, "
           f"{result.patches} patches in {seconds:.1f} s")
     print(f"outputs in {args.out}/")
@@ -86,25 +92,3 @@ def _iou(prediction, truth) -> float:
     prediction, truth = prediction.astype(bool), truth.astype(bool)
     union = (prediction | truth).sum()
     return float((prediction & truth).sum() / union) if union else 1.0
-
-
-def _write_overlay(path: Path, image, truth, prediction) -> None:
-    """Image with the truth (green) and prediction (red) outlines, if matplotlib is installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    from glmed.io.writers import atomic_path
-
-    figure, axis = plt.subplots(figsize=(8, 6))
-    axis.imshow(image)
-    axis.contour(truth, levels=[0.5], colors="lime", linewidths=1)
-    axis.contour(prediction, levels=[0.5], colors="red", linewidths=1)
-    axis.set_axis_off()
-    axis.set_title("truth (green) and GLNet prediction (red)")
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", bbox_inches="tight", dpi=100)
-    plt.close(figure)

@@ -1,0 +1,78 @@
+"""Pictures of predictions for notebooks and reports (needs matplotlib: ``pip install glmed[plot]``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from glmed.engine.inferer import SegmentationResult
+
+
+def show_result(
+    image: np.ndarray,
+    result: SegmentationResult,
+    truth: np.ndarray | None = None,
+    ax: Any = None,
+    max_side: int = 1600,
+) -> Any:
+    """Draw the image with the prediction's outline, the refined boxes and, if given, the truth.
+
+    Prediction outlines are red, ground truth green, coarse-to-fine boxes dashed yellow.
+    Large images are shown subsampled to about ``max_side`` pixels (outlines and boxes
+    are drawn in full-resolution coordinates either way).
+
+    Args:
+        image: ``H×W×C`` or ``H×W`` array the result belongs to.
+        result: what :func:`glmed.predict` returned for it.
+        truth: ``H×W`` ground-truth mask, optional.
+        ax: a matplotlib Axes to draw into; a new figure's by default.
+
+    Returns:
+        The Axes.
+    """
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    image = np.asarray(image)
+    if image.shape[:2] != result.mask.shape:
+        raise ValueError(f"image is {image.shape[:2]} but the result's mask is {result.mask.shape}")
+    step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 8 * image.shape[0] / image.shape[1]))
+    height, width = image.shape[:2]
+    extent = (0, width, height, 0)
+    ax.imshow(image[::step, ::step], extent=extent, cmap="gray" if image.ndim == 2 else None)
+    rows, cols = np.arange(0, height, step), np.arange(0, width, step)
+    if truth is not None:
+        ax.contour(cols, rows, (np.asarray(truth)[::step, ::step] != 0), levels=[0.5], colors="lime", linewidths=1)
+    ax.contour(cols, rows, result.mask[::step, ::step] != 0, levels=[0.5], colors="red", linewidths=1)
+    for r0, c0, r1, c1 in result.boxes:
+        ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, edgecolor="yellow", linestyle="--"))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_axis_off()
+    return ax
+
+
+def save_result_figure(path: str | os.PathLike, image: np.ndarray, result: SegmentationResult,
+                       truth: np.ndarray | None = None, title: str | None = None) -> None:
+    """Write :func:`show_result`'s picture to a PNG file, atomically."""
+    plt = _pyplot()
+    from glmed.io.writers import atomic_path
+
+    ax = show_result(image, result, truth)
+    if title:
+        ax.set_title(title)
+    with atomic_path(path) as temporary:
+        ax.figure.savefig(temporary, format="png", bbox_inches="tight", dpi=100)
+    plt.close(ax.figure)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("drawing needs matplotlib: pip install 'glmed[plot]'") from error
+    return plt
