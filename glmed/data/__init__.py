@@ -1,1 +1,44 @@
-"""MONAI dictionary transforms, dataset layouts, the global-local patch sampler and synthetic data."""
+"""MONAI dictionary transforms, dataset layouts, the global-local patch sampler and synthetic data.
+
+Names are imported lazily, so ``import glmed.data.layouts`` does not load MONAI; the
+transforms load it when first used. See ``docs/data.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, List
+
+_EXPORTS = {
+    **dict.fromkeys(("IMAGENET_MEAN", "IMAGENET_STD", "Normalization", "to_model_input"), "glmed.data.normalize"),
+    **dict.fromkeys(
+        ("PatchBatch", "check_class_map", "collate_global_local", "global_local_sample", "iter_patch_batches",
+         "jitter_box", "read_patches", "resize_label", "tile_box"),
+        "glmed.data.sampler",
+    ),
+    **dict.fromkeys(
+        ("CropBoxd", "GlobalLocal", "GlobalLocald", "LabelToIndex", "LabelToIndexd", "RandForegroundBox",
+         "RandForegroundBoxd", "RandGlobalLocald", "ReadImaged"),
+        "glmed.data.transforms",
+    ),
+    **dict.fromkeys(
+        ("make_aerial_image", "make_dermoscopy_image", "make_landcover_image", "write_deepglobe_dataset",
+         "write_inria_dataset", "write_isic_dataset"),
+        "glmed.data.synthetic",
+    ),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'glmed.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return __all__

@@ -51,6 +51,54 @@ def channels_last(image: Array | ImageReader) -> np.ndarray | ImageReader:
     return np.moveaxis(array, 0, -1)
 
 
+# -- loading --------------------------------------------------------------------------
+
+
+class ReadImaged(MapTransform):
+    """Load an image and its mask with :func:`glmed.io.open_image`, mask as class indices.
+
+    The glmed counterpart of ``LoadImaged`` + ``EnsureChannelFirstd`` + ``LabelToIndexd``:
+    rows stay rows, pixels keep the file's dtype, and the mask is converted and validated
+    as :func:`glmed.io.labels.mask_to_index` does for the dataset (``binary``: 0/255 or
+    0/1 → 0/1, ISIC and Inria; ``deepglobe``: palette colours → 7 classes).
+
+    Args:
+        keys: image key, then optionally label key; the sample holds file paths there.
+        label_kind: ``"binary"``, ``"deepglobe"``, or None for masks that already hold
+            class indices.
+        allow_missing_keys: allow samples without the label key.
+
+    Puts ``C×H×W`` (image) and ``1×H×W`` uint8 (label) arrays under the same keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        label_kind: str | None = "binary",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not 1 <= len(self.keys) <= 2:
+            raise ValueError(f"keys must name the image and optionally the label, got {self.keys}")
+        self.label_kind = label_kind
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        from glmed.io import mask_to_index, open_image
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            with open_image(d[key]) as reader:
+                height, width = reader.size
+                pixels = reader.read((0, 0, height, width))
+            if key == self.keys[0]:
+                d[key] = np.moveaxis(pixels, -1, 0)
+            elif self.label_kind is None:
+                d[key] = check_class_map(pixels, str(key))[None]
+            else:
+                d[key] = mask_to_index(pixels, self.label_kind, reader.name)[None]
+        return d
+
+
 # -- labels ---------------------------------------------------------------------------
 
 
@@ -75,6 +123,7 @@ class LabelToIndex(Transform):
         if len({tuple(row) for row in table}) != len(table):
             raise ValueError(f"values must be distinct, got {values!r}")
         self.table = table
+        self.values = np.asarray(values).tolist()  # as given, for messages
 
     def __call__(self, label: Array, key: Hashable = "label") -> Array:
         """``C×H×W`` or ``H×W`` mask → ``1×H×W`` int64 class map, same array type as ``label``."""
@@ -93,11 +142,9 @@ class LabelToIndex(Transform):
             out[hit] = index
             found |= hit
         if not found.all():
-            strays = np.unique(array.reshape(array.shape[0], -1)[:, ~found.reshape(-1)], axis=1)
-            raise ValueError(
-                f"{key!r} holds values {strays.T[:5].tolist()} that are not among the class values "
-                f"{self.table.tolist()}"
-            )
+            strays = np.unique(array.reshape(array.shape[0], -1)[:, ~found.reshape(-1)], axis=1).T[:5]
+            shown = strays[:, 0] if strays.shape[1] == 1 else strays
+            raise ValueError(f"{key!r} holds values {shown.tolist()} that are not among the class values {self.values}")
         return convert_to_dst_type(out[None], label, dtype=torch.int64 if isinstance(label, torch.Tensor) else None)[0]
 
 

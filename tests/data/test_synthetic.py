@@ -1,0 +1,126 @@
+import time
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from skimage.measure import perimeter
+
+from glmed.data.layouts import find_deepglobe, find_inria, find_isic, scan_dataset
+from glmed.data.synthetic import (
+    make_aerial_image,
+    make_dermoscopy_image,
+    make_landcover_image,
+    write_deepglobe_dataset,
+    write_inria_dataset,
+    write_isic_dataset,
+)
+from glmed.io.labels import DEEPGLOBE_PALETTE
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("make", [make_dermoscopy_image, make_landcover_image, make_aerial_image])
+def test_generators_are_deterministic_by_seed(make):
+    image, label = make((120, 170), 11)
+    again, label_again = make((120, 170), 11)
+    other, _ = make((120, 170), 12)
+    assert image.shape == (120, 170, 3) and image.dtype == np.uint8
+    assert label.shape == (120, 170) and label.dtype == np.uint8
+    np.testing.assert_array_equal(image, again)
+    np.testing.assert_array_equal(label, label_again)
+    assert not np.array_equal(image, other)
+
+
+def test_same_seed_writes_identical_bytes(tmp_path):
+    first = write_isic_dataset(tmp_path / "a", n_images=3, size_range=(100, 160), seed=5)
+    second = write_isic_dataset(tmp_path / "b", n_images=3, size_range=(100, 160), seed=5)
+    third = write_isic_dataset(tmp_path / "c", n_images=3, size_range=(100, 160), seed=6)
+    assert _tree(first) == _tree(second)
+    assert _tree(first) != _tree(third)
+    assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
+
+
+def test_isic_layout_matches_the_challenge_files(tmp_path):
+    root = write_isic_dataset(tmp_path, n_images=3, sizes=[(90, 120), (100, 150), (80, 80)], seed=0)
+    images, truths = root / "ISIC2018_Task1-2_Training_Input", root / "ISIC2018_Task1_Training_GroundTruth"
+    expected_images = [f"ISIC_{i:07d}.jpg" for i in range(3)]
+    assert sorted(p.name for p in images.iterdir()) == sorted(expected_images + ["ATTRIBUTION.txt", "LICENSE.txt"])
+    for index, size in enumerate([(90, 120), (100, 150), (80, 80)]):
+        with Image.open(images / f"ISIC_{index:07d}.jpg") as image:
+            assert image.format == "JPEG" and image.mode == "RGB" and image.size == size[::-1]
+        with Image.open(truths / f"ISIC_{index:07d}_segmentation.png") as mask:
+            assert mask.format == "PNG" and mask.mode == "L" and mask.size == size[::-1]
+            assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+    table = scan_dataset(find_isic(root), "binary")
+    assert table["image_id"].tolist() == ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002"]
+    validation = write_isic_dataset(tmp_path / "val", n_images=1, sizes=[(64, 64)], split="Validation")
+    assert len(find_isic(validation, "validation")) == 1
+
+
+def test_deepglobe_and_inria_layouts(tmp_path):
+    root = write_deepglobe_dataset(tmp_path / "deepglobe", n_images=2, size_range=(96, 96), seed=1)
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["100_mask.png", "100_sat.jpg", "101_mask.png",
+                                                                 "101_sat.jpg"]
+    colours = np.asarray(Image.open(root / "train" / "100_mask.png")).reshape(-1, 3)
+    assert {tuple(c) for c in np.unique(colours, axis=0)} <= {tuple(c) for c in DEEPGLOBE_PALETTE}
+    assert (root / "class_dict.csv").read_text().splitlines()[:2] == ["name,r,g,b", "urban_land,0,255,255"]
+    assert len(scan_dataset(find_deepglobe(root), "deepglobe")) == 2
+    inria = write_inria_dataset(tmp_path / "inria", n_images=2, size_range=(80, 80), seed=1)
+    gt = tifffile.imread(inria / "train" / "gt" / "austin1.tif")
+    assert gt.shape == (80, 80) and gt.dtype == np.uint8 and set(np.unique(gt).tolist()) == {0, 255}
+    assert tifffile.imread(inria / "train" / "images" / "chicago1.tif").shape == (80, 80, 3)
+    assert len(scan_dataset(find_inria(inria), "binary")) == 2
+
+
+def test_writers_refuse_inconsistent_arguments(tmp_path):
+    with pytest.raises(ValueError, match="one size per image"):
+        write_isic_dataset(tmp_path, n_images=2, sizes=[(64, 64)])
+    with pytest.raises(ValueError, match="size_range"):
+        write_isic_dataset(tmp_path, n_images=1, size_range=(300, 200))
+    with pytest.raises(ValueError, match="at least 16"):
+        make_dermoscopy_image((8, 100), 0)
+
+
+def test_most_dermoscopy_images_are_under_20_percent_foreground():
+    fractions = np.array([make_dermoscopy_image((96, 128), seed)[1].mean() for seed in range(20)])
+    assert (fractions > 0).all() and (fractions < 0.8).all()
+    assert (fractions < 0.2).mean() > 0.6
+    assert (fractions >= 0.1).any()  # not only specks: lesion sizes vary
+
+
+def test_dermoscopy_lesions_are_dark_irregular_and_coloured():
+    image, mask = make_dermoscopy_image((512, 683), 4)
+    grey = image.astype(float).mean(axis=2)
+    assert grey[mask == 1].mean() < grey[mask == 0].mean() - 20
+    inside = image[mask == 1].astype(float)
+    assert inside.std(axis=0).min() > 5  # internal colour variation
+    compactness = perimeter(mask) ** 2 / (4 * np.pi * mask.sum())
+    assert compactness > 1.3  # an ellipse is close to 1; fine, irregular borders are far more
+
+
+def test_landcover_classes_and_colours():
+    image, classes = make_landcover_image((256, 256), 2)
+    present = np.unique(classes)
+    assert present.max() <= 5 and len(present) >= 3  # "unknown" is never drawn
+    means = {c: image[classes == c].astype(float).mean(axis=0) for c in present}
+    assert means[3].sum() < means[1].sum() and means[3][1] > means[3][2]  # forest: darker than fields, green
+    assert means[4][2] > means[4][0]  # water: blue
+    _, buildings = make_aerial_image((256, 256), 2)
+    assert 0.01 < buildings.mean() < 0.5
+
+
+def test_generation_is_fast_at_isic_sizes():
+    started = time.perf_counter()
+    make_dermoscopy_image((768, 1024), 0)
+    assert time.perf_counter() - started < 1.5
+
+
+@pytest.mark.slow
+def test_largest_isic_size_takes_seconds():
+    started = time.perf_counter()
+    image, mask = make_dermoscopy_image((4499, 6748), 0)
+    assert time.perf_counter() - started < 15
+    assert image.shape == (4499, 6748, 3) and mask.any()
