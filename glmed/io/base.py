@@ -147,40 +147,43 @@ class ImageReader(ABC):
         """The whole image resampled to ``size`` (the global branch's view), in the reader's dtype.
 
         Reads the coarsest pyramid level still at least ``size``. When that level is at
-        least twice ``size`` along an axis it is streamed in stripes of about
-        :data:`STRIPE_BYTES` and block-averaged by the integer factor, so memory stays
-        near ``4 x size`` pixels whatever the image's size; the remaining factor (< 2) is
-        an anti-aliased resize.
+        least twice ``size`` along an axis, it is streamed in stripes of about
+        :data:`STRIPE_BYTES` and averaged over blocks of ``factor`` or ``factor + 1``
+        pixels (``factor`` the integer part of the ratio) down to less than twice ``size``,
+        so memory stays near ``4 x size`` pixels whatever the image's size; the remaining
+        factor (< 2) is an anti-aliased resize.
         """
         height, width = (int(size[0]), int(size[1]))
         if height < 1 or width < 1:
             raise ValueError(f"{self.name}: resized size must be positive, got {tuple(size)}")
         level = self.best_level_for((height, width))
         lh, lw = self.level_sizes[level]
-        row_factor, col_factor = max(1, lh // height), max(1, lw // width)
-        if row_factor == 1 and col_factor == 1:
+        if lh < 2 * height and lw < 2 * width:
             check_pixels(self.name, (lh, lw), self.max_pixels, f"level {level}")
             small = self._read_level(level, (0, 0, lh, lw))
         else:
-            small = self._block_mean(level, row_factor, col_factor)
+            small = self._block_mean(level, (lh // max(1, lh // height), lw // max(1, lw // width)))
         return resize_image(small, (height, width))
 
-    def _block_mean(self, level: int, row_factor: int, col_factor: int) -> np.ndarray:
-        """``level`` averaged over ``row_factor x col_factor`` blocks (ragged at the far edges), read in stripes."""
+    def _block_mean(self, level: int, size: Size) -> np.ndarray:
+        """``level`` averaged down to ``size`` over blocks with whole-pixel edges, read in stripes of rows."""
         lh, lw = self.level_sizes[level]
-        row_bytes = row_factor * lw * self.channels * self.dtype.itemsize
-        stripe_rows = row_factor * max(1, STRIPE_BYTES // row_bytes)
-        col_starts = np.arange(0, lw, col_factor)
+        row_edges = (np.arange(size[0] + 1) * lh) // size[0]
+        col_starts = (np.arange(size[1]) * lw) // size[1]
         col_counts = np.diff(np.append(col_starts, lw))
-        out = np.empty((-(-lh // row_factor), len(col_starts), self.channels), dtype=self.dtype)
-        for top in range(0, lh, stripe_rows):
-            bottom = min(top + stripe_rows, lh)
+        block_bytes = (lh // size[0] + 1) * lw * self.channels * self.dtype.itemsize
+        blocks_per_stripe = max(1, STRIPE_BYTES // block_bytes)
+        out = np.empty((size[0], size[1], self.channels), dtype=self.dtype)
+        for first in range(0, size[0], blocks_per_stripe):
+            last = min(first + blocks_per_stripe, size[0])
+            top, bottom = int(row_edges[first]), int(row_edges[last])
             stripe = self._read_level(level, (top, 0, bottom, lw))
-            row_starts = np.arange(0, bottom - top, row_factor)
-            row_counts = np.diff(np.append(row_starts, bottom - top))
-            sums = np.add.reduceat(np.add.reduceat(stripe, row_starts, axis=0, dtype=np.float64), col_starts, axis=1)
-            means = sums / (row_counts[:, None, None] * col_counts[None, :, None])
-            out[top // row_factor : top // row_factor + len(row_starts)] = _cast_like(means, self.dtype)
+            # Row sums one block at a time: a reduction with a dtype casts in small buffers,
+            # where reduceat would first cast the whole stripe to float64 (8x its bytes).
+            rows = [stripe[a - top : b - top].sum(axis=0, dtype=np.float64) for a, b in zip(row_edges[first:last], row_edges[first + 1 : last + 1])]
+            sums = np.add.reduceat(np.stack(rows), col_starts, axis=1)
+            counts = np.diff(row_edges[first : last + 1])[:, None, None] * col_counts[None, :, None]
+            out[first:last] = _cast_like(sums / counts, self.dtype)
         return out
 
     def best_level_for(self, size: Size) -> int:

@@ -38,9 +38,9 @@ def flatten_alpha(array: np.ndarray, background: Sequence[float] | None = None) 
     back = np.full(colours, top, dtype=np.float64) if background is None else np.asarray(background, np.float64)
     if back.shape != (colours,):
         raise ValueError(f"background needs {colours} value(s), got {tuple(back.shape)}")
-    alpha = array[..., -1:].astype(np.float64) / top
-    if alpha.min() >= 1.0:
+    if array[..., -1].min() >= top:  # opaque: nothing to composite
         return array[..., :colours]
+    alpha = array[..., -1:].astype(np.float64) / top
     out = array[..., :colours] * alpha + back * (1.0 - alpha)
     if np.issubdtype(array.dtype, np.integer):
         out = np.clip(np.rint(out), 0, top)
