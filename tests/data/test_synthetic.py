@@ -60,6 +60,14 @@ def test_isic_layout_matches_the_challenge_files(tmp_path):
     assert len(find_isic(validation, "validation")) == 1
 
 
+def test_default_isic_sizes_are_landscape_and_never_smaller_than_a_patch(tmp_path):
+    root = write_isic_dataset(tmp_path, n_images=2, seed=0)
+    for path in sorted((root / "ISIC2018_Task1-2_Training_Input").glob("*.jpg")):
+        with Image.open(path) as image:
+            width, height = image.size
+        assert 540 <= height <= 768 and min(abs(width / height - 4 / 3), abs(width / height - 3 / 2)) < 0.01
+
+
 def test_deepglobe_and_inria_layouts(tmp_path):
     root = write_deepglobe_dataset(tmp_path / "deepglobe", n_images=2, size_range=(96, 96), seed=1)
     assert sorted(p.name for p in (root / "train").iterdir()) == ["100_mask.png", "100_sat.jpg", "101_mask.png",
