@@ -333,7 +333,7 @@ def _matching(folder: Path, pattern: re.Pattern) -> Dict[str, Path]:
 def _matching_tree(root: Path, pattern: re.Pattern) -> Dict[str, Path]:
     """Like :func:`_matching` over every folder under ``root``; an id found twice is a layout error."""
     found: Dict[str, Path] = {}
-    for folder, _, names in sorted(os.walk(root)):
+    for folder, _, _ in sorted(os.walk(root)):
         for image_id, path in _matching(Path(folder), pattern).items():
             if image_id in found:
                 raise LayoutError(f"{root}: id {image_id!r} is found twice: {found[image_id]} and {path}")

@@ -180,7 +180,8 @@ class ImageReader(ABC):
             stripe = self._read_level(level, (top, 0, bottom, lw))
             # Row sums one block at a time: a reduction with a dtype casts in small buffers,
             # where reduceat would first cast the whole stripe to float64 (8x its bytes).
-            rows = [stripe[a - top : b - top].sum(axis=0, dtype=np.float64) for a, b in zip(row_edges[first:last], row_edges[first + 1 : last + 1])]
+            edges = row_edges[first : last + 1] - top
+            rows = [stripe[a:b].sum(axis=0, dtype=np.float64) for a, b in zip(edges[:-1], edges[1:])]
             sums = np.add.reduceat(np.stack(rows), col_starts, axis=1)
             counts = np.diff(row_edges[first : last + 1])[:, None, None] * col_counts[None, :, None]
             out[first:last] = _cast_like(sums / counts, self.dtype)

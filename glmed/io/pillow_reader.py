@@ -27,7 +27,9 @@ _PIL_LOCK = threading.Lock()
 _TRAILERS = {"JPEG": (b"\xff\xd9", 4096), "PNG": (b"IEND", 64)}
 """Marker that ends a complete file of the format, and how far from the end to look for it."""
 
-_CONVERT = {"1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+_CONVERT = {
+    "1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB",
+}
 """Pillow modes converted on decoding, to the mode they become."""
 
 _LAYOUT = {

@@ -49,7 +49,8 @@ class SlideReader(ImageReader):
         except openslide.OpenSlideUnsupportedFormatError as error:
             raise ImageFormatError(f"{self.path}: not a slide format OpenSlide reads") from error
         except (openslide.OpenSlideError, OSError) as error:
-            raise ImageFormatError(f"{self.path}: OpenSlide cannot open it, the file is corrupt or truncated ({error})") from error
+            message = f"{self.path}: OpenSlide cannot open it, the file is corrupt or truncated ({error})"
+            raise ImageFormatError(message) from error
         colour = self._slide.properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR, "FFFFFF")
         self._background = tuple(int(colour[i : i + 2], 16) for i in (0, 2, 4))
 

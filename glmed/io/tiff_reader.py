@@ -77,7 +77,7 @@ class TiffReader(ImageReader):
     @property
     def dtype(self) -> np.dtype:
         dtype = np.dtype(self._pages[0].dtype)
-        return np.dtype(np.uint8) if dtype == bool else dtype
+        return np.dtype(np.uint8) if dtype == np.bool_ else dtype
 
     @property
     def level_sizes(self) -> Tuple[Size, ...]:

@@ -94,8 +94,9 @@ def pyramid(image: np.ndarray, levels: int | None = None, tile: int = 256, resam
             continue
         rows, cols = np.arange(0, previous.shape[0], 2), np.arange(0, previous.shape[1], 2)
         sums = np.add.reduceat(np.add.reduceat(previous, rows, axis=0, dtype=np.float64), cols, axis=1)
-        counts = np.diff(np.append(rows, previous.shape[0]))[:, None, None] * np.diff(np.append(cols, previous.shape[1]))[None, :, None]
-        means = sums / counts
+        row_counts = np.diff(np.append(rows, previous.shape[0]))
+        col_counts = np.diff(np.append(cols, previous.shape[1]))
+        means = sums / (row_counts[:, None, None] * col_counts[None, :, None])
         if np.issubdtype(image.dtype, np.integer):
             means = np.rint(means)
         out.append(means.astype(image.dtype))

@@ -24,7 +24,9 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["scores.csv"]
 
 
-@pytest.mark.parametrize("mask", [np.eye(6, dtype=bool), np.eye(6, dtype=np.uint8), np.eye(6, dtype=np.int64) * 255, np.eye(6)[..., None]])
+@pytest.mark.parametrize(
+    "mask", [np.eye(6, dtype=bool), np.eye(6, dtype=np.uint8), np.eye(6, dtype=np.int64) * 255, np.eye(6)[..., None]]
+)
 def test_mask_png_is_8bit_single_channel_0_255(tmp_path, mask):
     path = tmp_path / "ISIC_0000000_segmentation.png"
     write_mask_png(path, mask)
