@@ -75,8 +75,8 @@ class ImageReader(ABC):
 
     Arrays returned are ``height x width x channels`` (channels last, as image files store
     them), in the file's own dtype (1-bit images come as uint8 0/255). Coordinates follow
-    :mod:`glmed.types`. Arrays returned may be read-only views of a cached image: copy
-    before modifying them.
+    :mod:`glmed.types`. Every read returns a new array the caller owns (never a view of a
+    cache), so it can be modified or handed to torch as is.
     """
 
     name: str = "<array>"
@@ -214,7 +214,7 @@ class ImageReader(ABC):
 
 
 class DecodedReader(ImageReader):
-    """A flat image decoded whole, once, on its first read, then sliced (thread-safe).
+    """A flat image decoded whole, once, on its first read, then copied from by region (thread-safe).
 
     The header's size is checked against ``max_pixels`` before anything is decoded.
     Subclasses pass the header's size, channels and dtype and implement :meth:`_decode`.
@@ -266,14 +266,14 @@ class DecodedReader(ImageReader):
 
     def _read_level(self, level: int, box: Box) -> np.ndarray:
         r0, c0, r1, c1 = box
-        return self.pixels()[r0:r1, c0:c1]
+        return self.pixels()[r0:r1, c0:c1].copy()
 
     def close(self) -> None:
         self._pixels = None
 
 
 class ArrayReader(DecodedReader):
-    """An in-memory ``H x W`` or ``H x W x C`` array as an :class:`ImageReader` (reads are read-only views)."""
+    """An in-memory ``H x W`` or ``H x W x C`` array as an :class:`ImageReader` (reads are copies)."""
 
     def __init__(self, array: np.ndarray, name: str = "<array>") -> None:
         array = np.asarray(array)

@@ -25,12 +25,14 @@ class PyramidReader(ImageReader):
         return self.levels[level][r0:r1, c0:c1]
 
 
-def test_array_reader_reads_regions_as_read_only_views(make_image):
+def test_array_reader_reads_regions_as_copies_the_caller_owns(make_image):
     image = make_image(40, 30)
     reader = ArrayReader(image, name="img")
     region = reader.read((5, 6, 25, 16))
     np.testing.assert_array_equal(region, image[5:25, 6:16])
-    assert not region.flags.writeable and image.flags.writeable
+    region[:] = 0
+    assert image[5:25, 6:16].any() and reader.read((5, 6, 25, 16)).any()
+    assert not reader.pixels().flags.writeable and image.flags.writeable
     assert reader.dtype == np.uint8 and reader.channels == 3 and reader.level_downsamples == (1.0,)
 
 
