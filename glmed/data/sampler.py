@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from glmed.data.normalize import Normalization
-from glmed.geometry import PatchGrid, grow_to_size, normalize_boxes, patch_grid, patch_size_for
+from glmed.geometry import coarse_to_fine_boxes, PatchGrid, grow_to_size, normalize_boxes, patch_grid, patch_size_for
 from glmed.io.base import ArrayReader, ImageReader
 from glmed.types import Box, Size
 
@@ -179,6 +179,29 @@ def jitter_box(box: Box, image_size: Size, fraction: float, shifts: Sequence[flo
     r0, r1 = sorted((int(np.clip(moved[0], 0, image_size[0] - 1)), int(np.clip(moved[2], 1, image_size[0]))))
     c0, c1 = sorted((int(np.clip(moved[1], 0, image_size[1] - 1)), int(np.clip(moved[3], 1, image_size[1]))))
     return (r0, c0, max(r1, r0 + 1), max(c1, c0 + 1))
+
+
+def jittered_foreground_box(
+    mask: np.ndarray,
+    image_size: Size,
+    target_ratio: float,
+    jitter: float,
+    shifts: Sequence[float],
+    per_component: bool = False,
+    pick: int = 0,
+) -> Box:
+    """A coarse-to-fine training box: the box inference would take from a perfect coarse mask, jittered.
+
+    The box comes from :func:`glmed.geometry.coarse_to_fine_boxes` on ``mask`` (the label,
+    at any resolution) mapped to ``image_size``; with ``per_component`` the ``pick``-th
+    (modulo their count) of the per-lesion boxes. Each edge then moves by ``shifts[i] *
+    jitter`` of the box's size (:func:`jitter_box`), so the local branch learns from boxes
+    as imprecise as a coarse prediction's. The whole image (jittered) when the mask has
+    no foreground.
+    """
+    boxes = coarse_to_fine_boxes(np.asarray(mask) != 0, image_size, target_ratio, per_component=per_component)
+    box = boxes[pick % len(boxes)] if boxes else (0, 0, int(image_size[0]), int(image_size[1]))
+    return jitter_box(box, image_size, jitter, shifts)
 
 
 def tile_box(image_size: Size, box: Box, patch_size: int | Size = 508, overlap: int = 50) -> PatchGrid:

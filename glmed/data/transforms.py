@@ -33,8 +33,8 @@ from monai.transforms import MapTransform, Randomizable, SpatialCrop, Transform
 from monai.utils.type_conversion import convert_to_dst_type
 
 from glmed.data.normalize import Normalization
-from glmed.data.sampler import check_class_map, global_local_sample, jitter_box, tile_box
-from glmed.geometry import coarse_to_fine_boxes, patch_grid
+from glmed.data.sampler import check_class_map, global_local_sample, jittered_foreground_box, tile_box
+from glmed.geometry import patch_grid
 from glmed.io.base import ImageReader
 from glmed.types import Size
 
@@ -357,9 +357,8 @@ class RandForegroundBox(Randomizable, Transform):
         if randomize:
             self.randomize()
         mask = check_class_map(label, str(key)) > 0
-        boxes = coarse_to_fine_boxes(mask, mask.shape, self.target_ratio)
-        box = boxes[0] if boxes else (0, 0, mask.shape[0], mask.shape[1])
-        return np.asarray(jitter_box(box, mask.shape, self.jitter, self._shifts), dtype=np.int64)
+        box = jittered_foreground_box(mask, mask.shape, self.target_ratio, self.jitter, self._shifts)
+        return np.asarray(box, dtype=np.int64)
 
 
 class RandForegroundBoxd(Randomizable, MapTransform):

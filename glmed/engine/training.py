@@ -10,7 +10,7 @@ of these, so a schedule is a list and can be saved, printed or changed without c
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
 
@@ -185,17 +185,26 @@ class GLNetTrainer:
         return torch.randperm(count, device=device)[: self.patches_per_step]
 
     def train_epoch(
-        self, stage: Stage, batches: Iterable[Mapping[str, Any]], optimizer: torch.optim.Optimizer
+        self,
+        stage: Stage,
+        batches: Iterable[Mapping[str, Any]],
+        optimizer: torch.optim.Optimizer,
+        on_step: Callable[[int, Dict[str, float]], None] | None = None,
     ) -> Dict[str, float]:
-        """One pass over ``batches``; returns the mean of each loss term."""
+        """One pass over ``batches``; returns the mean of each loss term.
+
+        ``on_step(step, terms)`` is called after every step (1-based), e.g. for a progress bar.
+        """
         self.prepare(stage)
         sums: Dict[str, float] = {}
         count = 0
         for batch in batches:
-            for name, value in self.step(stage, batch, optimizer).items():
-                sums[name] = sums.get(name, 0.0) + value
+            terms = self.step(stage, batch, optimizer)
             count += 1
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value
+            if on_step is not None:
+                on_step(count, terms)
         if count == 0:
             raise ValueError(f"stage {stage.name!r}: the training data yielded no batch")
         return {name: total / count for name, total in sums.items()}
-
