@@ -79,3 +79,16 @@ def test_pyramidal_tiff_refuses_what_jpeg_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
         write_pyramidal_tiff(tmp_path / "x.tif", np.zeros((64, 64), np.uint8), tile=100)
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from glmed.io.writers import write_mask_png
+
+    target = tmp_path / "m.png"
+    write_mask_png(target, np.zeros((4, 4), dtype=np.uint8))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
