@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from glmed.data.normalize import Normalization, to_model_input
+from glmed.data.sampler import as_reader, iter_patch_batches
 from glmed.engine.devices import model_device
 from glmed.engine.stitching import upsample_to_labels
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
-from glmed.io.base import ArrayReader, ImageReader
+from glmed.io.base import ImageReader
 from glmed.io.region import RegionReader
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 from glmed.models.fpn import FINAL
@@ -82,7 +83,7 @@ class GlobalLocalInferer:
 
     def __call__(self, model: GLNet, image: ImageLike) -> SegmentationResult:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path."""
-        reader, opened = as_reader(image)
+        reader, opened = open_as_reader(image)
         device = self.device or model_device(model)
         was_training = model.training
         model.eval().to(device)
@@ -176,16 +177,15 @@ class GlobalLocalInferer:
         The fractions and patches are on ``device``; each patch region is read once per call.
         """
         normalized = torch.tensor(grid.normalized(), dtype=torch.float32)
-        starts = range(0, len(grid), self.batch_size)
+        batches = iter_patch_batches(reader, grid.boxes, self.batch_size)
         if self.progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"{reader.name}: {what}", unit="batch", leave=False)
-        for start in starts:
-            chunk = grid.boxes[start : start + self.batch_size]
-            pixels = np.stack([reader.read(tuple(box)) for box in chunk])
-            patches = to_model_input(pixels, self.normalization).to(device)
-            yield chunk, normalized[start : start + len(chunk)].to(device), patches
+            total = -(-len(grid) // self.batch_size)
+            batches = tqdm(batches, total=total, desc=f"{reader.name}: {what}", unit="batch", leave=False)
+        for batch in batches:
+            patches = to_model_input(batch.pixels, self.normalization).to(device)
+            yield batch.boxes, normalized[batch.start : batch.start + len(batch.boxes)].to(device), patches
 
 
 def predict(
@@ -214,15 +214,12 @@ def predict(
     return inferer(model, image)
 
 
-def as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
+def open_as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
     """A reader for ``image`` and whether this call opened it (and so must close it)."""
-    if isinstance(image, ImageReader):
-        return image, False
     if isinstance(image, (str, os.PathLike)):
         from glmed.io import open_image
 
         return open_image(image), True
-    if isinstance(image, np.ndarray):
-        return ArrayReader(image), False
+    if isinstance(image, (ImageReader, np.ndarray)):
+        return as_reader(image), False
     raise TypeError(f"expected an image array, a file path or an ImageReader, got {type(image).__name__}")
-

@@ -80,3 +80,19 @@ def test_banded_upsampling_equals_whole_interpolation(size, chunk):
     logits = torch.randn(3, 8, 6)
     expected = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0).numpy()
     np.testing.assert_array_equal(upsample_to_labels(logits, size, rows_per_chunk=chunk), expected)
+
+
+def test_predict_reads_an_image_file_and_names_a_bad_one(tmp_path):
+    from PIL import Image
+
+    pixels = image(120, 90)
+    path = tmp_path / "ISIC_0000001.png"
+    Image.fromarray(pixels).save(path)
+    model = tiny("g2l")
+    np.testing.assert_array_equal(glmed.predict(model, path).mask, glmed.predict(model, pixels).mask)
+    broken = tmp_path / "ISIC_0000002.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ValueError, match="ISIC_0000002.jpg"):
+        glmed.predict(model, broken)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        glmed.predict(model, tmp_path / "missing.png")
