@@ -20,8 +20,12 @@ from glmed.models.losses import GLNetLoss
 from glmed.models.sharing import LocalToGlobalCanvas
 
 GLOBAL_PARTS = ("global_branch", "global_head")
+"""The global branch and its head: what the global stage trains."""
 LOCAL_PARTS = ("local_branch", "local_head", "aggregate")
-PARTS = GLOBAL_PARTS + LOCAL_PARTS
+"""The local branch, its head and the aggregation head: what the local stage trains."""
+LISTENING_PART = "global_partner"
+"""The global branch's local→global convolutions alone (see :attr:`GLNet.global_partner`)."""
+PARTS = GLOBAL_PARTS + (LISTENING_PART,) + LOCAL_PARTS
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,12 @@ def paper_stages(sharing: str | Sharing, epochs: Sequence[int] = (1, 1, 1)) -> L
     """The paper's schedule for a sharing mode: global, then local, then bidirectional.
 
     ``epochs`` gives each stage's epochs in that order; stages a mode lacks are skipped.
+    The bidirectional stage trains the global branch's local→global convolutions and the
+    aggregation head, everything else fixed. The global branch without local context —
+    the collect pass, and coarse-to-fine's coarse pass — then stays exactly the global
+    stage's, as the original code's frozen copy of the global branch kept it, without the
+    copy; training the whole global branch here instead drifts it towards views with local
+    context and spoils those passes (measured: coarse-to-fine G⇄L fell below G→L).
     """
     mode = Sharing(sharing)
     global_epochs, local_epochs, both_epochs = (list(epochs) + [1, 1, 1])[:3]
@@ -71,7 +81,7 @@ def paper_stages(sharing: str | Sharing, epochs: Sequence[int] = (1, 1, 1)) -> L
         return [Stage("local", ("local_branch", "local_head"), local_epochs)]
     stages = [Stage("global", GLOBAL_PARTS, global_epochs), Stage("local", LOCAL_PARTS, local_epochs)]
     if mode is Sharing.BIDIRECTIONAL:
-        stages.append(Stage("bidirectional", GLOBAL_PARTS + ("aggregate",), both_epochs, collect_local=True))
+        stages.append(Stage("bidirectional", (LISTENING_PART, "aggregate"), both_epochs, collect_local=True))
     return stages
 
 
@@ -113,7 +123,7 @@ class GLNetTrainer:
     def optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         """Adam over the stage's trainable parts, global parts at ``global_lr``, the rest at ``local_lr``."""
         groups = []
-        for names, lr in ((GLOBAL_PARTS, self.global_lr), (LOCAL_PARTS, self.local_lr)):
+        for names, lr in ((GLOBAL_PARTS + (LISTENING_PART,), self.global_lr), (LOCAL_PARTS, self.local_lr)):
             params = [p for part in self.parts(n for n in names if n in stage.trainable) for p in part.parameters()]
             if params:
                 groups.append({"params": params, "lr": lr})
@@ -157,7 +167,7 @@ class GLNetTrainer:
                 patches, boxes, image_index, patch_labels = (
                     t[chosen] for t in (patches, boxes, image_index, patch_labels)
                 )
-            train_global = any(name in stage.trainable for name in GLOBAL_PARTS)
+            train_global = any(name in stage.trainable for name in GLOBAL_PARTS + (LISTENING_PART,))
             output = self.model(global_image, patches, boxes, image_index, context, train_global=train_global)
             result = self.loss(output, patch_labels, global_label)
             terms, total = result.terms, result.total

@@ -12,7 +12,7 @@ same as an all-zero one without allocating it.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -98,9 +98,15 @@ class FPNBranch(nn.Module):
     @property
     def partner_points(self) -> Tuple[str, ...]:
         """The shared points where this branch takes the partner's map."""
+        return tuple(point for point, conv in self._fused() if conv.takes_partner)
+
+    def partner_convs(self) -> List[nn.Conv2d]:
+        """The convolutions that read the partner's maps (empty when the branch takes none)."""
+        return [conv.partner_conv for _, conv in self._fused() if conv.partner_conv is not None]
+
+    def _fused(self) -> List[Tuple[str, FusedConv]]:
         convs = list(self.lateral) + list(self.smooth) + list(self.refine)
-        points = ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS
-        return tuple(p for p, conv in zip(points, convs) if conv.takes_partner)
+        return list(zip(ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS, convs))
 
     def forward(self, image: torch.Tensor, partner: PartnerFn | None = None) -> Dict[str, torch.Tensor]:
         """``B×C×H×W`` image → dict of the twelve shared maps and ``final`` (``B×2F×H/4×W/4``)."""

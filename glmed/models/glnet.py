@@ -209,6 +209,17 @@ class GLNet(nn.Module):
     def sharing(self) -> Sharing:
         return self.config.mode
 
+    @property
+    def global_partner(self) -> nn.ModuleList | None:
+        """The global branch's local→global convolutions (``bidirectional`` only), as one part.
+
+        Training these alone teaches the global branch to use the stitched local maps while
+        its behaviour without them stays as it was.
+        """
+        if self.global_branch is None or not self.global_branch.partner_points:
+            return None
+        return nn.ModuleList(self.global_branch.partner_convs())
+
     # -- branches ---------------------------------------------------------------------
 
     def global_features(
