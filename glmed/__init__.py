@@ -6,8 +6,7 @@ and does not touch torch, MONAI, OpenSlide or tifffile until a feature needs the
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from glmed._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -27,14 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'glmed' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

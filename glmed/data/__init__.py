@@ -6,8 +6,7 @@ transforms load it when first used. See ``docs/data.md``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, List
+from glmed._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("IMAGENET_MEAN", "IMAGENET_STD", "Normalization", "to_model_input"), "glmed.data.normalize"),
@@ -31,14 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'glmed.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> List[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

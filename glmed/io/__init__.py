@@ -7,9 +7,7 @@ imported by the reader that needs them, when a file of that kind is opened. See
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from glmed._lazy import lazy_exports
 from glmed.io.base import (
     DEFAULT_MAX_PIXELS,
     ArrayReader,
@@ -51,10 +49,4 @@ __all__ = [
 ] + sorted(_READERS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _READERS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'glmed.io' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _READERS)
