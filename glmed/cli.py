@@ -19,7 +19,11 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="glmed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="glmed",
+        description="Segment ultra-high-resolution medical images with GLNet, and score ISIC submissions.",
+        epilog="Run 'glmed COMMAND --help' for a command's options.",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
