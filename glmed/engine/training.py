@@ -96,6 +96,10 @@ class GLNetTrainer:
         patches_per_step: in a ``collect_local`` stage, how many of a batch's patches get
             gradients (all others only feed the collect pass); None uses them all.
         collect_batch_size: patches per forward pass of the collect pass.
+        after_backward: called after every backward pass, before the optimiser steps; the
+            distributed runner averages gradients across processes here (see
+            :mod:`glmed.engine.distributed`), because the step calls the model's parts
+            directly, which ``DistributedDataParallel``'s forward hooks would not see.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class GLNetTrainer:
         local_lr: float = 2e-5,
         patches_per_step: int | None = 6,
         collect_batch_size: int = 8,
+        after_backward: Callable[[], None] | None = None,
     ) -> None:
         for name, value in (("global_lr", global_lr), ("local_lr", local_lr)):
             if not value > 0:
@@ -115,6 +120,7 @@ class GLNetTrainer:
         self.global_lr, self.local_lr = global_lr, local_lr
         self.patches_per_step = patches_per_step
         self.collect_batch_size = collect_batch_size
+        self.after_backward = after_backward
 
     def parts(self, names: Iterable[str]) -> List[torch.nn.Module]:
         """The model's modules for ``names`` that this sharing mode has."""
@@ -172,6 +178,8 @@ class GLNetTrainer:
             result = self.loss(output, patch_labels, global_label)
             terms, total = result.terms, result.total
         total.backward()
+        if self.after_backward is not None:
+            self.after_backward()
         optimizer.step()
         return {"loss": float(total.detach()), **{name: float(value.detach()) for name, value in terms.items()}}
 

@@ -1,0 +1,205 @@
+"""The recipes' configuration: one validated dataclass, the paper's defaults, every value a CLI flag.
+
+Each field of :class:`RecipeConfig` (and of :class:`CoarseToFineRecipeConfig`) is an option
+``--field-name``; :func:`add_config_arguments` builds them from the fields' metadata, so a
+new field is a new flag with no other code. Values are checked together by
+:meth:`RecipeConfig.problems` before any work starts, and a run records its config as
+``config.json`` (:meth:`RecipeConfig.to_json`) so ``--resume`` continues with exactly it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, Dict, List, Mapping, Tuple
+
+from glmed.models.glnet import Sharing
+from glmed.models.resnet import BACKBONES
+
+
+def _option(default: Any, help: str, **argparse_options: Any) -> Any:
+    """A config field whose metadata says how the command line sets it."""
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
+class ConfigError(ValueError):
+    """Config values out of range; lists every problem with the option that sets it."""
+
+    def __init__(self, problems: List[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in self.problems))
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Everything a recipe run depends on; defaults are the paper's (ResNet50-FPN, 508 px, ...)."""
+
+    # data
+    data: str | None = _option(None, "dataset root in the dataset's own layout", metavar="ROOT")
+    manifest: str | None = _option(None, "CSV of image_id,image_path,label_path,split to use instead of "
+                                         "building a split", metavar="CSV")
+    demo: bool = _option(False, "generate a small synthetic dataset of this kind into RUN_DIR/data and "
+                                "train a small model on the CPU in a few minutes", flag=True)
+    images: int = _option(30, "with --demo: how many images to generate")
+    image_size: Tuple[int, int] = _option((384, 512), "with --demo: smallest and largest image height",
+                                          nargs=2, type=int, metavar=("MIN", "MAX"))
+    split: Tuple[int, int, int] | None = _option(None, "train/val/test counts or proportions (default: the "
+                                                       "paper's for the dataset)", nargs=3, type=int,
+                                                 metavar=("TRAIN", "VAL", "TEST"))
+    # model
+    backbone: str = _option("resnet50", "ResNet of both branches", choices=sorted(BACKBONES))
+    fpn_channels: int = _option(256, "FPN channels")
+    sharing: str = _option("bidirectional", "feature sharing between the branches (paper Table 2)",
+                           choices=[mode.value for mode in Sharing])
+    global_size: int = _option(508, "side of the downsampled global image, pixels")
+    patch_size: int = _option(508, "side of the full-resolution patches, pixels")
+    overlap: int = _option(50, "minimum overlap between neighbouring patches, pixels")
+    pretrained_backbone: str | None = _option(None, "ImageNet ResNet state dict you downloaded (nothing is "
+                                                    "downloaded for you)", metavar="FILE")
+    # loss
+    gamma: float = _option(6.0, "focal loss gamma (the original code used 3)")
+    main_weight: float = _option(1.0, "weight of the main (aggregated) output's loss")
+    local_weight: float = _option(1.0, "weight of the local branch's auxiliary loss")
+    global_weight: float = _option(1.0, "weight of the global branch's auxiliary loss")
+    fmreg_weight: float = _option(0.15, "lambda of the feature-map regulariser")
+    # optimisation
+    global_lr: float = _option(1e-4, "Adam learning rate of the global parts")
+    local_lr: float = _option(2e-5, "Adam learning rate of the local parts and aggregation head")
+    batch_size: int = _option(6, "images per optimisation step (per process under torchrun)")
+    patches_per_image: int = _option(4, "patches drawn per image in the local stage")
+    patches_per_step: int = _option(6, "patches given gradients per step in the bidirectional stage")
+    epochs: Tuple[int, ...] = _option((20, 20, 5), "epochs of the global, local and bidirectional stages; one "
+                                                   "number sets all three", nargs="+", type=int, metavar="N")
+    # inference and the run
+    predict_batch_size: int = _option(4, "patches per forward pass at inference")
+    seed: int = _option(0, "seed of the split, the initial weights and every random draw")
+    device: str = _option("auto", "cpu, cuda, cuda:N, or auto (CUDA when available)")
+
+    def __post_init__(self) -> None:
+        if len(self.epochs) == 1:  # one number sets all three stages
+            object.__setattr__(self, "epochs", tuple(self.epochs) * 3)
+        for name in ("image_size", "split", "epochs"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+    @property
+    def stage_epochs(self) -> Tuple[int, int, int]:
+        """Epochs of the global, local and bidirectional stages."""
+        return tuple(self.epochs)  # type: ignore[return-value]
+
+    def problems(self) -> List[str]:
+        """Every out-of-range value, each naming its option, the value and what is allowed."""
+        found: List[str] = []
+
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                found.append(f"--{name.replace('_', '-')} {_shown(getattr(self, name))}: {rule}")
+
+        need(self.demo or self.data is not None or self.manifest is not None, "data",
+             "give --data ROOT (or --manifest CSV), or --demo for generated data")
+        need(not (self.demo and self.data is not None), "data", "--data and --demo exclude each other")
+        need(self.images >= 3, "images", "at least 3 (train, validation and test need one each)")
+        need(32 <= self.image_size[0] <= self.image_size[1], "image_size", "MIN >= 32 and MIN <= MAX")
+        need(self.split is None or (len(self.split) == 3 and min(self.split) > 0), "split",
+             "three counts > 0: train, validation and test each need images")
+        need(self.backbone in BACKBONES, "backbone", f"one of {sorted(BACKBONES)}")
+        need(self.sharing in {mode.value for mode in Sharing}, "sharing", f"one of {[m.value for m in Sharing]}")
+        need(self.fpn_channels >= 1, "fpn_channels", "at least 1")
+        for name in ("global_size", "patch_size"):
+            need(getattr(self, name) >= 32, name, "at least 32 pixels")
+        need(0 <= self.overlap < self.patch_size, "overlap", f"in [0, --patch-size {self.patch_size})")
+        need(self.gamma >= 0, "gamma", ">= 0")
+        for name in ("main_weight", "local_weight", "global_weight", "fmreg_weight"):
+            need(getattr(self, name) >= 0, name, ">= 0")
+        for name in ("global_lr", "local_lr"):
+            need(0 < getattr(self, name) < 1, name, "in (0, 1)")
+        for name in ("batch_size", "patches_per_image", "patches_per_step", "predict_batch_size"):
+            need(getattr(self, name) >= 1, name, "at least 1")
+        need(len(self.epochs) == 3 and min(self.epochs) >= 0 and sum(self.epochs) > 0, "epochs",
+             "one or three counts >= 0, not all 0")
+        need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
+             "cpu, cuda, cuda:N or auto")
+        return found
+
+    def check(self) -> "RecipeConfig":
+        """Raise :class:`ConfigError` listing every problem; returns ``self`` when there is none."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "RecipeConfig":
+        """The config a run saved; unknown keys (from another recipe or version) are refused."""
+        values = json.loads(text)
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError([f"config.json has options {sorted(unknown)} that {cls.__name__} does not know"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CoarseToFineRecipeConfig(RecipeConfig):
+    """:class:`RecipeConfig` plus the coarse-to-fine box rule and its training jitter."""
+
+    target_ratio: float = _option(1.0, "foreground:background wanted inside the relaxed box (paper: 1:1)")
+    per_component: bool = _option(False, "one box per connected lesion instead of one around all", flag=True)
+    box_jitter: float = _option(0.15, "largest move of a training box's edge, as a fraction of its size")
+    box_probability_global: float = _option(0.5, "how often the global stage sees a box instead of the "
+                                                 "whole image")
+
+    def problems(self) -> List[str]:
+        found = super().problems()
+        if self.sharing in (Sharing.GLOBAL_ONLY.value, Sharing.LOCAL_ONLY.value):
+            found.append(f"--sharing {self.sharing}: coarse-to-fine needs both branches; choose one of "
+                         "none, g2l_shallow, g2l, bidirectional")
+        if not self.target_ratio > 0:
+            found.append(f"--target-ratio {self.target_ratio}: must be > 0")
+        if not 0 <= self.box_jitter < 1:
+            found.append(f"--box-jitter {self.box_jitter}: must be in [0, 1)")
+        if not 0 <= self.box_probability_global <= 1:
+            found.append(f"--box-probability-global {self.box_probability_global}: must be in [0, 1]")
+        return found
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[RecipeConfig]) -> None:
+    """One ``--flag`` per field of ``config_class``; unset flags stay out of the parsed namespace,
+    so :func:`config_from_arguments` can tell a value given from a default."""
+    for item in fields(config_class):
+        meta = dict(item.metadata)
+        flag = f"--{item.name.replace('_', '-')}"
+        options: Dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS}
+        if meta.pop("flag", False):
+            parser.add_argument(flag, action="store_true", help=meta["help"], **options)
+            continue
+        default = item.default if item.default is not MISSING else None
+        meta.setdefault("type", type(default) if isinstance(default, (int, float, str)) else str)
+        default_text = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        meta["help"] = f"{meta['help']} (default: {default_text})"
+        parser.add_argument(flag, **options, **meta)
+
+
+def given_values(args: argparse.Namespace, config_class: type[RecipeConfig]) -> Dict[str, Any]:
+    """The config values set on the command line (flags left out are not included)."""
+    names = {item.name for item in fields(config_class)}
+    return {name: tuple(value) if isinstance(value, list) else value
+            for name, value in vars(args).items() if name in names}
+
+
+def config_from_arguments(
+    config_class: type[RecipeConfig], given: Mapping[str, Any], demo_defaults: Mapping[str, Any]
+) -> RecipeConfig:
+    """The paper's defaults, or the demo's with ``demo=True``, overridden by ``given``; checked."""
+    base = config_class()
+    if given.get("demo"):
+        base = replace(base, **demo_defaults)
+    return replace(base, **given).check()
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)

@@ -1,0 +1,130 @@
+"""recipes/isic_c2f.py: the demo end to end on a tiny config, its outputs, and its refusals of bad input."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from glmed.cli import main as glmed_main
+from glmed.data.layouts import read_manifest
+from glmed.engine.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def isic(load_recipe):
+    return load_recipe("isic_c2f")
+
+
+@pytest.fixture(scope="module")
+def demo_run(isic, tiny_options, tmp_path_factory):
+    """One tiny demo run shared by the tests that read its outputs; returns (run dir, stdout)."""
+    out = tmp_path_factory.mktemp("isic") / "run"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = isic.main(["--demo", "--out", str(out), "--seed", "1", *tiny_options])
+    assert code == 0, buffer.getvalue()
+    return out, buffer.getvalue()
+
+
+def test_demo_writes_every_output(demo_run):
+    out, stdout = demo_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["demo"] and config["backbone"] == "resnet18"  # the demo's small network ...
+    assert config["fpn_channels"] == 8 and config["epochs"] == [1, 1, 1] and config["seed"] == 1  # ... overridden
+    assert config["gamma"] == 6.0 and config["fmreg_weight"] == 0.15  # the paper's loss is kept
+
+    manifest = read_manifest(out / "manifest.csv")
+    assert manifest["split"].value_counts().to_dict() == {"train": 3, "val": 1, "test": 1}
+
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["stage"].tolist() == ["global", "local", "bidirectional"]
+    assert {"loss", "val_threshold_jaccard", "val_jaccard", "val_coarse_threshold_jaccard"} <= set(metrics.columns)
+    assert metrics["epoch"].tolist() == [1, 2, 3]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    best, last = (load_checkpoint(out / "checkpoints" / name) for name in ("best.pt", "last.pt"))
+    assert best["model_class"] == "CoarseToFineGLNet" and json.loads(best["model_config"])["sharing"] == "bidirectional"
+    assert last["position"] == {"stage_index": 2, "stage": "bidirectional", "epoch": 1}
+    assert best["best"]["score"] == metrics["val_threshold_jaccard"].max()
+    assert len(last["history"]) == 3
+
+    test = manifest[manifest["split"] == "test"].iloc[0]
+    assert [p.name for p in (out / "submission").iterdir()] == [f"{test.image_id}_segmentation.png"]
+    with Image.open(out / "submission" / f"{test.image_id}_segmentation.png") as mask, \
+            Image.open(test.image_path) as image:
+        assert mask.mode == "L" and mask.size == image.size
+        assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+
+    assert "test (1 images): threshold_jaccard" in stdout
+    assert "s per image, peak memory" in stdout and "VmHWM" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inference"]["seconds_per_image"] > 0 and summary["inference"]["peak_memory_mb"] > 0
+
+
+def test_scores_file_agrees_with_glmed_score_on_the_submission(demo_run, tmp_path, capsys):
+    out, _ = demo_run
+    assert glmed_main(["score", str(out / "test_truth"), str(out / "submission"), "--csv",
+                       str(tmp_path / "cli.csv")]) == 0
+    assert (tmp_path / "cli.csv").read_bytes() == (out / "scores.csv").read_bytes()
+    scores = pd.read_csv(out / "scores.csv", index_col="image_id")
+    summary = json.loads((out / "summary.json").read_text())["test"]
+    assert summary["threshold_jaccard"] == pytest.approx(scores["threshold_jaccard"].mean(), abs=1e-12)
+    assert f"threshold_jaccard  {summary['threshold_jaccard']:.6f}" in capsys.readouterr().out
+
+
+def test_resuming_a_finished_run_redoes_nothing(isic, demo_run, capsys):
+    out, _ = demo_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert isic.main(["--resume", "--out", str(out)]) == 0
+    assert "is finished" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_wrong_data_layout_names_what_was_expected_and_found(isic, tmp_path, capsys):
+    data = tmp_path / "not_isic"
+    (data / "images").mkdir(parents=True)
+    out = tmp_path / "run"
+    assert isic.main(["--data", str(data), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "ISIC2018_Task1-2_Training_Input" in error and "ISIC2018_Task1_Training_GroundTruth" in error
+    assert "images" in error.split("found")[1]
+    assert not (out / "config.json").exists()  # nothing half-made: the same command works once fixed
+
+
+def test_out_of_range_values_are_rejected_before_any_work(isic, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = isic.main(["--demo", "--out", str(out), "--patch-size", "64", "--overlap", "64", "--gamma", "-1",
+                      "--epochs", "1", "2", "--sharing", "local_only", "--global-lr", "0"])
+    assert code == 2
+    error = capsys.readouterr().err
+    for option in ("--overlap 64", "--gamma -1", "--epochs 1 2", "--sharing local_only", "--global-lr 0"):
+        assert option in error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--data", "somewhere", "--demo"], "exclude each other"),
+    ([], "give --data ROOT"),
+])
+def test_data_must_be_given_one_way(isic, tmp_path, capsys, arguments, message):
+    assert isic.main(["--out", str(tmp_path / "run"), *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unwritable_out_fails_at_once(isic, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert isic.main(["--demo", "--out", str(blocker / "run")]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+
+
+def test_a_run_folder_is_not_reused_by_accident(isic, demo_run, tiny_options, capsys):
+    out, _ = demo_run
+    assert isic.main(["--demo", "--out", str(out), *tiny_options]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert isic.main(["--resume", "--out", str(out), "--epochs", "5"]) == 2
+    assert "--epochs" in capsys.readouterr().err
