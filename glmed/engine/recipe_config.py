@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
 from glmed.models.glnet import Sharing
@@ -119,6 +120,9 @@ class RecipeConfig:
             need(getattr(self, name) >= 1, name, "at least 1")
         need(len(self.epochs) == 3 and min(self.epochs) >= 0 and sum(self.epochs) > 0, "epochs",
              "one or three counts >= 0, not all 0")
+        need(self.pretrained_backbone is None or Path(self.pretrained_backbone).is_file(), "pretrained_backbone",
+             "no such file; give the path of the ImageNet ResNet state dict you downloaded")
+        need(self.manifest is None or Path(self.manifest).is_file(), "manifest", "no such file")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
              "cpu, cuda, cuda:N or auto")
         return found

@@ -175,11 +175,11 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
         log(f"{out} is finished; its summary:")
         log(json.dumps(json.loads(summary_path.read_text()), indent=2))
         return 0
-    splits = prepare_data(recipe, config, out, resume, distributed, log)
     device = distributed.device(config.device)
     files = RunFiles(out)
     torch.manual_seed(config.seed)
-    model = build_model(recipe, config, pretrained=not files.last.is_file()).to(device)
+    model = build_model(recipe, config, pretrained=not files.last.is_file()).to(device)  # a bad weights file stops here
+    splits = prepare_data(recipe, config, out, resume, distributed, log)
     loss = GLNetLoss(config.gamma, config.main_weight, config.local_weight, config.global_weight,
                      config.fmreg_weight, ignore_index=recipe.ignore_index)
     trainer = GLNetTrainer(model, loss, config.global_lr, config.local_lr, config.patches_per_step,
@@ -341,9 +341,10 @@ def _matching(target: Callable, config: RecipeConfig) -> Dict[str, Any]:
 
 
 def _read_given_manifest(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise RecipeError(f"--manifest {path}: file not found")
-    table = read_manifest(path)
+    try:
+        table = read_manifest(path)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise RecipeError(f"--manifest {path}: {error}") from None
     if "split" not in table.columns or not set(table["split"]) <= {"train", "val", "test"}:
         raise RecipeError(f"--manifest {path}: needs a split column of train/val/test "
                           "(as glmed.data.layouts.make_split and write_manifest write it)")

@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from glmed.cli import main as glmed_main
 from glmed.data.layouts import read_manifest
 from glmed.engine.checkpoint import load_checkpoint
+from glmed.models.resnet import ResNetEncoder
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +130,38 @@ def test_a_run_folder_is_not_reused_by_accident(isic, demo_run, tiny_options, ca
     assert "already holds a run" in capsys.readouterr().err
     assert isic.main(["--resume", "--out", str(out), "--epochs", "5"]) == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+def test_a_given_manifest_and_pretrained_backbone_are_used(isic, demo_run, tiny_options, tmp_path):
+    """Only the bidirectional stage (which trains the listening convolutions and the aggregation
+    head) runs, so both branches' encoders must still hold the pretrained file's weights."""
+    source = ResNetEncoder("resnet18")
+    for parameter in source.parameters():
+        torch.nn.init.normal_(parameter)
+    weights = tmp_path / "resnet18-imagenet.pth"
+    torch.save(source.state_dict(), weights)
+    given, _ = demo_run
+    out = tmp_path / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = isic.main(["--manifest", str(given / "manifest.csv"), "--out", str(out), *tiny_options,
+                          "--epochs", "0", "0", "1", "--backbone", "resnet18", "--pretrained-backbone", str(weights)])
+    assert code == 0
+    columns = ["image_id", "split"]
+    pd.testing.assert_frame_equal(read_manifest(out / "manifest.csv")[columns],
+                                  read_manifest(given / "manifest.csv")[columns])
+    assert not (out / "data").exists()
+    state = load_checkpoint(out / "checkpoints" / "best.pt")["model"]
+    for branch in ("global_branch", "local_branch"):
+        for key, value in source.state_dict().items():
+            assert torch.equal(state[f"{branch}.encoder.{key}"], value), (branch, key)
+
+
+def test_a_missing_or_unfitting_pretrained_file_is_refused_before_any_work(isic, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert isic.main(["--demo", "--out", str(out), "--pretrained-backbone", str(tmp_path / "nowhere.pth")]) == 2
+    assert "--pretrained-backbone" in capsys.readouterr().err and not out.exists()
+    weights = tmp_path / "resnet18.pth"
+    torch.save(ResNetEncoder("resnet18").state_dict(), weights)
+    assert isic.main(["--demo", "--out", str(out), "--backbone", "resnet50", "--pretrained-backbone", str(weights)]) == 2
+    assert "does not fit a resnet50 encoder" in capsys.readouterr().err
+    assert not (out / "config.json").exists()  # nothing started: the fixed command runs without --resume
