@@ -246,9 +246,10 @@ def _count_pair(truth_path: Path, prediction_path: Path) -> _PairResult:
         return result
     truth, prediction = images
     if prediction.size != truth.size:
-        result.prediction_problems.append(Problem((prediction_path,), "is {}×{} (width×height) but "
-            "its ground truth {} is {}×{}; predictions must have the truth's exact size".format(
-                *prediction.size, truth_path.name, *truth.size)))
+        (width, height), (truth_width, truth_height) = prediction.size, truth.size
+        result.prediction_problems.append(Problem((prediction_path,), (
+            f"is {width}×{height} (width×height) but its ground truth {truth_path.name} is "
+            f"{truth_width}×{truth_height}; predictions must have the truth's exact size")))
         return result
     histograms = truth.histogram(), prediction.histogram()
     positives, predicted = (_foreground(h) for h in histograms)
