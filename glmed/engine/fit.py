@@ -7,13 +7,14 @@ and data loaders on top of the same pieces (:class:`~glmed.engine.training.GLNet
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from glmed.data.sampler import collate_global_local
-from glmed.engine.inferer import ImageLike, predict
+from glmed.engine.inferer import ImageLike, open_as_reader, predict
 from glmed.engine.sampling import StageSampler
 from glmed.engine.training import GLNetTrainer, Stage
 from glmed.metrics.confusion import binary_counts, binary_metrics
@@ -89,6 +90,9 @@ def evaluate(model: GLNet, pairs: Sequence[Pair], batch_size: int = 4) -> pd.Dat
 
 
 def _open(pair: Pair) -> Pair:
+    """The pair with a path opened as a reader (the label as a class-index array)."""
     image, label = pair
+    if isinstance(image, (str, os.PathLike)):
+        image, _ = open_as_reader(image)
     return image, np.asarray(label)
 

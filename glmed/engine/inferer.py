@@ -85,7 +85,9 @@ class GlobalLocalInferer:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path."""
         reader, opened = open_as_reader(image)
         device = self.device or model_device(model)
-        was_training = model.training
+        # Evaluation mode for this call only; each module's own flag is restored afterwards, so a
+        # trainer's frozen parts stay frozen when validation runs in the middle of a stage.
+        modes = {module: module.training for module in model.modules()}
         model.eval().to(device)
         try:
             with torch.inference_mode():
@@ -93,28 +95,34 @@ class GlobalLocalInferer:
                     return self._segment_coarse_to_fine(model, reader, device)
                 return self._segment(model, reader, device)
         finally:
-            model.train(was_training)
+            for module, training in modes.items():
+                module.training = training
             if opened:
                 reader.close()
 
-    def _segment(self, model: GLNet, reader: ImageReader, device: torch.device) -> SegmentationResult:
+    def _segment(
+        self, model: GLNet, reader: ImageReader, device: torch.device, with_coarse: bool = True
+    ) -> SegmentationResult:
+        """Plain GLNet over a whole image (or a region's view); ``with_coarse`` also upsamples
+        the global branch's own mask to full size."""
         config, mode = model.config, model.sharing
         size = reader.size
-        global_image = self._global_input(reader, config.global_size, device)
         grid = patch_grid(size, config.patch_size, config.overlap)
-        global_maps = model.global_features(global_image) if mode.has_global else None
-        coarse = None
-        if global_maps is not None:
-            coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
-        if mode is Sharing.GLOBAL_ONLY:
-            return SegmentationResult(mask=coarse, coarse=coarse)
+        global_image = global_maps = None
+        if mode.has_global:
+            global_image = self._global_input(reader, config.global_size, device)
+            global_maps = model.global_features(global_image)
         if mode is Sharing.BIDIRECTIONAL:
             canvas = LocalToGlobalCanvas.like(global_maps, mode.local_to_global_points)
             for _, boxes, patches in self._patch_batches(reader, grid, device, "collecting local features"):
                 index = torch.zeros(len(boxes), dtype=torch.long, device=device)
                 canvas.add(model.local_features(patches, global_maps, boxes, index), boxes, index)
             global_maps = model.global_features(global_image, canvas.maps())
+        coarse = None
+        if global_maps is not None and (with_coarse or mode is Sharing.GLOBAL_ONLY):
             coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
+        if mode is Sharing.GLOBAL_ONLY:
+            return SegmentationResult(mask=coarse, coarse=coarse)
         mask = self._stitch_patches(model, reader, grid, global_maps, device)
         return SegmentationResult(mask=mask, coarse=coarse, patches=len(grid))
 
@@ -135,7 +143,7 @@ class GlobalLocalInferer:
         mask = np.zeros(reader.size, dtype=np.uint8)
         patches = 0
         for box in boxes:
-            refined = self._segment(model, RegionReader(reader, box), device)
+            refined = self._segment(model, RegionReader(reader, box), device, with_coarse=False)
             mask[box[0] : box[2], box[1] : box[3]] = refined.mask
             patches += refined.patches
         return SegmentationResult(mask=mask, coarse=coarse, boxes=boxes, patches=patches)
@@ -148,7 +156,10 @@ class GlobalLocalInferer:
         from monai.inferers import AvgMerger
 
         height, width = reader.size
-        merger = AvgMerger(merged_shape=(1, model.config.num_classes, height, width), device="cpu")
+        # int32 counts: with a large overlap a pixel can be covered by far more than 255 patches.
+        merger = AvgMerger(
+            merged_shape=(1, model.config.num_classes, height, width), device="cpu", count_dtype=torch.int32
+        )
         patch_size = grid.patch_size
         for pixel_boxes, boxes, patches in self._patch_batches(reader, grid, device, "segmenting patches"):
             index = torch.zeros(len(boxes), dtype=torch.long, device=device)

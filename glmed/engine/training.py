@@ -129,8 +129,14 @@ class GLNetTrainer:
     def optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         """Adam over the stage's trainable parts, global parts at ``global_lr``, the rest at ``local_lr``."""
         groups = []
+        seen: set = set()
         for names, lr in ((GLOBAL_PARTS + (LISTENING_PART,), self.global_lr), (LOCAL_PARTS, self.local_lr)):
-            params = [p for part in self.parts(n for n in names if n in stage.trainable) for p in part.parameters()]
+            params = []
+            for part in self.parts(n for n in names if n in stage.trainable):
+                for parameter in part.parameters():  # global_partner lies inside global_branch: once only
+                    if id(parameter) not in seen:
+                        seen.add(id(parameter))
+                        params.append(parameter)
             if params:
                 groups.append({"params": params, "lr": lr})
         if not groups:
@@ -139,12 +145,11 @@ class GLNetTrainer:
 
     def prepare(self, stage: Stage) -> None:
         """Freeze everything the stage does not train; frozen parts also stop updating BatchNorm."""
-        self.model.train()
-        for name in PARTS:
-            for part in self.parts([name]):
-                trainable = name in stage.trainable
-                part.requires_grad_(trainable)
-                part.train(trainable)
+        self.model.requires_grad_(False)
+        self.model.eval()
+        for part in self.parts(stage.trainable):  # a part inside another (global_partner) adds, never removes
+            part.requires_grad_(True)
+            part.train(True)
 
     def step(self, stage: Stage, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> Dict[str, float]:
         """One optimisation step on a collated batch; returns the loss terms as floats.
@@ -162,20 +167,24 @@ class GLNetTrainer:
             terms = {"global": self.loss.weights["global"] * self.loss.focal(logits, global_label)}
             total = terms["global"]
         else:
-            patches = batch["patches"].to(device)
-            boxes = batch["boxes_normalized"].to(device=device, dtype=torch.float32)
-            image_index = batch["image_index"].to(device)
-            patch_labels = batch["patch_labels"].to(device)
+            patches, boxes = batch["patches"], batch["boxes_normalized"].to(dtype=torch.float32)
+            image_index, patch_labels = batch["image_index"], batch["patch_labels"]
             context = None
-            if stage.collect_local:
+            if stage.collect_local:  # every patch feeds the collect pass, one device batch at a time
                 context = self.collect_local_context(global_image, patches, boxes, image_index)
-                chosen = self._choose_patches(len(patches), device)
+                chosen = self._choose_patches(len(patches))
                 patches, boxes, image_index, patch_labels = (
                     t[chosen] for t in (patches, boxes, image_index, patch_labels)
                 )
+            patches, boxes, image_index, patch_labels = (
+                t.to(device) for t in (patches, boxes, image_index, patch_labels)
+            )
             train_global = any(name in stage.trainable for name in GLOBAL_PARTS + (LISTENING_PART,))
             output = self.model(global_image, patches, boxes, image_index, context, train_global=train_global)
-            result = self.loss(output, patch_labels, global_label)
+            # Without the local branch learning, the local head's and the regulariser's gradients
+            # could only reach the global branch through the shared maps: leave them out.
+            skip = () if "local_branch" in stage.trainable else ("local", "fmreg")
+            result = self.loss(output, patch_labels, global_label, skip=skip)
             terms, total = result.terms, result.total
         total.backward()
         if self.after_backward is not None:
@@ -189,18 +198,20 @@ class GLNetTrainer:
     ) -> Dict[str, torch.Tensor]:
         """Every patch's local maps stitched onto its image's global grid (the L→G input)."""
         model = self.model
+        device = global_image.device
         global_maps = model.global_features(global_image)
         canvas = LocalToGlobalCanvas.like(global_maps, model.sharing.local_to_global_points)
         for start in range(0, len(patches), self.collect_batch_size):
             part = slice(start, start + self.collect_batch_size)
-            local_maps = model.local_features(patches[part], global_maps, boxes[part], image_index[part])
-            canvas.add(local_maps, boxes[part], image_index[part])
+            chunk_boxes, chunk_index = boxes[part].to(device), image_index[part].to(device)
+            local_maps = model.local_features(patches[part].to(device), global_maps, chunk_boxes, chunk_index)
+            canvas.add(local_maps, chunk_boxes, chunk_index)
         return canvas.maps()
 
-    def _choose_patches(self, count: int, device: torch.device) -> torch.Tensor:
+    def _choose_patches(self, count: int) -> torch.Tensor:
         if self.patches_per_step is None or self.patches_per_step >= count:
-            return torch.arange(count, device=device)
-        return torch.randperm(count, device=device)[: self.patches_per_step]
+            return torch.arange(count)
+        return torch.randperm(count)[: self.patches_per_step]
 
     def train_epoch(
         self,

@@ -336,13 +336,14 @@ class GLNet(nn.Module):
             raise ValueError(f"sharing mode {mode.value!r} needs the patches' boxes and image index")
         with torch.set_grad_enabled(train_global and torch.is_grad_enabled()):
             global_maps = self.global_features(global_image, local_context)
+            global_logits = self.global_logits(global_maps, global_size)
         local_maps = self.local_features(patches, global_maps, boxes, image_index)
         local_final = local_maps[FINAL]
         global_crop = self.crop_global(global_maps, FINAL, boxes, image_index, tuple(local_final.shape[-2:]))
         return GLNetOutput(
             logits=self.aggregated_logits(local_final, global_crop, patch_size),
             local_logits=self.local_logits(local_maps, patch_size),
-            global_logits=self.global_logits(global_maps, global_size),
+            global_logits=global_logits,
             local_final=local_final,
             global_final_crop=global_crop,
         )

@@ -8,7 +8,7 @@ regulariser λ=0.15 (the original code used γ=3; it is one argument away).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,8 @@ class FocalLoss(nn.Module):
             found = torch.unique(target[valid]).tolist()
             raise ValueError(f"target values {found[:10]} are not class indices in [0, {num_classes})")
         log_p = F.log_softmax(logits.float(), dim=1).gather(1, safe_target[:, None])[:, 0]
-        loss = -((1.0 - log_p.exp()).clamp(min=0) ** self.gamma) * log_p
+        # The floor keeps the gradient of x**gamma finite at x = 0 when gamma < 1.
+        loss = -((1.0 - log_p.exp()).clamp(min=1e-12) ** self.gamma) * log_p
         loss = loss[valid]
         return loss.mean() if loss.numel() else logits.sum() * 0.0
 
@@ -96,7 +97,11 @@ class GLNetLoss(nn.Module):
                 raise ValueError(f"loss weight {name!r} must be >= 0, got {value}")
 
     def forward(
-        self, output: GLNetOutput, patch_labels: torch.Tensor | None, global_labels: torch.Tensor | None
+        self,
+        output: GLNetOutput,
+        patch_labels: torch.Tensor | None,
+        global_labels: torch.Tensor | None,
+        skip: Iterable[str] = (),
     ) -> LossTerms:
         """Weighted sum of the terms available for this output.
 
@@ -104,7 +109,10 @@ class GLNetLoss(nn.Module):
             output: what :meth:`glmed.models.glnet.GLNet.forward` returned.
             patch_labels: ``N×p×p`` class maps of the patches (None for ``global_only``).
             global_labels: ``B×g×g`` class maps of the downsampled images (nearest-resampled).
+            skip: terms to leave out (``"local"``, ``"global"``, ``"fmreg"``), e.g. those whose
+                gradient would only reach frozen parts or, through them, the wrong branch.
         """
+        skip = set(skip)
         terms: Dict[str, torch.Tensor] = {}
         if output.logits_per_image:
             terms["main"] = self.focal(output.logits, _need(global_labels, "global labels"))
@@ -112,9 +120,12 @@ class GLNetLoss(nn.Module):
             patch_labels = _need(patch_labels, "patch labels")
             terms["main"] = self.focal(output.logits, patch_labels)
             if output.global_logits is not None:
-                terms["local"] = self.focal(output.local_logits, patch_labels)
-                terms["global"] = self.focal(output.global_logits, _need(global_labels, "global labels"))
-                terms["fmreg"] = F.mse_loss(output.local_final, output.global_final_crop.detach())
+                if "local" not in skip:
+                    terms["local"] = self.focal(output.local_logits, patch_labels)
+                if "global" not in skip:
+                    terms["global"] = self.focal(output.global_logits, _need(global_labels, "global labels"))
+                if "fmreg" not in skip:
+                    terms["fmreg"] = F.mse_loss(output.local_final, output.global_final_crop.detach())
         weighted = {name: self.weights[name] * value for name, value in terms.items()}
         return LossTerms(total=sum(weighted.values()), terms=weighted)
 

@@ -159,6 +159,10 @@ def load_pretrained(encoder: ResNetEncoder, path: str | os.PathLike) -> None:
         raise ValueError(f"{path}: expected a state dict (a mapping of parameter names to tensors)")
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
     own = encoder.state_dict()
+    # The published ImageNet files predate BatchNorm's num_batches_tracked counters: start them at 0.
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(own[key])
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

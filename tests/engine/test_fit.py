@@ -51,3 +51,16 @@ def test_evaluate_uses_the_isic_conventions_per_image():
     table = evaluate(model, [(image, np.zeros_like(label)), (image, label)])
     assert table.jaccard.tolist() == [1.0, 0.0]  # both empty scores 1; a missed lesion 0
     assert table.sensitivity.tolist() == [1.0, 0.0] and table.patches.tolist() == [0, 0]
+
+
+def test_fit_takes_image_files(tmp_path):
+    from PIL import Image
+
+    pairs = []
+    for index, (image, label) in enumerate(data(2)):
+        path = tmp_path / f"ISIC_{index:07d}.png"
+        Image.fromarray(image).save(path)
+        pairs.append((path, label))
+    model = GLNet(2, "resnet18", "g2l", **SIZES)
+    history = fit(model, paper_stages("g2l", epochs=(1, 1)), pairs)
+    assert list(history.stage) == ["global", "local"]

@@ -96,3 +96,19 @@ def test_predict_reads_an_image_file_and_names_a_bad_one(tmp_path):
         glmed.predict(model, broken)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         glmed.predict(model, tmp_path / "missing.png")
+
+
+def test_predict_restores_each_modules_own_mode():
+    model = tiny("g2l").train()
+    model.global_branch.eval()  # as a trainer freezes it in the local stage
+    glmed.predict(model, image(70, 70))
+    assert model.training and model.local_branch.training and not model.global_branch.training
+
+
+def test_many_overlapping_patches_do_not_overflow_the_stitching_counts():
+    model = tiny("local_only", patch=32, overlap=31)
+    with torch.no_grad():
+        model.local_head.weight.zero_()
+        model.local_head.bias.copy_(torch.tensor([-1.0, 1.0]))
+    result = glmed.predict(model, image(64, 64), batch_size=64)
+    assert result.patches == 33 * 33 and (result.mask == 1).all()

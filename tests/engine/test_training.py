@@ -110,3 +110,23 @@ def test_global_stage_on_a_two_branch_model_touches_global_parts_only():
     terms = trainer.train_epoch(stage, [bright_square_batch()], trainer.optimizer(stage))
     assert set(terms) == {"loss", "global"}
     assert not changed(local_before, model.local_branch)
+
+
+def test_a_custom_stage_training_the_global_branch_includes_its_listening_convolutions():
+    model = tiny("bidirectional")
+    trainer = GLNetTrainer(model)
+    stage = Stage("whole global", GLOBAL_PARTS, collect_local=True)
+    trainer.prepare(stage)
+    assert all(p.requires_grad for p in model.global_partner.parameters())
+    assert not any(p.requires_grad for p in model.local_branch.parameters())
+    overlapping = Stage("both", ("global_branch", "global_partner"))
+    params = [p for group in trainer.optimizer(overlapping).param_groups for p in group["params"]]
+    assert len(params) == len({id(p) for p in params}) == len(list(model.global_branch.parameters()))
+
+
+def test_bidirectional_stage_leaves_out_terms_that_could_only_reach_frozen_parts():
+    model = tiny("bidirectional")
+    trainer = GLNetTrainer(model, patches_per_step=3)
+    stage = paper_stages("bidirectional")[2]
+    terms = trainer.train_epoch(stage, [bright_square_batch()], trainer.optimizer(stage))
+    assert set(terms) == {"loss", "main", "global"}

@@ -65,3 +65,16 @@ def test_loss_terms_follow_the_mode(batch):
         result = GLNetLoss()(out, patch_labels, global_labels)
         assert set(result.terms) == terms
         torch.testing.assert_close(result.total, sum(result.terms.values()))
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 6.0])
+def test_focal_gradients_stay_finite_on_confident_pixels(gamma):
+    logits = torch.tensor([[[[30.0]], [[-30.0]]]], requires_grad=True)
+    FocalLoss(gamma)(logits, torch.zeros(1, 1, 1, dtype=torch.long)).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_train_global_false_keeps_the_global_head_out_of_the_graph(batch):
+    model = tiny_glnet("g2l")
+    out = model(**batch, train_global=False)
+    assert not out.global_logits.requires_grad

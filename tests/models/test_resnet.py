@@ -53,3 +53,14 @@ def test_a_state_dict_for_another_depth_is_refused_with_the_file_name(tmp_path):
         load_pretrained(ResNetEncoder("resnet18"), bad)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_pretrained(ResNetEncoder("resnet18"), tmp_path / "missing.pth")
+
+
+def test_a_published_file_without_batchnorm_counters_loads(tmp_path):
+    """ImageNet files predating num_batches_tracked (e.g. resnet50-19c8e357.pth) must load."""
+    source = ResNetEncoder("resnet18")
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "resnet18-old.pth"
+    torch.save(state, path)
+    target = ResNetEncoder("resnet18")
+    load_pretrained(target, path)
+    torch.testing.assert_close(target.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
