@@ -71,7 +71,7 @@ def test_g2l_patches_of_different_images_use_their_own_global_maps(batch):
     torch.testing.assert_close(mixed[n:], alone, atol=1e-5, rtol=1e-4)
 
 
-def test_the_model_follows_its_inputs_dtype_and_holds_no_state_between_calls(batch):
+def test_the_model_holds_no_state_between_calls(batch):
     model = tiny_glnet("g2l")
     with torch.no_grad():
         first = model(**batch).logits
