@@ -162,6 +162,7 @@ def test_a_missing_or_unfitting_pretrained_file_is_refused_before_any_work(isic,
     assert "--pretrained-backbone" in capsys.readouterr().err and not out.exists()
     weights = tmp_path / "resnet18.pth"
     torch.save(ResNetEncoder("resnet18").state_dict(), weights)
-    assert isic.main(["--demo", "--out", str(out), "--backbone", "resnet50", "--pretrained-backbone", str(weights)]) == 2
+    code = isic.main(["--demo", "--out", str(out), "--backbone", "resnet50", "--pretrained-backbone", str(weights)])
+    assert code == 2
     assert "does not fit a resnet50 encoder" in capsys.readouterr().err
     assert not (out / "config.json").exists()  # nothing started: the fixed command runs without --resume
