@@ -90,15 +90,20 @@ class Distributed:
     def gradient_hook(self, module: torch.nn.Module) -> Callable[[], None] | None:
         """A function to call after each backward pass: averages gradients, shares rank 0's buffers.
 
-        Every trainable parameter takes part in every call, with a zero gradient where
-        this process's batch gave it none, so all processes make the same collective calls.
-        Returns None for a single process.
+        A parameter that some process's batch gave a gradient takes part, with a zero
+        gradient where another's gave it none (as DDP does), so all processes make the same
+        collective calls; one that no process used keeps no gradient, so the optimiser skips
+        it as in a single process. Returns None for a single process.
         """
         if not self.enabled:
             return None
 
         def average() -> None:
             params = [p for p in module.parameters() if p.requires_grad]
+            if params:
+                used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+                dist.all_reduce(used, op=dist.ReduceOp.MAX)
+                params = [p for p, flag in zip(params, used.tolist()) if flag]  # no process used it: stays None
             if params:
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
                 flat = torch.cat([g.reshape(-1) for g in grads])

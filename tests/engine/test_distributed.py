@@ -61,14 +61,27 @@ def _worker(rank: int, folder: str, port: int) -> None:
         context.broadcast_module(model)
         hook = context.gradient_hook(model)
 
-        # The hook replaces each rank's gradients by their mean over ranks.
+        # The hook replaces each rank's gradients by their mean over ranks. Only rank 0's loss
+        # reaches the layers that make the FPN's "s3" map (rank 1 counts as zero there); the head
+        # reaches no loss on any rank and must keep no gradient, as in a single process.
         image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(100 + rank))
-        model.global_logits(model.global_features(image), (64, 64)).square().mean().backward()
-        own = [p.grad.clone() for p in model.parameters()]
+        maps = model.global_features(image)
+        loss = maps["s2"].square().mean()
+        if rank == 0:
+            loss = loss + maps["s3"].square().mean()
+        loss.backward()
+        own = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
         everyone = context.gather(own)
         hook()
-        gradient_error = max(float((p.grad - (a + b) / 2).abs().max())
-                             for p, a, b in zip(model.parameters(), *everyone))
+        gradient_error, unused_kept_none = 0.0, True
+        for p, a, b in zip(model.parameters(), *everyone):
+            if a is None and b is None:
+                unused_kept_none &= p.grad is None
+                continue
+            mean = ((a if a is not None else 0) + (b if b is not None else 0)) / 2
+            gradient_error = max(gradient_error, float((p.grad - mean).abs().max()))
+        partly_used = sum((a is None) != (b is None) for a, b in zip(*everyone))
+        unused = sum(a is None and b is None for a, b in zip(*everyone))
         model.zero_grad(set_to_none=True)
 
         pairs = [make_dermoscopy_image((96, 128), seed) for seed in range(IMAGES + 2)]
@@ -79,6 +92,7 @@ def _worker(rank: int, folder: str, port: int) -> None:
                               distributed=context, progress=False, log=lambda _: None)
         result = runner.run()
         torch.save({"state": model.state_dict(), "seen": train.seen, "gradient_error": gradient_error,
+                    "unused_kept_none": unused_kept_none, "partly_used": partly_used, "unused": unused,
                     "best": result.best}, os.path.join(folder, f"rank{rank}.result"))
     finally:
         close_distributed()
@@ -96,6 +110,7 @@ def test_two_gloo_processes_average_gradients_and_end_with_identical_weights(tmp
     ranks = [torch.load(tmp_path / f"rank{rank}.result", weights_only=True) for rank in range(2)]
 
     assert all(r["gradient_error"] < 1e-6 for r in ranks)
+    assert all(r["partly_used"] > 0 and r["unused"] > 0 and r["unused_kept_none"] for r in ranks)
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
     # Each epoch's order is split between the ranks: together they read every image once.
