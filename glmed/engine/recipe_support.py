@@ -179,7 +179,7 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
     files = RunFiles(out)
     torch.manual_seed(config.seed)
     model = build_model(recipe, config, pretrained=not files.last.is_file()).to(device)  # a bad weights file stops here
-    splits = prepare_data(recipe, config, out, resume, distributed, log)
+    splits = prepare_data(recipe, config, out, resume, distributed, log, progress)
     loss = GLNetLoss(config.gamma, config.main_weight, config.local_weight, config.global_weight,
                      config.fmreg_weight, ignore_index=recipe.ignore_index)
     trainer = GLNetTrainer(model, loss, config.global_lr, config.local_lr, config.patches_per_step,
@@ -203,7 +203,7 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
 
 
 def prepare_data(recipe: Recipe, config: RecipeConfig, out: Path, resume: bool, distributed: Distributed,
-                 log: Callable[[str], None]) -> Dict[str, pd.DataFrame]:
+                 log: Callable[[str], None], progress: bool = True) -> Dict[str, pd.DataFrame]:
     """Write ``config.json`` and ``manifest.csv`` (rank 0), then read the split back (every rank).
 
     A given ``--data`` folder is checked before anything is written, so a wrong layout
@@ -213,7 +213,7 @@ def prepare_data(recipe: Recipe, config: RecipeConfig, out: Path, resume: bool, 
     failure = None
     if distributed.is_main and not manifest.is_file():
         try:
-            _write_manifest(recipe, config, out, resume, manifest, log)
+            _write_manifest(recipe, config, out, resume, manifest, log, progress)
         except (RecipeError, LayoutError, DatasetError) as error:
             failure = error
     failures = [text for text in distributed.gather(None if failure is None else str(failure)) if text]
@@ -231,22 +231,44 @@ def prepare_data(recipe: Recipe, config: RecipeConfig, out: Path, resume: bool, 
 
 
 def _write_manifest(recipe: Recipe, config: RecipeConfig, out: Path, resume: bool, manifest: Path,
-                    log: Callable[[str], None]) -> None:
+                    log: Callable[[str], None], progress: bool) -> None:
+    """A given manifest or ``--data`` folder is read and checked before ``config.json`` is written;
+    demo data is generated after it, inside the run."""
+
+    def split(table: pd.DataFrame) -> pd.DataFrame:
+        log(f"checking {len(table)} image/mask pairs ...")
+        return make_split(_scan(table, recipe.label_kind, progress), config.split or recipe.dataset, config.seed)
+
     table = None
     if config.manifest is not None:
         table = _read_given_manifest(Path(config.manifest))
     elif config.data is not None:
-        table = discover(config.data, recipe.dataset)
+        table = split(discover(config.data, recipe.dataset))
     if not resume:
         with atomic_path(out / "config.json") as temporary:
             Path(temporary).write_text(config.to_json())
     if table is None:
         log(f"generating {config.images} synthetic {recipe.dataset} images into {out / 'data'} ...")
-        table = discover(recipe.write_demo(out / "data", config), recipe.dataset)
-    if "split" not in table.columns:
-        log(f"checking {len(table)} image/mask pairs ...")
-        table = make_split(scan_dataset(table, recipe.label_kind), config.split or recipe.dataset, config.seed)
+        table = split(discover(recipe.write_demo(out / "data", config), recipe.dataset))
     write_manifest(table, manifest)
+
+
+def _scan(table: pd.DataFrame, label_kind: str, progress: bool, chunk: int = 32) -> pd.DataFrame:
+    """:func:`scan_dataset` in chunks under a progress bar; every problem is still reported at once."""
+    starts = range(0, len(table), chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"checking {len(table)} image/mask pairs", unit=f"×{chunk}", leave=False)
+    parts, problems = [], []
+    for start in starts:
+        try:
+            parts.append(scan_dataset(table.iloc[start : start + chunk], label_kind))
+        except DatasetError as error:
+            problems += error.problems
+    if problems:
+        raise DatasetError(problems)
+    return pd.concat(parts)
 
 
 def build_model(recipe: Recipe, config: RecipeConfig, pretrained: bool = True) -> GLNet:

@@ -166,3 +166,17 @@ def test_a_missing_or_unfitting_pretrained_file_is_refused_before_any_work(isic,
     assert code == 2
     assert "does not fit a resnet50 encoder" in capsys.readouterr().err
     assert not (out / "config.json").exists()  # nothing started: the fixed command runs without --resume
+
+
+def test_bad_masks_are_all_listed_before_the_run_starts(isic, tmp_path, capsys):
+    from glmed.data.synthetic import write_isic_dataset
+
+    data = write_isic_dataset(tmp_path / "isic", 4, sizes=[(64, 80)] * 4)
+    truth = data / "ISIC2018_Task1_Training_GroundTruth"
+    for name in ("ISIC_0000001_segmentation.png", "ISIC_0000003_segmentation.png"):
+        Image.fromarray(np.full((64, 80), 7, np.uint8)).save(truth / name)  # not a 0/255 mask
+    out = tmp_path / "run"
+    assert isic.main(["--data", str(data), "--out", str(out), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "2 problem(s)" in error and "ISIC_0000001_segmentation.png" in error and "ISIC_0000003" in error
+    assert not (out / "config.json").exists()
