@@ -129,7 +129,7 @@ def write_pyramidal_tiff(
         image: ``H x W`` or ``H x W x C`` (C = 1 or 3 for JPEG; uint8 for JPEG).
         levels: number of levels, each half the previous (``ceil``); by default until one tile holds the last.
         tile: tile side, a multiple of 16.
-        compression: ``"jpeg"`` (lossy, needs ``imagecodecs``), ``"zlib"`` or ``"lzw"`` (lossless), or ``None``.
+        compression: ``"jpeg"`` (lossy; encoded by ``imagecodecs``), ``"zlib"`` or ``"lzw"`` (lossless), or ``None``.
         resampling: ``"area"`` for images, ``"nearest"`` for masks.
     """
     import tifffile
@@ -141,11 +141,6 @@ def write_pyramidal_tiff(
         raise ValueError(f"{path}: the tile side must be a positive multiple of 16, got {tile}")
     if compression == "jpeg" and (image.dtype != np.uint8 or channels not in (1, 3)):
         raise ValueError(f"{path}: JPEG holds 1 or 3 channels of uint8, got {channels} of {image.dtype}; use zlib")
-    if compression == "jpeg" or compression == "lzw":
-        try:
-            import imagecodecs  # noqa: F401  (tifffile's codecs beyond zlib)
-        except ImportError as error:
-            raise ImportError(f"writing {compression}-compressed TIFF needs imagecodecs: pip install imagecodecs") from error
     photometric = "rgb" if channels in (3, 4) else "minisblack"
     with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=image.nbytes > 2**31) as writer:
         for index, level in enumerate(pyramid(image, levels, tile, resampling)):

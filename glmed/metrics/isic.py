@@ -24,8 +24,9 @@ empty truth folder, a folder in place of a prediction or a truncated image), and
 not blank but has no value above 128 (a 0/1 mask) raises an :class:`EmptyMaskWarning`, because
 it silently scores as empty.
 
-Speed: masks are decoded on a thread pool (Pillow releases the GIL while decoding) and counted
-with Pillow's C histograms, without copying pixels into NumPy.
+Speed: plain 8-bit greyscale PNGs are decoded by :mod:`glmed.io.grey_png` (libdeflate and
+NumPy, pixels identical to Pillow's; anything else is decoded by Pillow), pairs are decoded on a
+thread pool, and counts come from Pillow's C histograms.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops
 
+from glmed.io.grey_png import decode_grey8_png
 from glmed.metrics.confusion import FOREGROUND_ABOVE, METRICS, BinaryCounts, binary_metrics
 
 __all__ = [
@@ -204,6 +206,10 @@ def _open_mask(path: Path) -> Image.Image:
     """Decode a mask exactly as the official scorer does: 8-bit greyscale, 1-bit converted."""
     try:
         with Image.open(path) as image:
+            if image.format == "PNG" and image.mode == "L":
+                pixels = decode_grey8_png(path.read_bytes())
+                if pixels is not None:
+                    return Image.frombuffer("L", image.size, pixels, "raw", "L", 0, 1)
             image.load()
             if image.mode == "1":
                 image = image.convert("L")

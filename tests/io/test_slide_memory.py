@@ -12,11 +12,10 @@ import subprocess
 import sys
 import textwrap
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-
-imagecodecs = pytest.importorskip("imagecodecs")
 
 TILE = 256
 COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [230, 230, 230]], np.uint8)

@@ -214,6 +214,22 @@ def test_thread_count_does_not_change_numbers(make_submission, make_blob):
                                   score_submission(truth_dir, prediction_dir, workers=3))
 
 
+def test_fast_png_decoding_and_pillow_give_the_same_table(make_submission, make_blob, monkeypatch):
+    """Masks are decoded by glmed.io.grey_png when possible; Pillow alone must agree exactly."""
+    from glmed.metrics import isic
+
+    cases = {image_id: (make_blob((300, 400), seed=i), make_blob((300, 400), seed=i + 50, scale=1.1))
+             for i, image_id in enumerate(ids(6))}
+    truth_dir, prediction_dir = make_submission(cases)
+    calls = []
+    fast = isic.decode_grey8_png
+    monkeypatch.setattr(isic, "decode_grey8_png", lambda data: calls.append(fast(data)) or calls[-1])
+    with_fast = score_submission(truth_dir, prediction_dir)
+    assert len(calls) == 12 and all(pixels is not None for pixels in calls)
+    monkeypatch.setattr(isic, "decode_grey8_png", lambda data: None)
+    pd.testing.assert_frame_equal(with_fast, score_submission(truth_dir, prediction_dir))
+
+
 def test_summary_puts_the_headline_first(make_submission, make_blob):
     cases = {image_id: (make_blob((30, 30), seed=i), make_blob((30, 30), seed=i + 9))
              for i, image_id in enumerate(ids(4))}
