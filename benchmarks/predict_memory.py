@@ -1,5 +1,9 @@
-"""Peak host memory and time of glmed.predict on an ISIC-sized image, beside the same
-network run on the full-resolution image at once.
+"""Peak host memory and time of glmed.predict on an ISIC-sized image, beside MONAI's
+sliding-window inference and the full-resolution image at once, over the same backbone.
+
+The baselines run the local branch alone (the ResNet-FPN and its head, ``local_only``): MONAI's
+``sliding_window_inference`` with glmed's patch size, overlap and batch size, and one forward pass
+over the whole image.
 
 Each case runs in its own process, so one case's peak cannot hide another's; the peak is
 the process's maximum resident set size (``ru_maxrss``) minus what it held once the model
@@ -41,6 +45,21 @@ def run_case(case: str, height: int, width: int, backbone: str, sharing: str, ba
     if case == "glmed.predict":
         result = glmed.predict(model, image, batch_size=batch_size)
         mask, patches = result.mask, result.patches
+    elif case == "MONAI sliding window":
+        from monai.inferers import sliding_window_inference
+
+        tiles_seen = []
+
+        def local_branch(tiles: torch.Tensor) -> torch.Tensor:
+            tiles_seen.append(len(tiles))
+            return model.local_logits(model.local_features(tiles), tiles.shape[-2:])
+
+        config = model.config
+        with torch.inference_mode():
+            logits = sliding_window_inference(
+                to_model_input(image)[None], roi_size=(config.patch_size,) * 2, sw_batch_size=batch_size,
+                predictor=local_branch, overlap=config.overlap / config.patch_size, mode="constant")
+            mask, patches = logits[0].argmax(0).numpy().astype(np.uint8), sum(tiles_seen)
     else:
         with torch.inference_mode():
             x = to_model_input(image)[None]
@@ -64,7 +83,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--sharing", default="bidirectional")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--cases", nargs="+", default=["glmed.predict", "full image at once"])
+    parser.add_argument("--cases", nargs="+", default=["glmed.predict", "MONAI sliding window", "full image at once"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     height, width = args.size

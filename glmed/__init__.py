@@ -18,6 +18,7 @@ _EXPORTS = {
     "GlobalLocalInferer": "glmed.engine.inferer",
     "SegmentationResult": "glmed.engine.inferer",
     "predict": "glmed.engine.inferer",
+    "load_model": "glmed.engine.checkpoint",
     "open_image": "glmed.io",
     "score_submission": "glmed.metrics.isic",
     "show_result": "glmed.plotting",

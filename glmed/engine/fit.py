@@ -7,7 +7,6 @@ and data loaders on top of the same pieces (:class:`~glmed.engine.training.GLNet
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -65,7 +64,7 @@ def fit(
         for epoch in range(1, stage.epochs + 1):
             order = rng.permutation(len(pairs))
             batches = (
-                collate_global_local([sampler(stage, *_open(pairs[i]), rng) for i in order[start : start + images_per_step]])
+                collate_global_local([_sample(sampler, stage, pairs[i], rng) for i in order[start : start + images_per_step]])
                 for start in range(0, len(order), images_per_step)
             )
             means = trainer.train_epoch(stage, batches, optimizer, report)
@@ -89,10 +88,13 @@ def evaluate(model: GLNet, pairs: Sequence[Pair], batch_size: int = 4) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def _open(pair: Pair) -> Pair:
-    """The pair with a path opened as a reader (the label as a class-index array)."""
+def _sample(sampler: StageSampler, stage: Stage, pair: Pair, rng: np.random.Generator) -> dict:
+    """One training sample of ``pair``; an image given as a path is opened for it and closed again."""
     image, label = pair
-    if isinstance(image, (str, os.PathLike)):
-        image, _ = open_as_reader(image)
-    return image, np.asarray(label)
+    reader, opened = open_as_reader(image)
+    try:
+        return sampler(stage, reader, np.asarray(label), rng)
+    finally:
+        if opened:
+            reader.close()
 

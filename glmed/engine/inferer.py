@@ -22,7 +22,7 @@ import torch
 
 from glmed.data.normalize import Normalization, to_model_input
 from glmed.data.sampler import as_reader, iter_patch_batches
-from glmed.engine.devices import model_device
+from glmed.engine.devices import Placement
 from glmed.engine.stitching import upsample_to_labels
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
 from glmed.io.base import ImageReader
@@ -84,16 +84,16 @@ class GlobalLocalInferer:
     def __call__(self, model: GLNet, image: ImageLike) -> SegmentationResult:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path."""
         reader, opened = open_as_reader(image)
-        device = self.device or model_device(model)
+        placement = Placement.of(model, self.device)
         # Evaluation mode for this call only; each module's own flag is restored afterwards, so a
         # trainer's frozen parts stay frozen when validation runs in the middle of a stage.
         modes = {module: module.training for module in model.modules()}
-        model.eval().to(device)
+        model.eval().to(placement.device)
         try:
             with torch.inference_mode():
                 if isinstance(model, CoarseToFineGLNet):
-                    return self._segment_coarse_to_fine(model, reader, device)
-                return self._segment(model, reader, device)
+                    return self._segment_coarse_to_fine(model, reader, placement)
+                return self._segment(model, reader, placement)
         finally:
             for module, training in modes.items():
                 module.training = training
@@ -101,7 +101,7 @@ class GlobalLocalInferer:
                 reader.close()
 
     def _segment(
-        self, model: GLNet, reader: ImageReader, device: torch.device, with_coarse: bool = True
+        self, model: GLNet, reader: ImageReader, placement: Placement, with_coarse: bool = True
     ) -> SegmentationResult:
         """Plain GLNet over a whole image (or a region's view); ``with_coarse`` also upsamples
         the global branch's own mask to full size."""
@@ -110,12 +110,12 @@ class GlobalLocalInferer:
         grid = patch_grid(size, config.patch_size, config.overlap)
         global_image = global_maps = None
         if mode.has_global:
-            global_image = self._global_input(reader, config.global_size, device)
+            global_image = self._global_input(reader, config.global_size, placement)
             global_maps = model.global_features(global_image)
         if mode is Sharing.BIDIRECTIONAL:
             canvas = LocalToGlobalCanvas.like(global_maps, mode.local_to_global_points)
-            for _, boxes, patches in self._patch_batches(reader, grid, device, "collecting local features"):
-                index = torch.zeros(len(boxes), dtype=torch.long, device=device)
+            for _, boxes, patches in self._patch_batches(reader, grid, placement, "collecting local features"):
+                index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
                 canvas.add(model.local_features(patches, global_maps, boxes, index), boxes, index)
             global_maps = model.global_features(global_image, canvas.maps())
         coarse = None
@@ -123,15 +123,15 @@ class GlobalLocalInferer:
             coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
         if mode is Sharing.GLOBAL_ONLY:
             return SegmentationResult(mask=coarse, coarse=coarse)
-        mask = self._stitch_patches(model, reader, grid, global_maps, device)
+        mask = self._stitch_patches(model, reader, grid, global_maps, placement)
         return SegmentationResult(mask=mask, coarse=coarse, patches=len(grid))
 
     def _segment_coarse_to_fine(
-        self, model: CoarseToFineGLNet, reader: ImageReader, device: torch.device
+        self, model: CoarseToFineGLNet, reader: ImageReader, placement: Placement
     ) -> SegmentationResult:
         """Coarse mask from the global branch; GLNet passes over the relaxed boxes only."""
         config = model.config
-        global_image = self._global_input(reader, config.global_size, device)
+        global_image = self._global_input(reader, config.global_size, placement)
         global_logits = model.global_logits(model.global_features(global_image), global_image.shape[-2:])[0]
         coarse = upsample_to_labels(global_logits, reader.size)
         foreground = global_logits.argmax(0).cpu().numpy() != 0
@@ -143,14 +143,14 @@ class GlobalLocalInferer:
         mask = np.zeros(reader.size, dtype=np.uint8)
         patches = 0
         for box in boxes:
-            refined = self._segment(model, RegionReader(reader, box), device, with_coarse=False)
+            refined = self._segment(model, RegionReader(reader, box), placement, with_coarse=False)
             mask[box[0] : box[2], box[1] : box[3]] = refined.mask
             patches += refined.patches
         return SegmentationResult(mask=mask, coarse=coarse, boxes=boxes, patches=patches)
 
     def _stitch_patches(
         self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: Dict[str, torch.Tensor] | None,
-        device: torch.device,
+        placement: Placement,
     ) -> np.ndarray:
         """Run the local (and aggregation) heads on every patch and average their probabilities."""
         from monai.inferers import AvgMerger
@@ -161,8 +161,8 @@ class GlobalLocalInferer:
             merged_shape=(1, model.config.num_classes, height, width), device="cpu", count_dtype=torch.int32
         )
         patch_size = grid.patch_size
-        for pixel_boxes, boxes, patches in self._patch_batches(reader, grid, device, "segmenting patches"):
-            index = torch.zeros(len(boxes), dtype=torch.long, device=device)
+        for pixel_boxes, boxes, patches in self._patch_batches(reader, grid, placement, "segmenting patches"):
+            index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
             local_maps = model.local_features(patches, global_maps, boxes, index)
             if global_maps is None:
                 logits = model.local_logits(local_maps, patch_size)
@@ -176,16 +176,16 @@ class GlobalLocalInferer:
         merged = merger.finalize()[0]
         return merged.argmax(0).numpy().astype(np.uint8)
 
-    def _global_input(self, reader: ImageReader, side: int, device: torch.device) -> torch.Tensor:
+    def _global_input(self, reader: ImageReader, side: int, placement: Placement) -> torch.Tensor:
         view = reader.resized((side, side))
-        return to_model_input(view, self.normalization)[None].to(device)
+        return placement.put(to_model_input(view, self.normalization)[None])
 
     def _patch_batches(
-        self, reader: ImageReader, grid: PatchGrid, device: torch.device, what: str
+        self, reader: ImageReader, grid: PatchGrid, placement: Placement, what: str
     ) -> Iterator[Tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Yield ``(pixel boxes, boxes as fractions, normalised patches)``, one batch at a time.
 
-        The fractions and patches are on ``device``; each patch region is read once per call.
+        The fractions and patches are placed like the model; each patch region is read once per call.
         """
         normalized = torch.tensor(grid.normalized(), dtype=torch.float32)
         batches = iter_patch_batches(reader, grid.boxes, self.batch_size)
@@ -195,8 +195,8 @@ class GlobalLocalInferer:
             total = -(-len(grid) // self.batch_size)
             batches = tqdm(batches, total=total, desc=f"{reader.name}: {what}", unit="batch", leave=False)
         for batch in batches:
-            patches = to_model_input(batch.pixels, self.normalization).to(device)
-            yield batch.boxes, normalized[batch.start : batch.start + len(batch.boxes)].to(device), patches
+            patches = placement.put(to_model_input(batch.pixels, self.normalization))
+            yield batch.boxes, placement.put(normalized[batch.start : batch.start + len(batch.boxes)]), patches
 
 
 def predict(

@@ -69,13 +69,16 @@ class LocalToGlobalCanvas:
 
     Args:
         sizes: for each shared point, ``(B, C, h, w)`` of the global map there.
-        device, dtype: where and how to keep the canvases.
+        device, dtype: where the canvases live and the type of the stitched maps; sums are
+            kept in at least float32, so half-precision models average many patches accurately.
     """
 
     def __init__(self, sizes: Mapping[str, torch.Size], device: torch.device, dtype: torch.dtype) -> None:
-        self._sums = {name: torch.zeros(tuple(shape), device=device, dtype=dtype) for name, shape in sizes.items()}
+        self._dtype = dtype
+        summing = torch.promote_types(dtype, torch.float32)
+        self._sums = {name: torch.zeros(tuple(shape), device=device, dtype=summing) for name, shape in sizes.items()}
         self._counts = {
-            name: torch.zeros((shape[0], 1, shape[2], shape[3]), device=device, dtype=dtype)
+            name: torch.zeros((shape[0], 1, shape[2], shape[3]), device=device, dtype=summing)
             for name, shape in sizes.items()
         }
 
@@ -98,7 +101,7 @@ class LocalToGlobalCanvas:
 
     def maps(self) -> Dict[str, torch.Tensor]:
         """The stitched maps: average of the patches covering each cell (0 where none did)."""
-        return {name: total / self._counts[name].clamp(min=1) for name, total in self._sums.items()}
+        return {name: (total / self._counts[name].clamp(min=1)).to(self._dtype) for name, total in self._sums.items()}
 
     @classmethod
     def like(cls, global_maps: Mapping[str, torch.Tensor], points: Iterable[str]) -> "LocalToGlobalCanvas":

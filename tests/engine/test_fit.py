@@ -64,3 +64,24 @@ def test_fit_takes_image_files(tmp_path):
     model = GLNet(2, "resnet18", "g2l", **SIZES)
     history = fit(model, paper_stages("g2l", epochs=(1, 1)), pairs)
     assert list(history.stage) == ["global", "local"]
+
+
+def test_fit_closes_every_image_file_it_opens(tmp_path, monkeypatch):
+    import glmed.io
+    from PIL import Image
+
+    opened = []
+    real_open = glmed.io.open_image
+
+    def recording_open(path, **options):
+        reader = real_open(path, **options)
+        opened.append(reader)
+        real_close = reader.close
+        reader.close = lambda: (opened.remove(reader), real_close())
+        return reader
+
+    monkeypatch.setattr(glmed.io, "open_image", recording_open)
+    image, label = data(1)[0]
+    Image.fromarray(image).save(tmp_path / "ISIC_0000000.png")
+    fit(GLNet(2, "resnet18", "g2l", **SIZES), paper_stages("g2l", epochs=(1, 2)), [(tmp_path / "ISIC_0000000.png", label)])
+    assert opened == []  # each reader was closed after its sample

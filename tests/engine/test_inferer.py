@@ -29,6 +29,17 @@ def test_predict_gives_a_full_size_mask_in_every_mode(mode):
     assert (result.coarse is None) == (mode is Sharing.LOCAL_ONLY)
 
 
+@pytest.mark.parametrize("mode", list(Sharing))
+def test_a_bfloat16_model_gets_inputs_in_its_own_type(mode):
+    torch.manual_seed(0)
+    model = tiny(mode.value)
+    full_precision = glmed.predict(model, image(150, 100)).mask
+    half_precision = glmed.predict(model.to(torch.bfloat16), image(150, 100)).mask
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert half_precision.shape == (150, 100)
+    assert (half_precision == full_precision).mean() > 0.95  # same network, rounded weights
+
+
 def test_an_image_of_one_patch_gives_the_networks_own_answer():
     model = tiny("g2l", patch=64, global_size=64)
     pixels = image(64, 64)
