@@ -19,6 +19,7 @@ _EXPORTS = {
     "SegmentationResult": "glmed.engine.inferer",
     "predict": "glmed.engine.inferer",
     "load_model": "glmed.engine.checkpoint",
+    "predict_to_tiff": "glmed.engine.slide",
     "open_image": "glmed.io",
     "score_submission": "glmed.metrics.isic",
     "show_result": "glmed.plotting",

@@ -13,6 +13,7 @@ from typing import Sequence
 
 COMMANDS = {
     "demo": ("glmed.engine.demo", "segment a generated ultra-high-resolution image with a small GLNet"),
+    "predict": ("glmed.engine.predict_cli", "segment an image or a whole slide with a trained network"),
     "score": ("glmed.metrics.score_cli", "score an ISIC 2018 Task 1 submission folder against ground truth"),
 }
 

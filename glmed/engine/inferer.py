@@ -2,8 +2,9 @@
 
 The device only ever holds the downsampled image, one batch of patches and the global
 branch's maps; the full-resolution image stays with its reader on the host (an array in
-memory or a file read region by region), and the per-patch outputs are averaged into a
-host-side canvas by MONAI's :class:`~monai.inferers.AvgMerger`.
+memory or a file read region by region), and the per-patch outputs are averaged a band of rows
+at a time (:class:`~glmed.engine.stitching.RowBandMerger`) into a mask that may itself live on
+disk, so whole slides stream through (:mod:`glmed.engine.slide`).
 
 MONAI's ``PatchInferer`` calls its network with the patches alone, and
 ``sliding_window_inference`` needs the whole image as one tensor and places windows its
@@ -23,7 +24,7 @@ import torch
 from glmed.data.normalize import Normalization, to_model_input
 from glmed.data.sampler import as_reader, iter_patch_batches
 from glmed.engine.devices import Placement
-from glmed.engine.stitching import upsample_to_labels
+from glmed.engine.stitching import RowBandMerger, label_dtype, upsample_to_labels
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
 from glmed.io.base import ImageReader
 from glmed.io.region import RegionReader
@@ -42,7 +43,8 @@ class SegmentationResult:
 
     Attributes:
         mask: ``H×W`` full-resolution class indices (uint8).
-        coarse: ``H×W`` mask from the global branch alone (None for ``local_only``).
+        coarse: ``H×W`` mask from the global branch alone (None for ``local_only``, or when
+            not asked for).
         boxes: regions refined at full resolution by coarse-to-fine models,
             ``(row0, col0, row1, col1)`` end-exclusive; empty for plain GLNet.
         patches: how many full-resolution patches the local branch processed (a
@@ -51,7 +53,7 @@ class SegmentationResult:
     """
 
     mask: np.ndarray
-    coarse: np.ndarray | None
+    coarse: np.ndarray | None = None
     boxes: List[Box] = field(default_factory=list)
     patches: int = 0
     notes: List[str] = field(default_factory=list)
@@ -81,8 +83,16 @@ class GlobalLocalInferer:
         self.normalization = normalization
         self.progress = progress
 
-    def __call__(self, model: GLNet, image: ImageLike) -> SegmentationResult:
-        """Segment one image given as a reader, an ``H×W×C`` array or a file path."""
+    def __call__(
+        self, model: GLNet, image: ImageLike, out: np.ndarray | None = None, with_coarse: bool = True
+    ) -> SegmentationResult:
+        """Segment one image given as a reader, an ``H×W×C`` array or a file path.
+
+        Args:
+            out: an ``H×W`` array to write the mask into (every pixel is written), e.g. a
+                :class:`numpy.memmap` for a slide larger than memory; a new array by default.
+            with_coarse: also return the global branch's own mask at full size (in memory).
+        """
         reader, opened = open_as_reader(image)
         placement = Placement.of(model, self.device)
         # Evaluation mode for this call only; each module's own flag is restored afterwards, so a
@@ -90,10 +100,14 @@ class GlobalLocalInferer:
         modes = {module: module.training for module in model.modules()}
         model.eval().to(placement.device)
         try:
+            if out is None:
+                out = np.empty(reader.size, dtype=label_dtype(model.config.num_classes))
+            elif out.shape != tuple(reader.size):
+                raise ValueError(f"out has shape {out.shape}, but {reader.name} is {tuple(reader.size)}")
             with torch.inference_mode():
                 if isinstance(model, CoarseToFineGLNet):
-                    return self._segment_coarse_to_fine(model, reader, placement)
-                return self._segment(model, reader, placement)
+                    return self._segment_coarse_to_fine(model, reader, placement, out, with_coarse)
+                return self._segment(model, reader, placement, out, with_coarse)
         finally:
             for module, training in modes.items():
                 module.training = training
@@ -101,10 +115,10 @@ class GlobalLocalInferer:
                 reader.close()
 
     def _segment(
-        self, model: GLNet, reader: ImageReader, placement: Placement, with_coarse: bool = True
+        self, model: GLNet, reader: ImageReader, placement: Placement, out: np.ndarray, with_coarse: bool
     ) -> SegmentationResult:
-        """Plain GLNet over a whole image (or a region's view); ``with_coarse`` also upsamples
-        the global branch's own mask to full size."""
+        """Plain GLNet over a whole image (or a region's view) into ``out``; ``with_coarse`` also
+        upsamples the global branch's own mask to full size."""
         config, mode = model.config, model.sharing
         size = reader.size
         grid = patch_grid(size, config.patch_size, config.overlap)
@@ -119,47 +133,46 @@ class GlobalLocalInferer:
                 canvas.add(model.local_features(patches, global_maps, boxes, index), boxes, index)
             global_maps = model.global_features(global_image, canvas.maps())
         coarse = None
-        if global_maps is not None and (with_coarse or mode is Sharing.GLOBAL_ONLY):
+        if global_maps is not None and with_coarse:
             coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
         if mode is Sharing.GLOBAL_ONLY:
-            return SegmentationResult(mask=coarse, coarse=coarse)
-        mask = self._stitch_patches(model, reader, grid, global_maps, placement)
-        return SegmentationResult(mask=mask, coarse=coarse, patches=len(grid))
+            if coarse is None:
+                upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size, out=out)
+            else:
+                out[:] = coarse
+            return SegmentationResult(mask=out, coarse=coarse)
+        self._stitch_patches(model, reader, grid, global_maps, placement, out)
+        return SegmentationResult(mask=out, coarse=coarse, patches=len(grid))
 
     def _segment_coarse_to_fine(
-        self, model: CoarseToFineGLNet, reader: ImageReader, placement: Placement
+        self, model: CoarseToFineGLNet, reader: ImageReader, placement: Placement, out: np.ndarray, with_coarse: bool
     ) -> SegmentationResult:
         """Coarse mask from the global branch; GLNet passes over the relaxed boxes only."""
         config = model.config
         global_image = self._global_input(reader, config.global_size, placement)
         global_logits = model.global_logits(model.global_features(global_image), global_image.shape[-2:])[0]
-        coarse = upsample_to_labels(global_logits, reader.size)
+        coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
         foreground = global_logits.argmax(0).cpu().numpy() != 0
         min_size = patch_size_for(reader.size, (config.patch_size, config.patch_size))
         boxes = coarse_to_fine_boxes(foreground, reader.size, config.target_ratio, min_size, config.per_component)
         if not boxes:
             note = "the global branch found no foreground, so nothing was refined: the mask is its coarse prediction"
-            return SegmentationResult(mask=coarse.copy(), coarse=coarse, notes=[note])
-        mask = np.zeros(reader.size, dtype=np.uint8)
+            upsample_to_labels(global_logits, reader.size, out=out)
+            return SegmentationResult(mask=out, coarse=coarse, notes=[note])
+        _fill_rows(out, 0)
         patches = 0
         for box in boxes:
-            refined = self._segment(model, RegionReader(reader, box), placement, with_coarse=False)
-            mask[box[0] : box[2], box[1] : box[3]] = refined.mask
-            patches += refined.patches
-        return SegmentationResult(mask=mask, coarse=coarse, boxes=boxes, patches=patches)
+            region = out[box[0] : box[2], box[1] : box[3]]
+            patches += self._segment(model, RegionReader(reader, box), placement, region, with_coarse=False).patches
+        return SegmentationResult(mask=out, coarse=coarse, boxes=boxes, patches=patches)
 
     def _stitch_patches(
         self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: Dict[str, torch.Tensor] | None,
         placement: Placement,
-    ) -> np.ndarray:
-        """Run the local (and aggregation) heads on every patch and average their probabilities."""
-        from monai.inferers import AvgMerger
-
-        height, width = reader.size
-        # int32 counts: with a large overlap a pixel can be covered by far more than 255 patches.
-        merger = AvgMerger(
-            merged_shape=(1, model.config.num_classes, height, width), device="cpu", count_dtype=torch.int32
-        )
+        out: np.ndarray,
+    ) -> None:
+        """Run the local (and aggregation) heads on every patch and average their probabilities into ``out``."""
+        merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0])
         patch_size = grid.patch_size
         for pixel_boxes, boxes, patches in self._patch_batches(reader, grid, placement, "segmenting patches"):
             index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
@@ -171,10 +184,9 @@ class GlobalLocalInferer:
                 crop = model.crop_global(global_maps, FINAL, boxes, index, tuple(local_final.shape[-2:]))
                 logits = model.aggregated_logits(local_final, crop, patch_size)
             probabilities = logits.float().softmax(dim=1).cpu()
-            for probs, (r0, c0, _, _) in zip(probabilities, pixel_boxes.tolist()):
-                merger.aggregate(probs[None], (r0, c0))
-        merged = merger.finalize()[0]
-        return merged.argmax(0).numpy().astype(np.uint8)
+            for probs, box in zip(probabilities, pixel_boxes.tolist()):
+                merger.add(probs, box)
+        merger.finish()
 
     def _global_input(self, reader: ImageReader, side: int, placement: Placement) -> torch.Tensor:
         view = reader.resized((side, side))
@@ -207,6 +219,8 @@ def predict(
     device: torch.device | str | None = None,
     normalization: Normalization = Normalization(),
     progress: bool = False,
+    out: np.ndarray | None = None,
+    with_coarse: bool = True,
 ) -> SegmentationResult:
     """Segment a whole image of any size with ``model``; returns a full-size mask and more.
 
@@ -220,9 +234,12 @@ def predict(
         device: where to run; the model's device by default.
         normalization: pixel scaling, as in training (ImageNet, 8-bit by default).
         progress: show a progress bar.
+        out: an ``H×W`` array to write the mask into, e.g. a :class:`numpy.memmap` when the
+            mask would not fit in memory (see :func:`glmed.engine.slide.predict_to_tiff`).
+        with_coarse: also return the global branch's own mask at full size (in memory).
     """
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress)
-    return inferer(model, image)
+    return inferer(model, image, out=out, with_coarse=with_coarse)
 
 
 def open_as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
@@ -234,3 +251,9 @@ def open_as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
     if isinstance(image, (ImageReader, np.ndarray)):
         return as_reader(image), False
     raise TypeError(f"expected an image array, a file path or an ImageReader, got {type(image).__name__}")
+
+
+def _fill_rows(out: np.ndarray, value: int, rows_per_chunk: int = 1024) -> None:
+    """Set every pixel of ``out`` to ``value``, a band of rows at a time (``out`` may be on disk)."""
+    for start in range(0, out.shape[0], rows_per_chunk):
+        out[start : start + rows_per_chunk] = value

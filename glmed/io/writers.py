@@ -126,7 +126,9 @@ def write_pyramidal_tiff(
 
     Args:
         path: the ``.tif`` to write.
-        image: ``H x W`` or ``H x W x C`` (C = 1 or 3 for JPEG; uint8 for JPEG).
+        image: ``H x W`` or ``H x W x C`` (C = 1 or 3 for JPEG; uint8 for JPEG). With ``"nearest"``
+            resampling the levels are views of it and tiles are written one at a time, so a
+            :class:`numpy.memmap` larger than memory streams to disk.
         levels: number of levels, each half the previous (``ceil``); by default until one tile holds the last.
         tile: tile side, a multiple of 16.
         compression: ``"jpeg"`` (lossy; encoded by ``imagecodecs``), ``"zlib"`` or ``"lzw"`` (lossless), or ``None``.
@@ -144,10 +146,21 @@ def write_pyramidal_tiff(
     photometric = "rgb" if channels in (3, 4) else "minisblack"
     with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=image.nbytes > 2**31) as writer:
         for index, level in enumerate(pyramid(image, levels, tile, resampling)):
+            level = level if channels > 1 else level[..., 0]
             writer.write(
-                level if channels > 1 else level[..., 0],
+                _tiles(level, tile),
+                shape=level.shape,
+                dtype=level.dtype,
                 tile=(tile, tile),
                 compression=compression,
                 photometric=photometric,
                 subfiletype=1 if index else 0,
             )
+
+
+def _tiles(level: np.ndarray, tile: int) -> Iterator[np.ndarray]:
+    """The level's tiles in row-major order, copied one at a time: a memory-mapped or strided
+    level (a mask's nearest-neighbour levels are views) is never copied whole."""
+    for row in range(0, level.shape[0], tile):
+        for col in range(0, level.shape[1], tile):
+            yield np.ascontiguousarray(level[row : row + tile, col : col + tile])

@@ -123,3 +123,16 @@ def test_many_overlapping_patches_do_not_overflow_the_stitching_counts():
         model.local_head.bias.copy_(torch.tensor([-1.0, 1.0]))
     result = glmed.predict(model, image(64, 64), batch_size=64)
     assert result.patches == 33 * 33 and (result.mask == 1).all()
+
+
+@pytest.mark.parametrize("mode", ["global_only", "g2l"])
+def test_predict_writes_into_a_given_array_and_can_skip_the_coarse_mask(tmp_path, mode):
+    model = tiny(mode)
+    expected = glmed.predict(model, image(150, 100)).mask
+    out = np.memmap(tmp_path / "mask.raw", dtype=np.uint8, mode="w+", shape=(150, 100))
+    out[:] = 9
+    result = glmed.predict(model, image(150, 100), out=out, with_coarse=False)
+    assert result.mask is out and result.coarse is None
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match=r"out has shape \(100, 150\)"):
+        glmed.predict(model, image(150, 100), out=np.zeros((100, 150), np.uint8))
