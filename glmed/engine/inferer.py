@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Protocol, Tuple
 
 import numpy as np
 import torch
@@ -84,7 +84,12 @@ class GlobalLocalInferer:
         self.progress = progress
 
     def __call__(
-        self, model: GLNet, image: ImageLike, out: np.ndarray | None = None, with_coarse: bool = True
+        self,
+        model: GLNet,
+        image: ImageLike,
+        out: np.ndarray | None = None,
+        with_coarse: bool = True,
+        ledger: RowLedger | None = None,
     ) -> SegmentationResult:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path.
 
@@ -92,6 +97,8 @@ class GlobalLocalInferer:
             out: an ``H×W`` array to write the mask into (every pixel is written), e.g. a
                 :class:`numpy.memmap` for a slide larger than memory; a new array by default.
             with_coarse: also return the global branch's own mask at full size (in memory).
+            ledger: for a resumed run into the same ``out``: rows of each region already
+                written are not computed again, and progress is recorded as rows are finished.
         """
         reader, opened = open_as_reader(image)
         placement = Placement.of(model, self.device)
@@ -106,8 +113,9 @@ class GlobalLocalInferer:
                 raise ValueError(f"out has shape {out.shape}, but {reader.name} is {tuple(reader.size)}")
             with torch.inference_mode():
                 if isinstance(model, CoarseToFineGLNet):
-                    return self._segment_coarse_to_fine(model, reader, placement, out, with_coarse)
-                return self._segment(model, reader, placement, out, with_coarse)
+                    return self._segment_coarse_to_fine(model, reader, placement, out, with_coarse, ledger)
+                whole = (0, 0, *reader.size)
+                return self._segment(model, reader, placement, out, with_coarse, ledger, whole)
         finally:
             for module, training in modes.items():
                 module.training = training
@@ -115,13 +123,24 @@ class GlobalLocalInferer:
                 reader.close()
 
     def _segment(
-        self, model: GLNet, reader: ImageReader, placement: Placement, out: np.ndarray, with_coarse: bool
+        self,
+        model: GLNet,
+        reader: ImageReader,
+        placement: Placement,
+        out: np.ndarray,
+        with_coarse: bool,
+        ledger: RowLedger | None,
+        region: Box,
     ) -> SegmentationResult:
         """Plain GLNet over a whole image (or a region's view) into ``out``; ``with_coarse`` also
-        upsamples the global branch's own mask to full size."""
+        upsamples the global branch's own mask to full size. ``region`` names the part of the
+        original image this is, for the ledger."""
         config, mode = model.config, model.sharing
         size = reader.size
         grid = patch_grid(size, config.patch_size, config.overlap)
+        done = ledger.rows_done(region) if ledger is not None and mode is not Sharing.GLOBAL_ONLY else 0
+        if done >= size[0] and not with_coarse:
+            return SegmentationResult(mask=out)  # finished by an earlier run
         global_image = global_maps = None
         if mode.has_global:
             global_image = self._global_input(reader, config.global_size, placement)
@@ -141,11 +160,19 @@ class GlobalLocalInferer:
             else:
                 out[:] = coarse
             return SegmentationResult(mask=out, coarse=coarse)
-        self._stitch_patches(model, reader, grid, global_maps, placement, out)
-        return SegmentationResult(mask=out, coarse=coarse, patches=len(grid))
+        remaining = PatchGrid(grid.image_size, grid.boxes[grid.boxes[:, 2] > done])
+        record = None if ledger is None else (lambda rows: ledger.record(region, rows))
+        self._stitch_patches(model, reader, remaining, global_maps, placement, out, done, record)
+        return SegmentationResult(mask=out, coarse=coarse, patches=len(remaining))
 
     def _segment_coarse_to_fine(
-        self, model: CoarseToFineGLNet, reader: ImageReader, placement: Placement, out: np.ndarray, with_coarse: bool
+        self,
+        model: CoarseToFineGLNet,
+        reader: ImageReader,
+        placement: Placement,
+        out: np.ndarray,
+        with_coarse: bool,
+        ledger: RowLedger | None,
     ) -> SegmentationResult:
         """Coarse mask from the global branch; GLNet passes over the relaxed boxes only."""
         config = model.config
@@ -159,20 +186,25 @@ class GlobalLocalInferer:
             note = "the global branch found no foreground, so nothing was refined: the mask is its coarse prediction"
             upsample_to_labels(global_logits, reader.size, out=out)
             return SegmentationResult(mask=out, coarse=coarse, notes=[note])
-        _fill_rows(out, 0)
+        _fill_outside(out, boxes, 0)  # inside the boxes, a resumed run keeps what it wrote
         patches = 0
         for box in boxes:
-            region = out[box[0] : box[2], box[1] : box[3]]
-            patches += self._segment(model, RegionReader(reader, box), placement, region, with_coarse=False).patches
+            view = out[box[0] : box[2], box[1] : box[3]]
+            patches += self._segment(model, RegionReader(reader, box), placement, view, False, ledger, box).patches
         return SegmentationResult(mask=out, coarse=coarse, boxes=boxes, patches=patches)
 
     def _stitch_patches(
         self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: Dict[str, torch.Tensor] | None,
         placement: Placement,
         out: np.ndarray,
+        start_row: int = 0,
+        on_rows_written: Callable[[int], None] | None = None,
     ) -> None:
-        """Run the local (and aggregation) heads on every patch and average their probabilities into ``out``."""
-        merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0])
+        """Run the local (and aggregation) heads on every patch of ``grid`` and average their
+        probabilities into the rows of ``out`` from ``start_row`` down."""
+        if not len(grid):
+            return
+        merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0], start_row, on_rows_written)
         patch_size = grid.patch_size
         for pixel_boxes, boxes, patches in self._patch_batches(reader, grid, placement, "segmenting patches"):
             index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
@@ -253,7 +285,28 @@ def open_as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
     raise TypeError(f"expected an image array, a file path or an ImageReader, got {type(image).__name__}")
 
 
-def _fill_rows(out: np.ndarray, value: int, rows_per_chunk: int = 1024) -> None:
-    """Set every pixel of ``out`` to ``value``, a band of rows at a time (``out`` may be on disk)."""
-    for start in range(0, out.shape[0], rows_per_chunk):
-        out[start : start + rows_per_chunk] = value
+class RowLedger(Protocol):
+    """Progress of a resumable run: how many rows of each region are already in the output.
+
+    A region is the box of the image one GLNet pass covers: the whole image, or one
+    coarse-to-fine box. :mod:`glmed.engine.slide` keeps one on disk beside its scratch mask.
+    """
+
+    def rows_done(self, region: Box) -> int:
+        """Rows of ``region``, from its top, already written (0 for a region never started)."""
+
+    def record(self, region: Box, rows: int) -> None:
+        """``rows`` rows of ``region`` are now written."""
+
+
+def _fill_outside(out: np.ndarray, boxes: List[Box], value: int, rows_per_chunk: int = 1024) -> None:
+    """Set every pixel of ``out`` outside ``boxes`` (which do not overlap) to ``value``, a band of
+    rows at a time (``out`` may be on disk); pixels inside the boxes are left as they are."""
+    height = out.shape[0]
+    cuts = sorted({0, height, *range(0, height, rows_per_chunk), *(b[0] for b in boxes), *(b[2] for b in boxes)})
+    for top, bottom in zip(cuts[:-1], cuts[1:]):
+        column = 0
+        for c0, c1 in sorted((b[1], b[3]) for b in boxes if b[0] <= top and bottom <= b[2]):
+            out[top:bottom, column:c0] = value
+            column = c1
+        out[top:bottom, column:] = value

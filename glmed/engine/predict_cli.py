@@ -1,7 +1,8 @@
 """``glmed predict CHECKPOINT IMAGE OUT``: segment one image or whole slide with a trained network.
 
 ``OUT`` ending in ``.tif``/``.tiff`` streams the mask to a tiled pyramidal TIFF
-(:func:`glmed.engine.slide.predict_to_tiff`: any size, flat memory); ``.png`` writes it in memory,
+(:func:`glmed.engine.slide.predict_to_tiff`: any size, flat memory, resumes an interrupted run);
+``.png`` writes it in memory,
 as 0/255 for a two-class model (the ISIC format) or as class indices otherwise. Prints what was
 done; a bad checkpoint, image or output path ends with status 1 and the reason.
 """
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="patches per forward pass")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
     parser.add_argument("--tile", type=int, default=512, help="TIFF tile side, a multiple of 16")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="for .tif output: start afresh instead of resuming an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, map_location=device)
         options = dict(batch_size=args.batch_size, device=device, progress=not args.quiet)
         if suffix in TIFF_SUFFIXES:
-            result = predict_to_tiff(model, args.image, args.out, tile=args.tile, **options)
+            result = predict_to_tiff(model, args.image, args.out, tile=args.tile, resume=not args.no_resume, **options)
         else:
             result = predict(model, args.image, with_coarse=False, **options)
             _write_png(args.out, result.mask, model.config.num_classes)

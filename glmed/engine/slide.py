@@ -7,14 +7,21 @@ file beside the output (one byte per pixel, on disk); that mask is then written 
 a pyramidal TIFF and moved into place in one step. Host memory grows with the slide's width (one
 band of patch rows), never with its area; no full-size array is ever held in memory.
 
+A run can resume. The scratch mask and a small ledger of the rows finished in each region (the
+whole slide, or each coarse-to-fine box) stay beside the output when a run stops early; the same
+call again, with the same model, slide and settings, recomputes the global pass (and, for
+bidirectional models, the collect pass) and then only the patches of unfinished rows. Both files
+are removed once the TIFF is in place.
+
 Resident memory as the OS reports it also counts the scratch file's pages cached in memory;
 those are file-backed, written back and dropped whenever memory is needed elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
@@ -23,9 +30,11 @@ import numpy as np
 import torch
 
 from glmed.data.normalize import Normalization
+from glmed.engine.devices import Placement
 from glmed.engine.inferer import GlobalLocalInferer, ImageLike, open_as_reader
 from glmed.engine.stitching import label_dtype
-from glmed.io.writers import write_pyramidal_tiff
+from glmed.io.base import ImageReader
+from glmed.io.writers import atomic_path, write_pyramidal_tiff
 from glmed.models.glnet import GLNet
 from glmed.types import Box, Size
 
@@ -62,6 +71,7 @@ def predict_to_tiff(
     progress: bool = False,
     tile: int = 512,
     compression: str | None = "zlib",
+    resume: bool = True,
 ) -> SlidePrediction:
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
@@ -69,10 +79,9 @@ def predict_to_tiff(
         model: a GLNet or CoarseToFineGLNet, as for :func:`glmed.predict`.
         image: a slide path (any format glmed reads: SVS, NDPI, pyramidal TIFF, ...), an open
             reader or an array.
-        path: the ``.tif`` to write; it appears only once complete (nothing is left behind on
-            failure). Pixel values are class indices; its levels halve the size (nearest
-            neighbour) until one tile holds the smallest, so slide viewers and
-            :func:`glmed.open_image` read it at any zoom.
+        path: the ``.tif`` to write; it appears only once complete. Pixel values are class
+            indices; its levels halve the size (nearest neighbour) until one tile holds the
+            smallest, so slide viewers and :func:`glmed.open_image` read it at any zoom.
         batch_size: patches per forward pass; bounds device memory.
         device: where to run; the model's device by default.
         normalization: pixel scaling, as in training.
@@ -80,6 +89,8 @@ def predict_to_tiff(
         tile: TIFF tile side (a multiple of 16).
         compression: ``"zlib"`` (lossless, default), ``"lzw"`` or ``None``; never JPEG, which
             would alter class indices.
+        resume: continue an interrupted run for the same output when the model, the slide file
+            and these settings are unchanged (slides given as paths only); False starts afresh.
 
     Raises:
         ValueError: a lossy compression, or a folder for ``path`` that does not exist.
@@ -92,46 +103,119 @@ def predict_to_tiff(
     reader, opened = open_as_reader(image)
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress)
     try:
-        with _scratch_mask(path, reader.size, label_dtype(model.config.num_classes)) as mask:
-            result = inferer(model, reader, out=mask, with_coarse=False)
-            mask.flush()
-            write_pyramidal_tiff(path, mask, tile=tile, compression=compression, resampling="nearest")
+        identity = None
+        if resume and isinstance(image, (str, os.PathLike)):
+            identity = _run_identity(model, Path(image), reader, inferer)
+        with ScratchMask(path, reader.size, label_dtype(model.config.num_classes), identity) as scratch:
+            result = inferer(model, reader, out=scratch.mask, with_coarse=False, ledger=scratch)
+            scratch.mask.flush()
+            write_pyramidal_tiff(path, scratch.mask, tile=tile, compression=compression, resampling="nearest")
+            scratch.finished = True
     finally:
         if opened:
             reader.close()
-    return SlidePrediction(path, tuple(reader.size), result.boxes, result.patches, result.notes)
+    notes = list(result.notes)
+    if scratch.resumed:
+        notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
+    return SlidePrediction(path, tuple(reader.size), result.boxes, result.patches, notes)
 
 
-class _scratch_mask:
-    """A zero-filled ``H×W`` array memory-mapped from a hidden file beside ``target``, deleted on exit.
+class ScratchMask:
+    """The ``H×W`` mask memory-mapped from ``.NAME.partial`` beside the output, and the ledger of
+    finished rows per region in ``.NAME.partial.json`` (a :class:`~glmed.engine.inferer.RowLedger`).
 
-    The file's space is reserved up front, so a full disk is an error here rather than a crash
-    (SIGBUS) when a page of the mapping is first written.
+    With an ``identity`` (what the result depends on) an earlier run's files with the same
+    identity are reopened and kept if this run stops early; without one the run starts afresh
+    and leaves nothing behind. The file's space is reserved up front, so a full disk is an error
+    here rather than a crash (SIGBUS) when a page of the mapping is first written.
     """
 
-    def __init__(self, target: Path, size: Size, dtype: np.dtype) -> None:
-        self._target, self._size, self._dtype = target, tuple(int(s) for s in size), np.dtype(dtype)
-        self._file = ""
+    def __init__(self, target: Path, size: Size, dtype: np.dtype, identity: str | None) -> None:
+        self.size, self.dtype, self.identity = tuple(int(s) for s in size), np.dtype(dtype), identity
+        self.mask_path = target.with_name(f".{target.name}.partial")
+        self.ledger_path = target.with_name(f".{target.name}.partial.json")
+        self.resumed, self.finished = False, False
+        self._regions: dict[str, int] = {}
 
-    def __enter__(self) -> np.memmap:
-        handle, self._file = tempfile.mkstemp(prefix=f".{self._target.name}.", suffix=".scratch",
-                                              dir=self._target.parent)
-        nbytes = self._size[0] * self._size[1] * self._dtype.itemsize
-        try:
-            try:
-                if hasattr(os, "posix_fallocate"):
-                    os.posix_fallocate(handle, 0, nbytes)
-                else:
-                    os.ftruncate(handle, nbytes)
-            finally:
-                os.close(handle)
-            self._mask = np.memmap(self._file, dtype=self._dtype, mode="r+", shape=self._size)
-        except OSError as error:
-            os.remove(self._file)
-            raise OSError(f"{self._target}: cannot reserve {nbytes / 2**30:.2f} GiB of scratch space "
-                          f"in {self._target.parent} for the mask ({error.strerror or error})") from error
-        return self._mask
+    @property
+    def rows_resumed(self) -> int:
+        return sum(self._regions.values()) if self.resumed else 0
+
+    def __enter__(self) -> "ScratchMask":
+        if self.identity is not None and self._load_ledger():
+            self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
+            self.resumed = True
+            return self
+        self._remove()
+        self._reserve()
+        self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
+        self._save_ledger()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        del self._mask  # drop this mapping; the caller's goes with it (POSIX removes mapped files fine)
-        os.remove(self._file)
+        del self.mask  # drop this mapping; POSIX removes files that are still mapped elsewhere
+        if self.finished or self.identity is None:
+            self._remove()
+
+    def rows_done(self, region: Box) -> int:
+        return self._regions.get(_key(region), 0)
+
+    def record(self, region: Box, rows: int) -> None:
+        self.mask.flush()  # the ledger never claims rows that are not on disk
+        self._regions[_key(region)] = rows
+        self._save_ledger()
+
+    def _load_ledger(self) -> bool:
+        """Take an earlier run's progress if its files are complete and its identity is ours."""
+        try:
+            ledger = json.loads(self.ledger_path.read_text())
+            fits = self.mask_path.stat().st_size == self.size[0] * self.size[1] * self.dtype.itemsize
+        except (OSError, ValueError):
+            return False
+        if not fits or not isinstance(ledger, dict) or ledger.get("identity") != self.identity:
+            return False
+        self._regions = {str(k): int(v) for k, v in ledger.get("regions", {}).items()}
+        return True
+
+    def _save_ledger(self) -> None:
+        if self.identity is None:
+            return
+        with atomic_path(self.ledger_path) as temporary:
+            Path(temporary).write_text(json.dumps({"identity": self.identity, "regions": self._regions}))
+
+    def _reserve(self) -> None:
+        nbytes = self.size[0] * self.size[1] * self.dtype.itemsize
+        try:
+            with open(self.mask_path, "wb") as handle:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(handle.fileno(), 0, nbytes)
+                else:
+                    handle.truncate(nbytes)
+        except OSError as error:
+            self._remove()
+            raise OSError(f"{self.mask_path}: cannot reserve {nbytes / 2**30:.2f} GiB of scratch space for the "
+                          f"mask ({error.strerror or error})") from error
+
+    def _remove(self) -> None:
+        for file in (self.mask_path, self.ledger_path):
+            file.unlink(missing_ok=True)
+
+
+def _key(region: Box) -> str:
+    return ",".join(str(int(v)) for v in region)
+
+
+def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: GlobalLocalInferer) -> str:
+    """A digest of everything the mask depends on: weights, config, slide file, settings."""
+    digest = hashlib.sha256()
+    stat = slide.stat()
+    placement = Placement.of(model, inferer.device)
+    settings = {"model": type(model).__name__, "config": model.config.to_dict(), "slide": str(slide.resolve()),
+                "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns, "size": list(reader.size),
+                "batch_size": inferer.batch_size, "normalization": repr(inferer.normalization),
+                "device": placement.device.type, "dtype": str(placement.dtype)}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -6,6 +6,8 @@ that array may be a :class:`numpy.memmap` on disk for a whole slide larger than 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -64,27 +66,44 @@ class RowBandMerger:
         out: the ``H×W`` mask to fill (class indices); may be a view or a memory-mapped file.
         num_classes: probabilities per pixel.
         patch_height: the tallest patch that will be added.
+        start_row: rows above it are already written (a resumed run); patches reaching below it
+            are still added whole, so the remaining rows get exactly the sums a full run gives.
+        on_rows_written: called with the number of rows of ``out`` finished so far, after each band.
     """
 
-    def __init__(self, out: np.ndarray, num_classes: int, patch_height: int) -> None:
+    def __init__(
+        self,
+        out: np.ndarray,
+        num_classes: int,
+        patch_height: int,
+        start_row: int = 0,
+        on_rows_written: Callable[[int], None] | None = None,
+    ) -> None:
         self.out = out
         height, width = out.shape
         rows = min(patch_height, height)
         self._sums = torch.zeros((num_classes, rows, width), dtype=torch.float32)
         self._counts = torch.zeros((1, rows, width), dtype=torch.int32)
-        self._top = 0  # image row held in buffer row 0; rows above it are written
+        self._top = start_row  # image row held in buffer row 0; rows above it are written
+        self._last_row0 = 0
+        self._on_rows_written = on_rows_written
 
     def add(self, probabilities: torch.Tensor, box: Box) -> None:
         """Add one patch's ``K×h×w`` probabilities at ``box`` (row0, col0, row1, col1) of ``out``."""
         r0, c0, r1, c1 = (int(v) for v in box)
-        if r0 < self._top:
-            raise ValueError(f"patch at row {r0} arrived after rows up to {self._top} were written; "
+        if r0 < self._last_row0:
+            raise ValueError(f"patch at row {r0} arrived after one at row {self._last_row0}; "
                              "add patches in row-major order")
+        self._last_row0 = r0
         self._write_rows_above(r0)
         if r1 - self._top > self._sums.shape[1]:
             raise ValueError(f"patch rows {r0}..{r1} exceed the merger's {self._sums.shape[1]}-row band")
-        self._sums[:, r0 - self._top : r1 - self._top, c0:c1] += probabilities.float()
-        self._counts[:, r0 - self._top : r1 - self._top, c0:c1] += 1
+        skip = max(self._top - r0, 0)  # rows already written before a resumed run
+        if skip >= r1 - r0:
+            return
+        rows = slice(r0 + skip - self._top, r1 - self._top)
+        self._sums[:, rows, c0:c1] += probabilities[:, skip:].float()
+        self._counts[:, rows, c0:c1] += 1
 
     def finish(self) -> np.ndarray:
         """Write the remaining rows; returns ``out``."""
@@ -102,3 +121,5 @@ class RowBandMerger:
             self._sums = torch.cat((self._sums[:, band:], torch.zeros_like(self._sums[:, :band])), dim=1)
             self._counts = torch.cat((self._counts[:, band:], torch.zeros_like(self._counts[:, :band])), dim=1)
             self._top += band
+            if self._on_rows_written is not None:
+                self._on_rows_written(self._top)

@@ -84,3 +84,15 @@ def test_two_lesions_per_component_give_two_boxes():
     for r0, c0, r1, c1 in result.boxes:
         assert (result.mask[r0:r1, c0:c1] == 1).all()
     assert result.mask.sum() == sum((b[2] - b[0]) * (b[3] - b[1]) for b in result.boxes)
+
+
+def test_filling_outside_the_boxes_leaves_the_boxes_alone():
+    from glmed.engine.inferer import _fill_outside
+
+    out = np.full((300, 200), 7, np.uint8)
+    boxes = [(10, 20, 120, 90), (100, 120, 290, 180), (200, 0, 250, 100)]
+    _fill_outside(out, boxes, 0, rows_per_chunk=64)
+    inside = np.zeros(out.shape, bool)
+    for r0, c0, r1, c1 in boxes:
+        inside[r0:r1, c0:c1] = True
+    assert (out[inside] == 7).all() and (out[~inside] == 0).all()

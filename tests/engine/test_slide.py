@@ -77,17 +77,84 @@ def test_lossy_compression_and_missing_folders_are_refused(tmp_path, slide):
         predict_to_tiff(model, slide, tmp_path / "missing" / "mask.tif")
 
 
-def test_a_failure_midway_leaves_no_file_behind(tmp_path, slide, monkeypatch):
-    model = GLNet(2, "resnet18", "local_only", **SIZES)
+def _fail_at_call(model, monkeypatch, call):
+    """Make the model's local branch raise on its ``call``-th use, as a crash would."""
     calls = []
 
-    def failing_local_features(*args, **kwargs):
+    def local_features(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == call:
             raise RuntimeError("device lost")
-        return GLNet.local_features(model, *args, **kwargs)
+        return type(model).local_features(model, *args, **kwargs)
 
-    monkeypatch.setattr(model, "local_features", failing_local_features)
+    monkeypatch.setattr(model, "local_features", local_features)
+
+
+@pytest.mark.parametrize("sharing", ["local_only", "bidirectional"])
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, slide, monkeypatch, sharing):
+    torch.manual_seed(0)
+    model = GLNet(2, "resnet18", sharing, **SIZES)
+    uninterrupted = predict_to_tiff(model, slide, tmp_path / "whole.tif", batch_size=3)
+    collect_calls = 16 if sharing == "bidirectional" else 0  # 48 patches, batches of 3
+    with monkeypatch.context() as patched:
+        _fail_at_call(model, patched, collect_calls + 9)
+        with pytest.raises(RuntimeError, match="device lost"):
+            predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
+    assert not (tmp_path / "mask.tif").exists()
+    assert (tmp_path / ".mask.tif.partial").exists() and (tmp_path / ".mask.tif.partial.json").exists()
+    resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
+    np.testing.assert_array_equal(read_mask(resumed.path)[0], read_mask(uninterrupted.path)[0])
+    assert 0 < resumed.patches < uninterrupted.patches  # finished rows were not computed again
+    assert any("resumed" in note for note in resumed.notes)
+    assert sorted(os.listdir(tmp_path)) == ["mask.tif", "slide.tif", "whole.tif"]
+
+
+def test_other_weights_or_resume_false_start_afresh(tmp_path, slide, monkeypatch):
+    torch.manual_seed(0)
+    model = GLNet(2, "resnet18", "local_only", **SIZES)
+    with monkeypatch.context() as patched:
+        _fail_at_call(model, patched, 9)
+        with pytest.raises(RuntimeError):
+            predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
+    full = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3, resume=False)
+    assert full.patches == 48 and not any("resumed" in note for note in full.notes)
+    with monkeypatch.context() as patched:
+        _fail_at_call(model, patched, 9)
+        with pytest.raises(RuntimeError):
+            predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
+    with torch.no_grad():
+        model.local_head.bias.add_(1.0)
+    changed = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
+    assert changed.patches == 48
+    np.testing.assert_array_equal(read_mask(changed.path)[0], glmed.predict(model, slide, batch_size=3).mask)
+
+
+def test_an_array_input_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
+    model = GLNet(2, "resnet18", "local_only", **SIZES)
+    image, _ = make_dermoscopy_image((200, 200), seed=1)
+    _fail_at_call(model, monkeypatch, 3)
     with pytest.raises(RuntimeError, match="device lost"):
-        predict_to_tiff(model, slide, tmp_path / "mask.tif")
-    assert sorted(os.listdir(tmp_path)) == ["slide.tif"]
+        predict_to_tiff(model, image, tmp_path / "mask.tif", batch_size=3)
+    assert os.listdir(tmp_path) == []
+
+
+def test_coarse_to_fine_resumes_box_by_box(tmp_path, slide, monkeypatch):
+    torch.manual_seed(2)
+    model = CoarseToFineGLNet(2, "resnet18", "g2l", per_component=True, **SIZES)
+
+    def two_lesions(global_maps, size):
+        logits = torch.zeros(1, 2, *size)
+        logits[:, 1, 5:20, 5:20] = 5.0
+        logits[:, 1, 40:60, 40:60] = 5.0
+        return logits
+
+    monkeypatch.setattr(model, "global_logits", two_lesions)
+    uninterrupted = predict_to_tiff(model, slide, tmp_path / "whole.tif", batch_size=2)
+    assert len(uninterrupted.boxes) == 2
+    with monkeypatch.context() as patched:
+        _fail_at_call(model, patched, uninterrupted.patches // 2 // 2 + 3)  # inside the second box
+        with pytest.raises(RuntimeError):
+            predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2)
+    resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2)
+    np.testing.assert_array_equal(read_mask(resumed.path)[0], read_mask(uninterrupted.path)[0])
+    assert resumed.boxes == uninterrupted.boxes and resumed.patches < uninterrupted.patches

@@ -72,3 +72,25 @@ def test_memory_grows_with_the_width_not_the_height():
     added_mb, every_pixel_written = done.stdout.split()
     assert float(added_mb) < 40
     assert every_pixel_written == "1"
+
+
+@pytest.mark.parametrize("start_row", [1, 56, 57, 100, 149])
+def test_a_resumed_merge_writes_the_same_rows_below_where_it_starts(start_row):
+    size, classes = (150, 100), 3
+    grid = patch_grid(size, 64, 8)
+    probabilities = torch.rand(len(grid.boxes), classes, 64, 64, generator=torch.Generator().manual_seed(start_row))
+    full = np.zeros(size, np.uint8)
+    merger = RowBandMerger(full, classes, 64)
+    for probs, box in zip(probabilities, grid.boxes.tolist()):
+        merger.add(probs, box)
+    merger.finish()
+    resumed = np.full(size, 9, np.uint8)
+    progress = []
+    merger = RowBandMerger(resumed, classes, 64, start_row=start_row, on_rows_written=progress.append)
+    for probs, box in zip(probabilities, grid.boxes.tolist()):
+        if box[2] > start_row:  # what the inferer sends on resuming: patches reaching unfinished rows
+            merger.add(probs, box)
+    merger.finish()
+    np.testing.assert_array_equal(resumed[start_row:], full[start_row:])
+    assert (resumed[:start_row] == 9).all()  # rows written by the earlier run are not touched
+    assert progress == sorted(progress) and progress[-1] == size[0]
