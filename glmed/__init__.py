@@ -23,6 +23,7 @@ _EXPORTS = {
     "open_image": "glmed.io",
     "score_submission": "glmed.metrics.isic",
     "show_result": "glmed.plotting",
+    "plot_scores": "glmed.plotting",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -70,6 +70,35 @@ def save_result_figure(path: str | os.PathLike, image: np.ndarray, result: Segme
     plt.close(ax.figure)
 
 
+def plot_scores(per_image: Any, ax: Any = None, bins: int = 20) -> Any:
+    """Histogram of per-image thresholded Jaccard, the way the ISIC 2018 Task 1 metric sees it.
+
+    The 0.65 threshold is marked (images left of it score 0) and so is the mean, the headline.
+
+    Args:
+        per_image: what :func:`glmed.score_submission` returns (a ``threshold_jaccard`` and a
+            ``jaccard`` column).
+        ax: a matplotlib Axes to draw into; a new figure's by default.
+
+    Returns:
+        The Axes.
+    """
+    plt = _pyplot()
+    from glmed.metrics.confusion import JACCARD_THRESHOLD
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    jaccard, headline = per_image["jaccard"], per_image["threshold_jaccard"].mean()
+    ax.hist(jaccard, bins=bins, range=(0, 1), color="tab:blue", alpha=0.8, label="Jaccard per image")
+    ax.axvline(JACCARD_THRESHOLD, color="tab:red", linestyle="--",
+               label=f"threshold {JACCARD_THRESHOLD}: below scores 0 ({(jaccard < JACCARD_THRESHOLD).sum()} images)")
+    ax.axvline(headline, color="black", label=f"mean thresholded Jaccard {headline:.3f}")
+    ax.set_xlabel("Jaccard (IoU)")
+    ax.set_ylabel("images")
+    ax.legend(loc="upper left", fontsize="small")
+    return ax
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt

@@ -30,3 +30,17 @@ def test_overlay_draws_outline_and_box_and_is_written_atomically(tmp_path):
 def test_overlay_refuses_an_image_of_another_size():
     with pytest.raises(ValueError, match="mask"):
         show_result(np.zeros((10, 10, 3)), result_with_box())
+
+
+def test_score_histogram_marks_the_threshold_and_the_headline():
+    import pandas as pd
+
+    from glmed.plotting import plot_scores
+
+    jaccard = np.array([0.1, 0.5, 0.7, 0.8, 0.9])
+    per_image = pd.DataFrame({"jaccard": jaccard, "threshold_jaccard": np.where(jaccard >= 0.65, jaccard, 0.0)})
+    ax = plot_scores(per_image)
+    lines = {round(line.get_xdata()[0], 3) for line in ax.get_lines()}
+    assert lines == {0.65, round(per_image.threshold_jaccard.mean(), 3)}
+    assert sum(patch.get_height() for patch in ax.patches) == 5
+    assert "(2 images)" in " ".join(text.get_text() for text in ax.get_legend().get_texts())
