@@ -111,6 +111,9 @@ class GlobalLocalInferer:
                 out = np.empty(reader.size, dtype=label_dtype(model.config.num_classes))
             elif out.shape != tuple(reader.size):
                 raise ValueError(f"out has shape {out.shape}, but {reader.name} is {tuple(reader.size)}")
+            elif not np.can_cast(label_dtype(model.config.num_classes), out.dtype):
+                raise ValueError(f"out is {out.dtype}, which cannot hold {model.config.num_classes} class indices; "
+                                 f"use {label_dtype(model.config.num_classes)}")
             with torch.inference_mode():
                 if isinstance(model, CoarseToFineGLNet):
                     return self._segment_coarse_to_fine(model, reader, placement, out, with_coarse, ledger)
@@ -160,7 +163,10 @@ class GlobalLocalInferer:
             else:
                 out[:] = coarse
             return SegmentationResult(mask=out, coarse=coarse)
-        remaining = PatchGrid(grid.image_size, grid.boxes[grid.boxes[:, 2] > done])
+        # Resume at the start of the batch that held the first unfinished patch, so every patch is
+        # batched as in an uninterrupted run (batch shape can change results in the last bits).
+        first = int(np.argmax(grid.boxes[:, 2] > done)) if done else 0
+        remaining = PatchGrid(grid.image_size, grid.boxes[first - first % self.batch_size :])
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))
         self._stitch_patches(model, reader, remaining, global_maps, placement, out, done, record)
         return SegmentationResult(mask=out, coarse=coarse, patches=len(remaining))

@@ -134,22 +134,27 @@ class ScratchMask:
         self.size, self.dtype, self.identity = tuple(int(s) for s in size), np.dtype(dtype), identity
         self.mask_path = target.with_name(f".{target.name}.partial")
         self.ledger_path = target.with_name(f".{target.name}.partial.json")
-        self.resumed, self.finished = False, False
+        self.finished = False
+        self.rows_resumed = 0  # rows an earlier run had written, over all regions
         self._regions: dict[str, int] = {}
 
     @property
-    def rows_resumed(self) -> int:
-        return sum(self._regions.values()) if self.resumed else 0
+    def resumed(self) -> bool:
+        return self.rows_resumed > 0
 
     def __enter__(self) -> "ScratchMask":
         if self.identity is not None and self._load_ledger():
             self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
-            self.resumed = True
+            self.rows_resumed = sum(self._regions.values())
             return self
-        self._remove()
-        self._reserve()
-        self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
-        self._save_ledger()
+        try:
+            self._remove()
+            self._reserve()
+            self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
+            self._save_ledger()
+        except BaseException:
+            self._remove()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -192,7 +197,6 @@ class ScratchMask:
                 else:
                     handle.truncate(nbytes)
         except OSError as error:
-            self._remove()
             raise OSError(f"{self.mask_path}: cannot reserve {nbytes / 2**30:.2f} GiB of scratch space for the "
                           f"mask ({error.strerror or error})") from error
 

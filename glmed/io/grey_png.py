@@ -2,19 +2,20 @@
 
 Decoding a PNG is inflating its compressed rows and undoing each row's filter. Pillow (and
 libpng, OpenCV, libspng as shipped) spend nearly all of a mask's decode time in zlib's inflate;
-libdeflate (through imagecodecs) inflates the same stream about ten times faster. The filters
-are then undone with whole-array NumPy operations that exploit what masks look like: filtered
-rows are mostly zeros, so the sequential filters (Sub, Average, Paeth) only need work where a
-row or the row above it changes.
+zlib-ng (through imagecodecs) inflates the same stream several times faster and accepts and
+refuses exactly the streams zlib does. The filters are then undone with whole-array NumPy
+operations that exploit what masks look like: filtered rows are mostly zeros, so the sequential
+filters (Sub, Average, Paeth) only need work where a row or the row above it changes.
 
 Pixels of a valid PNG do not depend on the decoder, so the result equals Pillow's exactly. The
-fast path is taken only when it is certain to agree with Pillow: a non-interlaced 8-bit
-greyscale image whose consecutive IDAT chunks hold one complete zlib stream (32 KiB window, no
-preset dictionary, correct checksum) of exactly the expected size, followed directly by IEND.
-Anything else -- other modes, interlacing, damaged or truncated data, extra chunks after the
-image, rows too busy for the sparse method to pay off -- returns ``None`` so that the caller
-decodes with Pillow and Pillow's verdict stands. Chunks before the image data are not checked
-here: opening the file with Pillow first (which the caller does for the mode and size) does that.
+fast path is taken only when it is certain to agree with Pillow: a signature, one IHDR for a
+non-interlaced 8-bit greyscale image, then only ancillary chunks that cannot change the pixels
+(colour, text, time and size notes), consecutive IDAT chunks holding one complete zlib stream
+(32 KiB window, no preset dictionary, correct checksum) of exactly the expected size, and IEND.
+Anything else -- other modes, interlacing, animation chunks, repeated headers, damaged or
+truncated data, extra chunks after the image, rows too busy for the sparse method to pay off --
+returns ``None`` so that the caller decodes with Pillow and Pillow's verdict stands. Chunk CRCs
+before the image data are left to Pillow's own header parse, which the caller runs first.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ __all__ = ["decode_grey8_png"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IHDR_GREY8 = (8, 0, 0, 0, 0)  # bit depth, colour type, compression, filter method, interlace
+#: Chunks allowed between IHDR and the image data: Pillow reads them as notes (or ignores them)
+#: and never changes a greyscale image's pixels because of them. Any other chunk (fcTL, a second
+#: IHDR, an early IEND, unknown critical chunks, ...) sends the file to Pillow.
+_HARMLESS_BEFORE_IMAGE = frozenset({
+    b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"tEXt", b"zTXt", b"iTXt", b"tIME", b"bKGD", b"tRNS", b"eXIf",
+})
 _NONE, _SUB, _UP, _AVERAGE, _PAETH = range(5)
 #: Rows with the sequential Average/Paeth filters are walked change by change in Python; above
 #: this many changes per pixel the walk would be slower than Pillow, which then decodes instead.
@@ -67,12 +74,12 @@ def _image_stream(data: bytes) -> tuple[int, int, bytes] | None:
     idat, after_image = [], None
     for kind, body in chunks:
         if kind == b"IDAT":
-            if after_image is not None:
-                return None
             idat.append(body)
         elif idat:
             after_image = kind
             break
+        elif kind not in _HARMLESS_BEFORE_IMAGE:
+            return None
     if not idat or after_image != b"IEND":
         return None
     return height, width, b"".join(idat)
@@ -97,8 +104,8 @@ def _inflate(stream: bytes, size: int) -> bytes | None:
     if len(stream) < 6 or stream[0] != 0x78 or stream[1] & 0x20:
         return None  # a window other than 32 KiB, or a preset dictionary: leave it to zlib
     try:
-        inflated = imagecodecs.deflate_decode(stream, out=size)
-    except imagecodecs.DeflateError:
+        inflated = imagecodecs.zlibng_decode(stream, out=size)
+    except imagecodecs.ZlibngError:
         return None
     return inflated if len(inflated) == size else None
 
@@ -126,9 +133,10 @@ def _unfilter(rows: np.ndarray) -> np.ndarray | None:
         if filters[row] == _UP:
             np.add(above, filtered[row], out=image[row])
             continue
-        budget -= _walk_row(filters[row] == _PAETH, filtered[row], above, image[row])
-        if budget < 0:
+        walked = _walk_row(filters[row] == _PAETH, filtered[row], above, image[row], budget)
+        if walked is None:
             return None
+        budget -= walked
     return image
 
 
@@ -168,8 +176,9 @@ def _sum_sub_rows(rows: np.ndarray) -> np.ndarray | None:
     return np.repeat(run_values, np.diff(np.append(run_starts, flat.size))).reshape(count, width)
 
 
-def _walk_row(paeth: bool, filtered: np.ndarray, above: np.ndarray, out: np.ndarray) -> int:
-    """Undo an Average or Paeth filter into ``out``; returns the number of positions computed.
+def _walk_row(paeth: bool, filtered: np.ndarray, above: np.ndarray, out: np.ndarray, budget: float) -> int | None:
+    """Undo an Average or Paeth filter into ``out``; returns the number of positions computed,
+    or None (``out`` untouched) when the row has more changes than ``budget`` allows.
 
     Between positions where the filtered byte is non-zero or the row above changes, both
     predictors only depend on the previous output pixel: Paeth then repeats it, Average halves
@@ -180,6 +189,8 @@ def _walk_row(paeth: bool, filtered: np.ndarray, above: np.ndarray, out: np.ndar
     events = np.union1d(np.flatnonzero(filtered), np.flatnonzero(above[1:] != above[:-1]) + 1)
     if events.size == 0 or events[0] != 0:
         events = np.insert(events, 0, 0)
+    if events.size > budget:
+        return None
     events_list = events.tolist()
     residuals = filtered[events].tolist()
     ups = above[events].tolist()

@@ -31,6 +31,7 @@ thread pool, and counts come from Pillow's C histograms.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -41,7 +42,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, UnidentifiedImageError
 
 from glmed.io.grey_png import decode_grey8_png
 from glmed.metrics.confusion import FOREGROUND_ABOVE, METRICS, BinaryCounts, binary_metrics
@@ -205,10 +206,11 @@ class _BadMask(Exception):
 def _open_mask(path: Path) -> Image.Image:
     """Decode a mask exactly as the official scorer does: 8-bit greyscale, 1-bit converted."""
     try:
-        with Image.open(path) as image:
+        data = path.read_bytes()  # once: Pillow's checks and the fast decoder see the same bytes
+        with Image.open(io.BytesIO(data)) as image:
             if image.format == "PNG" and image.mode == "L":
-                pixels = decode_grey8_png(path.read_bytes())
-                if pixels is not None:
+                pixels = decode_grey8_png(data)
+                if pixels is not None and pixels.shape == image.size[::-1]:
                     return Image.frombuffer("L", image.size, pixels, "raw", "L", 0, 1)
             image.load()
             if image.mode == "1":
@@ -216,7 +218,9 @@ def _open_mask(path: Path) -> Image.Image:
     # Pillow's format plugins signal malformed files with many exception types (OSError,
     # SyntaxError, ValueError, EOFError, struct.error, ...); each means "cannot decode this".
     except Exception as exc:  # noqa: BLE001
-        raise _BadMask(f"cannot be decoded as an image ({type(exc).__name__}: {exc}); "
+        # Pillow names the in-memory buffer it read from; the file is named by the caller.
+        reason = "cannot identify image file" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise _BadMask(f"cannot be decoded as an image ({type(exc).__name__}: {reason}); "
                        f"{_MASK_FIX}") from None
     if image.mode != "L":
         raise _BadMask(f"is not a single-channel 8-bit greyscale image (Pillow mode "

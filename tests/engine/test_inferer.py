@@ -136,3 +136,6 @@ def test_predict_writes_into_a_given_array_and_can_skip_the_coarse_mask(tmp_path
     np.testing.assert_array_equal(out, expected)
     with pytest.raises(ValueError, match=r"out has shape \(100, 150\)"):
         glmed.predict(model, image(150, 100), out=np.zeros((100, 150), np.uint8))
+    many = GLNet(300, "resnet18", mode, fpn_channels=16, global_size=64, patch_size=64, overlap=8)
+    with pytest.raises(ValueError, match="cannot hold 300 class indices; use int32"):
+        glmed.predict(many, image(150, 100), out=np.zeros((150, 100), np.uint8))

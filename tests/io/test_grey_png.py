@@ -167,6 +167,41 @@ def _extra_rows(image):
                         struct.pack(">II", image.shape[1], image.shape[0]), 1)
 
 
+def _before_image(image, extra: bytes) -> bytes:
+    """A valid PNG of ``image`` with ``extra`` chunks between IHDR and IDAT."""
+    data = encode_png(image, [0] * image.shape[0])
+    header_end = 8 + 25
+    return data[:header_end] + extra + data[header_end:]
+
+
+def _fixed_huffman_symbol_286() -> bytes:
+    """One zero row whose zlib stream uses length symbol 286: libdeflate decodes it, zlib refuses."""
+    bits = [1, 1, 0]  # last block, fixed Huffman codes
+    for code, length in ((0x30, 8), (0xC0 + 286 - 280, 8), (0, 5), (0, 7)):  # literal 0, len 286, dist 1, end
+        bits += [(code >> i) & 1 for i in reversed(range(length))]
+    bits += [0] * (-len(bits) % 8)
+    block = bytes(sum(bits[i + j] << j for j in range(8)) for i in range(0, len(bits), 8))
+    stream = b"\x78\x9c" + block + struct.pack(">I", zlib.adler32(bytes(259)))
+    body = struct.pack(">II", 258, 1) + b"\x08\x00\x00\x00\x00"
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", body) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+
+
+LEFT_TO_PILLOW.update({
+    "animation frame control before the image": lambda image: _before_image(
+        image, _chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, image.shape[1], 2, 0, 0, 1, 10, 0, 0))),
+    "second IHDR": lambda image: _before_image(
+        image, _chunk(b"IHDR", struct.pack(">II", image.shape[1], image.shape[0] + 1) + b"\x08\x00\x00\x00\x00")),
+    "IEND before the image": lambda image: _before_image(image, _chunk(b"IEND", b"")),
+    "stream zlib refuses": lambda image: _fixed_huffman_symbol_286(),
+})
+
+
+def test_harmless_chunks_before_the_image_keep_the_fast_path():
+    image = lesion(30, 40, seed=1)
+    notes = _chunk(b"gAMA", struct.pack(">I", 45455)) + _chunk(b"tEXt", b"Software\x00glmed")
+    np.testing.assert_array_equal(decode_grey8_png(_before_image(image, notes)), image)
+
+
 @pytest.mark.parametrize("kind", LEFT_TO_PILLOW)
 def test_anything_but_a_plain_complete_grey_png_is_left_to_pillow(kind):
     assert decode_grey8_png(LEFT_TO_PILLOW[kind](lesion(64, 80, seed=5))) is None
