@@ -101,6 +101,8 @@ def _inflate(stream: bytes, size: int) -> bytes | None:
     """The inflated zlib ``stream`` when it is complete, valid and exactly ``size`` bytes."""
     import imagecodecs
 
+    if not imagecodecs.ZLIBNG.available:
+        return None  # a build of imagecodecs without zlib-ng: Pillow decodes everything
     if len(stream) < 6 or stream[0] != 0x78 or stream[1] & 0x20:
         return None  # a window other than 32 KiB, or a preset dictionary: leave it to zlib
     try:

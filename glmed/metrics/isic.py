@@ -24,7 +24,7 @@ empty truth folder, a folder in place of a prediction or a truncated image), and
 not blank but has no value above 128 (a 0/1 mask) raises an :class:`EmptyMaskWarning`, because
 it silently scores as empty.
 
-Speed: plain 8-bit greyscale PNGs are decoded by :mod:`glmed.io.grey_png` (libdeflate and
+Speed: plain 8-bit greyscale PNGs are decoded by :mod:`glmed.io.grey_png` (zlib-ng and
 NumPy, pixels identical to Pillow's; anything else is decoded by Pillow), pairs are decoded on a
 thread pool, and counts come from Pillow's C histograms.
 """
