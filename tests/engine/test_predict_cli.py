@@ -56,3 +56,39 @@ def test_bad_inputs_end_with_a_message_and_status_1(tmp_path, trained, capsys, c
     assert main(["predict", str(checkpoint), str(image), str(out), "--quiet", "--device", "cpu"]) == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_folder_becomes_a_scorable_isic_submission_and_resumes(tmp_path, trained, capsys):
+    model, checkpoint, _ = trained
+    images, truth = tmp_path / "images", tmp_path / "truth"
+    images.mkdir(), truth.mkdir()
+    for index in range(3):
+        pixels = np.random.default_rng(index).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"ISIC_{index:07d}.jpg")
+        Image.fromarray(np.full((90, 120), 255, np.uint8)).save(truth / f"ISIC_{index:07d}_segmentation.png")
+    (images / "LICENSE.txt").write_text("CC-0")
+    submission = tmp_path / "submission"
+    assert main(["predict", str(checkpoint), str(images), str(submission), "--quiet", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in submission.iterdir()) == [f"ISIC_{i:07d}_segmentation.png" for i in range(3)]
+    expected = glmed.predict(model, images / "ISIC_0000001.jpg").mask * 255
+    np.testing.assert_array_equal(np.asarray(Image.open(submission / "ISIC_0000001_segmentation.png")), expected)
+    assert len(glmed.score_submission(truth, submission)) == 3
+
+    (submission / "ISIC_0000002_segmentation.png").unlink()
+    capsys.readouterr()
+    assert main(["predict", str(checkpoint), str(images), str(submission), "--quiet", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept 2 mask(s)" in printed and printed.count("wrote ") == 1 and "ISIC_0000002" in printed
+
+
+def test_a_folder_run_reports_bad_images_and_finishes_the_others(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((70, 70, 3), np.uint8)).save(images / "a.png")
+    (images / "b.png").write_bytes(b"truncated")
+    out = tmp_path / "masks"
+    assert main(["predict", str(checkpoint), str(images), str(out), "--quiet", "--device", "cpu", "--format", "tif"]) == 1
+    error = capsys.readouterr().err
+    assert "1 of 2 image(s) failed" in error and "b.png" in error
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.tif"]
