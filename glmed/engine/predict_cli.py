@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
             return _fail(jobs)
     elif args.out.suffix.lower() not in TIFF_SUFFIXES + (".png",):
         return _fail(f"{args.out}: the output must end in .tif, .tiff or .png")
+    elif not args.out.parent.is_dir():
+        return _fail(f"{args.out}: the folder {args.out.parent} does not exist")
     else:
         jobs = [(args.image, args.out)]
     import torch
@@ -81,7 +83,7 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
     from glmed.engine.inferer import predict
     from glmed.engine.slide import predict_to_tiff
 
-    options = dict(batch_size=args.batch_size, device=device, progress=progress)
+    options = {"batch_size": args.batch_size, "device": device, "progress": progress}
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)
     else:

@@ -34,7 +34,7 @@ from glmed.engine.devices import Placement
 from glmed.engine.inferer import GlobalLocalInferer, ImageLike, open_as_reader
 from glmed.engine.stitching import label_dtype
 from glmed.io.base import ImageReader
-from glmed.io.writers import atomic_path, write_pyramidal_tiff
+from glmed.io.writers import atomic_path, check_tile, write_pyramidal_tiff
 from glmed.models.glnet import GLNet
 from glmed.types import Box, Size
 
@@ -93,13 +93,17 @@ def predict_to_tiff(
             and these settings are unchanged (slides given as paths only); False starts afresh.
 
     Raises:
-        ValueError: a lossy compression, or a folder for ``path`` that does not exist.
+        ValueError: a lossy compression, a bad tile side, or a ``path`` that is a folder or
+            whose folder does not exist (all checked before any inference).
     """
     if compression not in ("zlib", "lzw", None):
         raise ValueError(f"{path}: masks need lossless compression: 'zlib', 'lzw' or None, got {compression!r}")
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"{path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; name the .tif file to write")
+    check_tile(path, tile)  # now, not after hours of inference
     reader, opened = open_as_reader(image)
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress)
     try:

@@ -111,6 +111,12 @@ def pyramid(image: np.ndarray, levels: int | None = None, tile: int = 256, resam
     return out
 
 
+def check_tile(path: str | os.PathLike, tile: int) -> None:
+    """Raise a ValueError naming ``path`` unless ``tile`` is a TIFF tile side (a positive multiple of 16)."""
+    if tile < 16 or tile % 16:
+        raise ValueError(f"{path}: the tile side must be a positive multiple of 16, got {tile}")
+
+
 def write_pyramidal_tiff(
     path: str | os.PathLike,
     image: np.ndarray,
@@ -139,8 +145,7 @@ def write_pyramidal_tiff(
     path = os.fspath(path)
     image = np.asarray(image)
     channels = image.shape[2] if image.ndim == 3 else 1
-    if tile < 16 or tile % 16:
-        raise ValueError(f"{path}: the tile side must be a positive multiple of 16, got {tile}")
+    check_tile(path, tile)
     if compression == "jpeg" and (image.dtype != np.uint8 or channels not in (1, 3)):
         raise ValueError(f"{path}: JPEG holds 1 or 3 channels of uint8, got {channels} of {image.dtype}; use zlib")
     photometric = "rgb" if channels in (3, 4) else "minisblack"

@@ -69,12 +69,17 @@ def test_coarse_to_fine_refines_boxes_and_leaves_the_rest_background(tmp_path, s
     assert not mask[outside].any()
 
 
-def test_lossy_compression_and_missing_folders_are_refused(tmp_path, slide):
+def test_bad_settings_are_refused_before_any_inference(tmp_path, slide, monkeypatch):
     model = GLNet(2, "resnet18", "local_only", **SIZES)
+    monkeypatch.setattr(model, "local_features", lambda *args, **kwargs: pytest.fail("inference ran"))
     with pytest.raises(ValueError, match="lossless"):
         predict_to_tiff(model, slide, tmp_path / "mask.tif", compression="jpeg")
     with pytest.raises(ValueError, match="does not exist"):
         predict_to_tiff(model, slide, tmp_path / "missing" / "mask.tif")
+    with pytest.raises(ValueError, match="multiple of 16, got 500"):
+        predict_to_tiff(model, slide, tmp_path / "mask.tif", tile=500)
+    with pytest.raises(ValueError, match="is a folder"):
+        predict_to_tiff(model, slide, tmp_path)
 
 
 def _fail_at_call(model, monkeypatch, call):
