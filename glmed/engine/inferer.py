@@ -165,8 +165,9 @@ class GlobalLocalInferer:
             return SegmentationResult(mask=out, coarse=coarse)
         # Resume at the start of the batch that held the first unfinished patch, so every patch is
         # batched as in an uninterrupted run (batch shape can change results in the last bits).
-        first = int(np.argmax(grid.boxes[:, 2] > done)) if done else 0
-        remaining = PatchGrid(grid.image_size, grid.boxes[first - first % self.batch_size :])
+        unfinished = np.flatnonzero(grid.boxes[:, 2] > done)
+        start = int(unfinished[0]) - int(unfinished[0]) % self.batch_size if unfinished.size else len(grid)
+        remaining = PatchGrid(grid.image_size, grid.boxes[start:])
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))
         self._stitch_patches(model, reader, remaining, global_maps, placement, out, done, record)
         return SegmentationResult(mask=out, coarse=coarse, patches=len(remaining))
