@@ -20,7 +20,7 @@ from pathlib import Path
 EXIT_FAILED = 1
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: Files a folder run segments; anything else in the folder (licences, CSVs) is left alone.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".nii", ".gz")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".nii", ".nii.gz")
 _ISIC_ID = re.compile(r"^ISIC_[0-9]{7}$")
 
 
@@ -98,7 +98,7 @@ def _folder_jobs(folder: Path, out: Path, mask_format: str) -> list[tuple[Path, 
     """``(image, mask)`` for every image in ``folder``, or the reason there is nothing to do."""
     if out.exists() and not out.is_dir():
         return f"{out}: with a folder of images, OUT must be a folder"
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
     if not images:
         return f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"
     out.mkdir(parents=True, exist_ok=True)

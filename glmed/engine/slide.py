@@ -113,7 +113,8 @@ def predict_to_tiff(
         with ScratchMask(path, reader.size, label_dtype(model.config.num_classes), identity) as scratch:
             result = inferer(model, reader, out=scratch.mask, with_coarse=False, ledger=scratch)
             scratch.mask.flush()
-            write_pyramidal_tiff(path, scratch.mask, tile=tile, compression=compression, resampling="nearest")
+            write_pyramidal_tiff(path, scratch.mask, tile=tile, compression=compression, resampling="nearest",
+                                 progress=progress)
             scratch.finished = True
     finally:
         if opened:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import numpy as np
 
@@ -124,6 +124,7 @@ def write_pyramidal_tiff(
     tile: int = 256,
     compression: str | None = "jpeg",
     resampling: str = "area",
+    progress: bool = False,
 ) -> None:
     """Write a tiled pyramidal TIFF that both tifffile and OpenSlide (as generic-tiff) read with all levels.
 
@@ -139,6 +140,7 @@ def write_pyramidal_tiff(
         tile: tile side, a multiple of 16.
         compression: ``"jpeg"`` (lossy; encoded by ``imagecodecs``), ``"zlib"`` or ``"lzw"`` (lossless), or ``None``.
         resampling: ``"area"`` for images, ``"nearest"`` for masks.
+        progress: show a progress bar over the tiles of all levels.
     """
     import tifffile
 
@@ -149,11 +151,17 @@ def write_pyramidal_tiff(
     if compression == "jpeg" and (image.dtype != np.uint8 or channels not in (1, 3)):
         raise ValueError(f"{path}: JPEG holds 1 or 3 channels of uint8, got {channels} of {image.dtype}; use zlib")
     photometric = "rgb" if channels in (3, 4) else "minisblack"
+    levels_written = [level if channels > 1 else level[..., 0] for level in pyramid(image, levels, tile, resampling)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = sum(-(-level.shape[0] // tile) * -(-level.shape[1] // tile) for level in levels_written)
+        bar = tqdm(total=total, desc=f"writing {os.path.basename(path)}", unit="tile", leave=False)
     with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=image.nbytes > 2**31) as writer:
-        for index, level in enumerate(pyramid(image, levels, tile, resampling)):
-            level = level if channels > 1 else level[..., 0]
+        for index, level in enumerate(levels_written):
             writer.write(
-                _tiles(level, tile),
+                _tiles(level, tile, bar),
                 shape=level.shape,
                 dtype=level.dtype,
                 tile=(tile, tile),
@@ -163,9 +171,12 @@ def write_pyramidal_tiff(
             )
 
 
-def _tiles(level: np.ndarray, tile: int) -> Iterator[np.ndarray]:
+def _tiles(level: np.ndarray, tile: int, bar: Any = None) -> Iterator[np.ndarray]:
     """The level's tiles in row-major order, copied one at a time: a memory-mapped or strided
-    level (a mask's nearest-neighbour levels are views) is never copied whole."""
+    level (a mask's nearest-neighbour levels are views) is never copied whole. ``bar`` (tqdm)
+    counts them."""
     for row in range(0, level.shape[0], tile):
         for col in range(0, level.shape[1], tile):
             yield np.ascontiguousarray(level[row : row + tile, col : col + tile])
+            if bar is not None:
+                bar.update()
