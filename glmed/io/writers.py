@@ -158,17 +158,21 @@ def write_pyramidal_tiff(
 
         total = sum(-(-level.shape[0] // tile) * -(-level.shape[1] // tile) for level in levels_written)
         bar = tqdm(total=total, desc=f"writing {os.path.basename(path)}", unit="tile", leave=False)
-    with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=image.nbytes > 2**31) as writer:
-        for index, level in enumerate(levels_written):
-            writer.write(
-                _tiles(level, tile, bar),
-                shape=level.shape,
-                dtype=level.dtype,
-                tile=(tile, tile),
-                compression=compression,
-                photometric=photometric,
-                subfiletype=1 if index else 0,
-            )
+    try:
+        with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=image.nbytes > 2**31) as writer:
+            for index, level in enumerate(levels_written):
+                writer.write(
+                    _tiles(level, tile, bar),
+                    shape=level.shape,
+                    dtype=level.dtype,
+                    tile=(tile, tile),
+                    compression=compression,
+                    photometric=photometric,
+                    subfiletype=1 if index else 0,
+                )
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _tiles(level: np.ndarray, tile: int, bar: Any = None) -> Iterator[np.ndarray]:
