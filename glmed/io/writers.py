@@ -181,6 +181,6 @@ def _tiles(level: np.ndarray, tile: int, bar: Any = None) -> Iterator[np.ndarray
     counts them."""
     for row in range(0, level.shape[0], tile):
         for col in range(0, level.shape[1], tile):
-            yield np.ascontiguousarray(level[row : row + tile, col : col + tile])
             if bar is not None:
-                bar.update()
+                bar.update()  # before yielding: the writer does not come back after a level's last tile
+            yield np.ascontiguousarray(level[row : row + tile, col : col + tile])
