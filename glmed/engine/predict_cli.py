@@ -91,7 +91,8 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
         _write_png(out, result.mask, model.config.num_classes)
     refined = f", refined {len(result.boxes)} box(es)" if result.boxes else ""
     notes = "".join(f"\nnote: {note}" for note in result.notes)
-    return f"wrote {out}: {image.name} segmented with {result.patches} patches{refined}{notes}"
+    patches = f"{result.patches} patch" + ("" if result.patches == 1 else "es")
+    return f"wrote {out}: {image.name} segmented with {patches}{refined}{notes}"
 
 
 def _folder_jobs(folder: Path, out: Path, mask_format: str) -> list[tuple[Path, Path]] | str:
