@@ -107,13 +107,14 @@ class GlobalLocalInferer:
         modes = {module: module.training for module in model.modules()}
         model.eval().to(placement.device)
         try:
+            dtype = label_dtype(model.config.num_classes)
             if out is None:
-                out = np.empty(reader.size, dtype=label_dtype(model.config.num_classes))
+                out = np.empty(reader.size, dtype=dtype)
             elif out.shape != tuple(reader.size):
                 raise ValueError(f"out has shape {out.shape}, but {reader.name} is {tuple(reader.size)}")
-            elif not np.can_cast(label_dtype(model.config.num_classes), out.dtype):
+            elif not np.can_cast(dtype, out.dtype):
                 raise ValueError(f"out is {out.dtype}, which cannot hold {model.config.num_classes} class indices; "
-                                 f"use {label_dtype(model.config.num_classes)}")
+                                 f"use {dtype}")
             with torch.inference_mode():
                 if isinstance(model, CoarseToFineGLNet):
                     return self._segment_coarse_to_fine(model, reader, placement, out, with_coarse, ledger)
@@ -154,15 +155,12 @@ class GlobalLocalInferer:
                 index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
                 canvas.add(model.local_features(patches, global_maps, boxes, index), boxes, index)
             global_maps = model.global_features(global_image, canvas.maps())
+        if mode is Sharing.GLOBAL_ONLY:
+            global_logits = model.global_logits(global_maps, global_image.shape[-2:])[0]
+            return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse))
         coarse = None
         if global_maps is not None and with_coarse:
             coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
-        if mode is Sharing.GLOBAL_ONLY:
-            if coarse is None:
-                upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size, out=out)
-            else:
-                out[:] = coarse
-            return SegmentationResult(mask=out, coarse=coarse)
         # Resume at the start of the batch that held the first unfinished patch, so every patch is
         # batched as in an uninterrupted run (batch shape can change results in the last bits).
         unfinished = np.flatnonzero(grid.boxes[:, 2] > done)
@@ -185,14 +183,13 @@ class GlobalLocalInferer:
         config = model.config
         global_image = self._global_input(reader, config.global_size, placement)
         global_logits = model.global_logits(model.global_features(global_image), global_image.shape[-2:])[0]
-        coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
         foreground = global_logits.argmax(0).cpu().numpy() != 0
         min_size = patch_size_for(reader.size, (config.patch_size, config.patch_size))
         boxes = coarse_to_fine_boxes(foreground, reader.size, config.target_ratio, min_size, config.per_component)
         if not boxes:
             note = "the global branch found no foreground, so nothing was refined: the mask is its coarse prediction"
-            upsample_to_labels(global_logits, reader.size, out=out)
-            return SegmentationResult(mask=out, coarse=coarse, notes=[note])
+            return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse), notes=[note])
+        coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
         _fill_outside(out, boxes, 0)  # inside the boxes, a resumed run keeps what it wrote
         patches = 0
         for box in boxes:
@@ -290,6 +287,12 @@ def open_as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
     if isinstance(image, (ImageReader, np.ndarray)):
         return as_reader(image), False
     raise TypeError(f"expected an image array, a file path or an ImageReader, got {type(image).__name__}")
+
+
+def _coarse_into(global_logits: torch.Tensor, out: np.ndarray, with_coarse: bool) -> np.ndarray | None:
+    """Write the global branch's mask, upsampled once, into ``out``; a copy of it when asked for."""
+    upsample_to_labels(global_logits, out.shape, out=out)
+    return np.array(out) if with_coarse else None
 
 
 class RowLedger(Protocol):

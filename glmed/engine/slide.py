@@ -112,7 +112,6 @@ def predict_to_tiff(
             identity = _run_identity(model, Path(image), reader, inferer)
         with ScratchMask(path, reader.size, label_dtype(model.config.num_classes), identity) as scratch:
             result = inferer(model, reader, out=scratch.mask, with_coarse=False, ledger=scratch)
-            scratch.mask.flush()
             write_pyramidal_tiff(path, scratch.mask, tile=tile, compression=compression, resampling="nearest",
                                  progress=progress)
             scratch.finished = True
