@@ -25,8 +25,9 @@ def compare(size, train_count: int, test_count: int, epochs: int, seed: int = 0,
     import torch
 
     from glmed.data.synthetic import make_dermoscopy_image
-    from glmed.engine.fit import evaluate, fit
-    from glmed.engine.training import GLNetTrainer, paper_stages
+    from glmed.training.fit import evaluate, fit
+    from glmed.training.trainer import GLNetTrainer
+    from glmed.training.stages import paper_stages
     from glmed.models.coarse_to_fine import CoarseToFineGLNet
     from glmed.models.glnet import GLNet
 

@@ -35,9 +35,10 @@ def lesion_seed(fraction: float, tolerance: float = 0.02) -> int:
 
 def train_global_branch(model, steps: int, size: tuple, seed: int) -> None:
     """A few hundred global-stage steps on generated images, enough for a usable coarse mask."""
-    from glmed.data.sampler import collate_global_local, global_local_sample
+    from glmed.data.samples import collate_global_local, global_local_sample
     from glmed.data.synthetic import make_dermoscopy_image
-    from glmed.engine.training import GLOBAL_PARTS, GLNetTrainer, Stage
+    from glmed.training.stages import GLOBAL_PARTS, Stage
+    from glmed.training.trainer import GLNetTrainer
 
     images = [make_dermoscopy_image(size, seed + 1000 + i) for i in range(8)]
     trainer = GLNetTrainer(model, global_lr=1e-3)

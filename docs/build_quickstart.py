@@ -32,8 +32,9 @@ import torch
 
 import glmed
 from glmed.data.synthetic import make_dermoscopy_image
-from glmed.engine.fit import fit
-from glmed.engine.training import GLNetTrainer, paper_stages
+from glmed.training.fit import fit
+from glmed.training.trainer import GLNetTrainer
+from glmed.training.stages import paper_stages
 from glmed.io.writers import write_mask_png, write_pyramidal_tiff
 
 torch.manual_seed(0)

@@ -15,7 +15,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from glmed.types import Box, FloatBox, Size
+from glmed.conventions import Box, FloatBox, Size
 
 
 def axis_starts(length: int, patch: int, min_overlap: int) -> List[int]:

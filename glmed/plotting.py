@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from glmed.engine.inferer import SegmentationResult
+from glmed.inference.inferer import SegmentationResult
 
 
 def show_result(

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 from glmed.data.synthetic import write_deepglobe_dataset
-from glmed.engine import recipe_support
-from glmed.engine.outputs import ClassMapPredictions
-from glmed.engine.recipe_config import RecipeConfig
-from glmed.engine.validation import MeanIoUMetric
+from glmed.experiments import recipe as recipe_support
+from glmed.experiments.outputs import ClassMapPredictions
+from glmed.experiments.config import RecipeConfig
+from glmed.metrics.validation import MeanIoUMetric
 from glmed.io.labels import DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE
 from glmed.models.glnet import GLNet
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Sequence
 
 from glmed.data.synthetic import write_inria_dataset
-from glmed.engine import recipe_support
-from glmed.engine.outputs import ClassMapPredictions
-from glmed.engine.recipe_config import RecipeConfig
-from glmed.engine.validation import MeanIoUMetric
+from glmed.experiments import recipe as recipe_support
+from glmed.experiments.outputs import ClassMapPredictions
+from glmed.experiments.config import RecipeConfig
+from glmed.metrics.validation import MeanIoUMetric
 from glmed.models.glnet import GLNet
 
 DEMO = dict(

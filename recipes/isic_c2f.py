@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Sequence
 
 from glmed.data.synthetic import write_isic_dataset
-from glmed.engine import recipe_support
-from glmed.engine.outputs import IsicSubmission
-from glmed.engine.recipe_config import CoarseToFineRecipeConfig, RecipeConfig
-from glmed.engine.validation import IsicMetric
+from glmed.experiments import recipe as recipe_support
+from glmed.experiments.outputs import IsicSubmission
+from glmed.experiments.config import CoarseToFineRecipeConfig, RecipeConfig
+from glmed.metrics.validation import IsicMetric
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 
 DEMO = dict(

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glmed.engine.inferer import SegmentationResult
+from glmed.inference.inferer import SegmentationResult
 from glmed.plotting import save_result_figure, show_result
 
 matplotlib.use("Agg")

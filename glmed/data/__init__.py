@@ -13,7 +13,7 @@ _EXPORTS = {
     **dict.fromkeys(
         ("PatchBatch", "check_class_map", "collate_global_local", "global_local_sample", "iter_patch_batches",
          "jitter_box", "read_patches", "resize_label", "tile_box"),
-        "glmed.data.sampler",
+        "glmed.data.samples",
     ),
     **dict.fromkeys(
         ("CropBoxd", "GlobalLocal", "GlobalLocald", "LabelToIndex", "LabelToIndexd", "RandForegroundBox",

@@ -54,7 +54,7 @@ class LayoutError(ValueError):
 
 
 @dataclass(frozen=True)
-class Problem:
+class DatasetProblem:
     """One thing wrong with one file of a dataset."""
 
     path: str
@@ -67,7 +67,7 @@ class Problem:
 class DatasetError(ValueError):
     """Every problem a dataset scan found, listed one per line; ``problems`` holds them."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[DatasetProblem]) -> None:
         self.problems = list(problems)
         lines = "\n".join(f"  {problem}" for problem in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) found in the dataset:\n{lines}")
@@ -174,7 +174,7 @@ def scan_dataset(
         a copy of ``table`` with ``height``, ``width`` and ``channels`` of each image.
     """
     _require_columns(table, COLUMNS, "the table")
-    problems: List[Problem] = []
+    problems: List[DatasetProblem] = []
     shapes = []
     for row in table.itertuples(index=False):
         shape = _scan_image(row.image_path, min_size, problems)
@@ -254,7 +254,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
-def _scan_image(path: str | None, min_size: int | None, problems: List[Problem]) -> Tuple[int, int, int] | None:
+def _scan_image(path: str | None, min_size: int | None, problems: List[DatasetProblem]) -> Tuple[int, int, int] | None:
     if not _exists(path, "missing image", problems):
         return None
     try:
@@ -262,39 +262,39 @@ def _scan_image(path: str | None, min_size: int | None, problems: List[Problem])
             height, width = reader.size
             channels = reader.channels
     except (ImageFormatError, ImportError, OSError) as error:
-        problems.append(Problem(path, f"unreadable image: {_strip(error, path)}"))
+        problems.append(DatasetProblem(path, f"unreadable image: {_strip(error, path)}"))
         return None
     if channels > 4:
-        problems.append(Problem(path, f"has {channels} channels; expected grey, grey+alpha, RGB or RGBA"))
+        problems.append(DatasetProblem(path, f"has {channels} channels; expected grey, grey+alpha, RGB or RGBA"))
     if min_size is not None and min(height, width) < min_size:
-        problems.append(Problem(path, f"is {height} x {width}, smaller than one patch of {min_size} px"))
+        problems.append(DatasetProblem(path, f"is {height} x {width}, smaller than one patch of {min_size} px"))
     return height, width, channels
 
 
 def _scan_label(
     path: str | None, image_path: str, shape: Tuple[int, int, int] | None, kind: str, check_values: bool,
-    problems: List[Problem],
+    problems: List[DatasetProblem],
 ) -> None:
     if not _exists(path, f"missing mask for image {image_path}", problems):
         return
     try:
         with open_image(path) as reader:
             if shape is not None and reader.size != shape[:2]:
-                problems.append(Problem(path, f"mask is {reader.size} but its image {image_path} is {shape[:2]}"))
+                problems.append(DatasetProblem(path, f"mask is {reader.size} but its image {image_path} is {shape[:2]}"))
             elif check_values:
                 mask_to_index(reader.read((0, 0) + reader.size), kind, path)
     except LabelError as error:
-        problems.append(Problem(path, _strip(error, path)))
+        problems.append(DatasetProblem(path, _strip(error, path)))
     except (ImageFormatError, ImportError, OSError) as error:
-        problems.append(Problem(path, f"unreadable mask: {_strip(error, path)}"))
+        problems.append(DatasetProblem(path, f"unreadable mask: {_strip(error, path)}"))
 
 
-def _exists(path: str | None, message: str, problems: List[Problem]) -> bool:
+def _exists(path: str | None, message: str, problems: List[DatasetProblem]) -> bool:
     if path is None or (isinstance(path, float) and np.isnan(path)):
-        problems.append(Problem("<no path>", message))
+        problems.append(DatasetProblem("<no path>", message))
         return False
     if not os.path.isfile(path):
-        problems.append(Problem(path, message))
+        problems.append(DatasetProblem(path, message))
         return False
     return True
 

@@ -24,7 +24,7 @@ from skimage.draw import disk, polygon
 
 from glmed.io.labels import DEEPGLOBE_PALETTE
 from glmed.io.writers import atomic_path, write_mask_png
-from glmed.types import Size
+from glmed.conventions import Size
 
 CLASS_DICT_NAMES = ("urban_land", "agriculture_land", "rangeland", "forest_land", "water", "barren_land", "unknown")
 """DeepGlobe's class names as its ``class_dict.csv`` spells them, in class-index order."""

@@ -33,10 +33,10 @@ from monai.transforms import MapTransform, Randomizable, SpatialCrop, Transform
 from monai.utils.type_conversion import convert_to_dst_type
 
 from glmed.data.normalize import Normalization
-from glmed.data.sampler import check_class_map, global_local_sample, jittered_foreground_box, tile_box
+from glmed.data.samples import check_class_map, global_local_sample, jittered_foreground_box, tile_box
 from glmed.geometry import patch_grid
 from glmed.io.base import ImageReader
-from glmed.types import Size
+from glmed.conventions import Size
 
 Array = np.ndarray | torch.Tensor
 
@@ -175,7 +175,7 @@ class GlobalLocal(Transform):
 
     The patches tile the whole image (:func:`glmed.geometry.patch_grid`: at least
     ``overlap`` pixels between neighbours, the last row/column flush with the border), or
-    only a coarse-to-fine box when one is given (:func:`glmed.data.sampler.tile_box`).
+    only a coarse-to-fine box when one is given (:func:`glmed.data.samples.tile_box`).
 
     Args:
         global_size: side, or ``(height, width)``, of the downsampled global view.
@@ -227,7 +227,7 @@ class GlobalLocal(Transform):
             label_key: the label's name, for error messages.
 
         Returns:
-            See :func:`glmed.data.sampler.global_local_sample`.
+            See :func:`glmed.data.samples.global_local_sample`.
         """
         image = channels_last(image)
         if label is not None and not isinstance(label, ImageReader):

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence, Tuple
 import numpy as np
 
 from glmed.geometry import footprint
-from glmed.types import Box, Size
+from glmed.conventions import Box, Size
 
 DEFAULT_MAX_PIXELS = 2**30
 """The most pixels (height x width) one array read from a file may hold: about 1.07e9,
@@ -75,7 +75,7 @@ class ImageReader(ABC):
 
     Arrays returned are ``height x width x channels`` (channels last, as image files store
     them), in the file's own dtype (1-bit images come as uint8 0/255). Coordinates follow
-    :mod:`glmed.types`. Every read returns a new array the caller owns (never a view of a
+    :mod:`glmed.conventions`. Every read returns a new array the caller owns (never a view of a
     cache), so it can be modified or handed to torch as is.
     """
 

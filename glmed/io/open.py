@@ -21,9 +21,14 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Dict, Tuple
+from typing import Dict, Tuple, Union
 
-from glmed.io.base import DEFAULT_MAX_PIXELS, ImageFormatError, ImageReader
+import numpy as np
+
+from glmed.io.base import DEFAULT_MAX_PIXELS, ArrayReader, ImageFormatError, ImageReader
+
+ImageLike = Union[ImageReader, np.ndarray, str, os.PathLike]
+"""What glmed accepts as an image: an open reader, an ``H×W(×C)`` array, or a file path."""
 
 BACKENDS: Dict[str, Tuple[str, str]] = {
     "pillow": ("glmed.io.pillow_reader", "PillowReader"),
@@ -107,3 +112,17 @@ def _has_openslide() -> bool:
     except ImportError:
         return False
     return True
+
+
+def as_reader(image: ImageReader | np.ndarray, name: str = "<array>") -> ImageReader:
+    """An :class:`ImageReader` for a reader (returned as is) or an ``H×W`` / ``H×W×C`` array."""
+    return image if isinstance(image, ImageReader) else ArrayReader(np.asarray(image), name=name)
+
+
+def open_as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
+    """A reader for ``image`` and whether this call opened it (and so must close it)."""
+    if isinstance(image, (str, os.PathLike)):
+        return open_image(image), True
+    if isinstance(image, (ImageReader, np.ndarray)):
+        return as_reader(image), False
+    raise TypeError(f"expected an image array, a file path or an ImageReader, got {type(image).__name__}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from glmed.geometry import footprint
 from glmed.io.base import ImageReader, check_box
-from glmed.types import Box, Size
+from glmed.conventions import Box, Size
 
 
 class RegionReader(ImageReader):

@@ -22,7 +22,7 @@ import numpy as np
 
 from glmed.io.base import DEFAULT_MAX_PIXELS, ImageFormatError, ImageReader
 from glmed.io.convert import flatten_alpha
-from glmed.types import Box, Size
+from glmed.conventions import Box, Size
 
 
 def _openslide() -> "object":

@@ -28,7 +28,7 @@ from glmed.io.base import (
     check_pixels,
     decoding,
 )
-from glmed.types import Box, Size
+from glmed.conventions import Box, Size
 
 
 class TiffReader(ImageReader):

@@ -54,7 +54,7 @@ __all__ = [
     "IgnoredPredictionsWarning",
     "ImagePair",
     "Matching",
-    "Problem",
+    "ScoringProblem",
     "ScoringError",
     "SubmissionError",
     "match_submission",
@@ -74,7 +74,7 @@ _MASK_FIX = "save masks as 8-bit greyscale PNG with 0 for background and 255 for
 
 
 @dataclass(frozen=True)
-class Problem:
+class ScoringProblem:
     """Why one or more files make the inputs unscorable."""
 
     paths: tuple[Path, ...]
@@ -87,7 +87,7 @@ class Problem:
 class ScoringError(ValueError):
     """The inputs cannot be scored; ``problems`` lists every offending file and the reason."""
 
-    def __init__(self, summary: str, problems: Sequence[Problem]) -> None:
+    def __init__(self, summary: str, problems: Sequence[ScoringProblem]) -> None:
         self.problems = tuple(problems)
         lines = [str(p) for p in self.problems[:_MAX_LISTED]]
         if len(self.problems) > _MAX_LISTED:
@@ -139,7 +139,7 @@ def _list_folder(folder: Path, error: type[ScoringError], role: str) -> list[Pat
         return list(folder.iterdir())
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise error(f"cannot list the {role} folder", [Problem((folder,), reason)]) from None
+        raise error(f"cannot list the {role} folder", [ScoringProblem((folder,), reason)]) from None
 
 
 def _truth_files(truth_dir: Path) -> list[tuple[str, Path]]:
@@ -150,17 +150,17 @@ def _truth_files(truth_dir: Path) -> list[tuple[str, Path]]:
             continue
         match = _IMAGE_ID.search(entry.stem)
         if match is None:
-            problems.append(Problem((entry,), "not an ISIC ground-truth mask (no ISIC_<7 digits> "
+            problems.append(ScoringProblem((entry,), "not an ISIC ground-truth mask (no ISIC_<7 digits> "
                                     "in its name); move it out of the ground-truth folder"))
         elif entry.is_dir():
-            problems.append(Problem((entry,), "is a folder, not a ground-truth mask file"))
+            problems.append(ScoringProblem((entry,), "is a folder, not a ground-truth mask file"))
         else:
             found.append((match.group(0), entry))
     if problems:
         raise GroundTruthError(f"the ground-truth folder {truth_dir} holds files that are not "
                                "ISIC masks", problems)
     if not found:
-        raise GroundTruthError(f"no ground-truth masks in {truth_dir}", [Problem(
+        raise GroundTruthError(f"no ground-truth masks in {truth_dir}", [ScoringProblem(
             (truth_dir,), "contains no ISIC_<7 digits> mask files; point at the folder of masks")])
     return found
 
@@ -183,13 +183,13 @@ def match_submission(truth_dir: str | os.PathLike, prediction_dir: str | os.Path
         candidates = [p for p in predictions if all(part in p.stem for part in required)]
         claimed.update(candidates)
         if not candidates:
-            problems.append(Problem((truth,), f"no prediction for {image_id}; expected a file "
+            problems.append(ScoringProblem((truth,), f"no prediction for {image_id}; expected a file "
                                     f"such as {prediction_dir / (image_id + '_segmentation.png')}"))
         elif len(candidates) > 1:
-            problems.append(Problem(tuple(sorted(candidates)), f"{len(candidates)} predictions "
+            problems.append(ScoringProblem(tuple(sorted(candidates)), f"{len(candidates)} predictions "
                                     f"match {image_id}; keep exactly one"))
         elif candidates[0].is_dir():
-            problems.append(Problem((candidates[0],), "is a folder where the prediction mask "
+            problems.append(ScoringProblem((candidates[0],), "is a folder where the prediction mask "
                                     f"file for {image_id} should be"))
         else:
             pairs.append(ImagePair(image_id, truth, candidates[0]))
@@ -233,8 +233,8 @@ class _PairResult:
     """Counts of one pair, or the problems that prevent counting it."""
 
     counts: BinaryCounts | None = None
-    truth_problems: list[Problem] = field(default_factory=list)
-    prediction_problems: list[Problem] = field(default_factory=list)
+    truth_problems: list[ScoringProblem] = field(default_factory=list)
+    prediction_problems: list[ScoringProblem] = field(default_factory=list)
     faint: list[tuple[Path, int]] = field(default_factory=list)  # (file, max value) read as empty
 
 
@@ -251,13 +251,13 @@ def _count_pair(truth_path: Path, prediction_path: Path) -> _PairResult:
         try:
             images.append(_open_mask(path))
         except _BadMask as bad:
-            problems.append(Problem((path,), str(bad)))
+            problems.append(ScoringProblem((path,), str(bad)))
     if len(images) < 2:
         return result
     truth, prediction = images
     if prediction.size != truth.size:
         (width, height), (truth_width, truth_height) = prediction.size, truth.size
-        result.prediction_problems.append(Problem((prediction_path,), (
+        result.prediction_problems.append(ScoringProblem((prediction_path,), (
             f"is {width}×{height} (width×height) but its ground truth {truth_path.name} is "
             f"{truth_width}×{truth_height}; predictions must have the truth's exact size")))
         return result

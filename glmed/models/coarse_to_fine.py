@@ -10,7 +10,7 @@ Stage 2's global branch *is* stage 1's (shared weights). The box view is the sam
 picture at a closer zoom, so one branch trained on whole images and on (jittered) boxes
 serves both, halves the parameters, and gains from the box's smaller downsampling loss,
 which the paper credits for part of the improvement. The inference order lives in
-:class:`glmed.engine.inferer.GlobalLocalInferer`; the box rule in
+:class:`glmed.inference.inferer.GlobalLocalInferer`; the box rule in
 :func:`glmed.geometry.coarse_to_fine_boxes`.
 """
 
@@ -55,7 +55,7 @@ class CoarseToFineGLNet(GLNet):
 
     Training uses the inherited methods unchanged: the global stage on whole downsampled
     images, the local and bidirectional stages on box crops (see
-    :mod:`glmed.data.sampler`); :func:`glmed.predict` does the two-stage inference.
+    :mod:`glmed.data.samples`); :func:`glmed.predict` does the two-stage inference.
     """
 
     def __init__(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmed.models.resnet import BACKBONES, ResNetEncoder
-from glmed.types import Size
+from glmed.conventions import Size
 
 LEVELS = (2, 3, 4, 5)
 ENCODER_POINTS = tuple(f"c{k}" for k in LEVELS)

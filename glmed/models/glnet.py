@@ -4,7 +4,7 @@ The module wires parts and holds no state between calls: a global branch for the
 downsampled image, a local branch for full-resolution patches, the sharing between them,
 an auxiliary head per branch and an aggregation head over both. The loop over an image's
 patches (and bidirectional sharing's collect-then-global-then-local order) lives in
-:class:`glmed.engine.inferer.GlobalLocalInferer` and in the trainer, never here.
+:class:`glmed.inference.inferer.GlobalLocalInferer` and in the trainer, never here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 from glmed.models.fpn import FINAL, SHARED_POINTS, SMOOTH_POINTS, FPNBranch, PartnerFn, map_channels
 from glmed.models.resnet import BACKBONES, load_pretrained
 from glmed.models.sharing import crop_to_patches
-from glmed.types import Size
+from glmed.conventions import Size
 
 
 class Sharing(str, Enum):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from glmed.geometry import footprint
-from glmed.types import Size
+from glmed.conventions import Size
 
 
 def crop_to_patches(

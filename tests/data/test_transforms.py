@@ -6,7 +6,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandFlipd
 from PIL import Image
 
 from glmed.data.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalization, to_model_input
-from glmed.data.sampler import resize_label
+from glmed.data.samples import resize_label
 from glmed.data.synthetic import write_deepglobe_dataset, write_isic_dataset
 from glmed.data.transforms import (
     CropBoxd,

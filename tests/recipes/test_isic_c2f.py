@@ -12,7 +12,7 @@ from PIL import Image
 
 from glmed.cli import main as glmed_main
 from glmed.data.layouts import read_manifest
-from glmed.engine.checkpoint import load_checkpoint
+from glmed.models.checkpoint import load_checkpoint
 from glmed.models.resnet import ResNetEncoder
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from glmed.engine.checkpoint import load_checkpoint
+from glmed.models.checkpoint import load_checkpoint
 
 TIMING_COLUMNS = ["train_seconds", "total_seconds"]
 

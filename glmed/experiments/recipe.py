@@ -1,0 +1,338 @@
+"""What the three recipes share: the command line, the run directory, the split, training, the
+prediction loop, scoring and the report. A recipe is a :class:`Recipe` (its dataset, model,
+metric and outputs) handed to :func:`main`.
+
+The run directory::
+
+    config.json        the exact configuration (``--resume`` continues with it)
+    manifest.csv       the split: image_id, image_path, label_path, split
+    data/              generated images (--demo only)
+    checkpoints/       last.pt (resume point), best.pt (best validation)
+    metrics.csv        one row per epoch: losses, validation scores, seconds
+    curves.png         loss and validation score per epoch
+    submission/ or predictions/   one file per test image
+    scores.csv         per-image test scores;  summary.json: test summary, inference cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from glmed.data.layouts import DatasetError, LayoutError, discover, make_split, read_manifest, scan_dataset
+from glmed.data.layouts import write_manifest
+from glmed.models.checkpoint import CheckpointError, load_checkpoint
+from glmed.training.distributed import SINGLE, Distributed, close_distributed, init_distributed
+from glmed.inference.inferer import predict
+from glmed.experiments.outputs import ClassMapPredictions, IsicSubmission
+from glmed.experiments.config import ConfigError, RecipeConfig, add_config_arguments, config_from_arguments
+from glmed.experiments.config import given_values
+from glmed.training.runner import RunFiles, StagedRunner, TrainingResult
+from glmed.data.stage_samples import StageSampler
+from glmed.training.trainer import GLNetTrainer
+from glmed.training.stages import paper_stages
+from glmed.metrics.validation import Metric
+from glmed.io.labels import mask_to_index
+from glmed.io.open import open_image
+from glmed.io.writers import atomic_path
+from glmed.models.glnet import GLNet
+from glmed.metrics.memory import PeakMemory
+from glmed.models.losses import GLNetLoss
+
+
+class RecipeError(ValueError):
+    """A problem with the run's folder or inputs; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One dataset's experiment.
+
+    Attributes:
+        name: the script's name, shown in messages.
+        description: one line for ``--help``.
+        dataset: layout and paper split (``"isic"``, ``"deepglobe"``, ``"inria"``).
+        class_names: one per class, background or first class at index 0.
+        label_kind: how masks encode classes (``"binary"``, ``"deepglobe"``).
+        model_class: :class:`~glmed.models.glnet.GLNet` or a subclass.
+        config_class: the configuration dataclass (its fields are the CLI options).
+        demo_defaults: config values of ``--demo`` (small backbone and sizes).
+        write_demo: writes the synthetic dataset into a folder and returns its root.
+        metric: validation metric.
+        output: writes and scores the test predictions.
+        ignore_index: a label value the loss skips (DeepGlobe's ``unknown``), or None.
+    """
+
+    name: str
+    description: str
+    dataset: str
+    class_names: Tuple[str, ...]
+    label_kind: str
+    model_class: type
+    config_class: type
+    demo_defaults: Mapping[str, Any]
+    write_demo: Callable[[Path, RecipeConfig], Path]
+    metric: Metric
+    output: IsicSubmission | ClassMapPredictions
+    ignore_index: int | None = None
+
+
+class LoadedPairs(Sequence):
+    """The images and class-index labels of a manifest's rows, read from disk when indexed."""
+
+    def __init__(self, table: pd.DataFrame, label_kind: str) -> None:
+        self.table, self.label_kind = table.reset_index(drop=True), label_kind
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        row = self.table.iloc[index]
+        with open_image(row.image_path) as reader:
+            image = reader.read((0, 0) + reader.size)
+        with open_image(row.label_path) as reader:
+            label = mask_to_index(reader.read((0, 0) + reader.size), self.label_kind, reader.name)
+        return image, label
+
+
+def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
+    """The recipe's command line: the run options, then one flag per config field."""
+    parser = argparse.ArgumentParser(prog=f"{recipe.name}.py", description=recipe.description)
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="the run's folder")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in RUN_DIR from its last checkpoint, with its config.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(parser, recipe.config_class)
+    return parser
+
+
+def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
+    """Run ``recipe`` with command-line ``argv``; returns the exit status (2 for bad input)."""
+    args = build_parser(recipe).parse_args(argv)
+    try:
+        given = given_values(args, recipe.config_class)
+        if args.resume:
+            config = resumed_config(recipe.config_class, args.out, given)
+        else:
+            config = config_from_arguments(recipe.config_class, given, recipe.demo_defaults)
+        distributed = init_distributed(config.device)
+        try:
+            check_out_dir(args.out, args.resume)
+            distributed.barrier()
+            return run(recipe, config, args.out, resume=args.resume, distributed=distributed,
+                       progress=not args.no_progress)
+        finally:
+            close_distributed()
+    except (ConfigError, RecipeError, LayoutError, DatasetError, CheckpointError) as error:
+        print(f"{recipe.name}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def resumed_config(config_class: type, out: Path, given: Mapping[str, Any]) -> RecipeConfig:
+    """The config saved in ``out``; options given again must agree with it."""
+    path = out / "config.json"
+    if not path.is_file():
+        raise RecipeError(f"{out}: no run to resume there (no config.json); start it without --resume")
+    saved = config_class.from_json(path.read_text())
+    wanted = replace(saved, **given)
+    differing = [f"--{name.replace('_', '-')} (run has {getattr(saved, name)!r}, given {getattr(wanted, name)!r})"
+                 for name in given if getattr(wanted, name) != getattr(saved, name)]
+    if differing:
+        raise RecipeError(f"--resume continues with {path}; these options differ from it: {', '.join(differing)}. "
+                          "Drop them, or start a new run in another --out")
+    return saved.check()
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Fail at once when ``out`` cannot be written, or holds a run and ``resume`` is not set."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise RecipeError(f"--out {out} cannot be written ({error.strerror or error}); "
+                          "choose a folder you can write to") from None
+    if not resume and (out / "config.json").exists():
+        raise RecipeError(f"--out {out} already holds a run (config.json); pass --resume to continue it, "
+                          "or choose another --out")
+
+
+def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False,
+        distributed: Distributed = SINGLE, progress: bool = True) -> int:
+    """Split, train, predict the test split, score it and report; returns the exit status."""
+    log = print if distributed.is_main else (lambda _: None)
+    summary_path = out / "summary.json"
+    if resume and summary_path.is_file():
+        log(f"{out} is finished; its summary:")
+        log(json.dumps(json.loads(summary_path.read_text()), indent=2))
+        return 0
+    device = distributed.device(config.device)
+    files = RunFiles(out)
+    torch.manual_seed(config.seed)
+    model = build_network(recipe, config, pretrained=not files.last.is_file()).to(device)  # a bad weights file stops here
+    splits = prepare_data(recipe, config, out, resume, distributed, log, progress)
+    loss = GLNetLoss(config.gamma, config.main_weight, config.local_weight, config.global_weight,
+                     config.fmreg_weight, ignore_index=recipe.ignore_index)
+    trainer = GLNetTrainer(model, loss, config.global_lr, config.local_lr, config.patches_per_step,
+                           after_backward=distributed.gradient_hook(model))
+    sampler = StageSampler(model.config, **_matching(StageSampler, config))
+    stages = paper_stages(config.sharing, config.stage_epochs)
+    log(f"{recipe.name}: {len(splits['train'])} training, {len(splits['val'])} validation, "
+        f"{len(splits['test'])} test images; {config.backbone}-FPN{config.fpn_channels} {config.sharing}, "
+        f"stages {', '.join(f'{s.name}×{s.epochs}' for s in stages)}; {distributed.world_size} process(es) on {device}")
+    runner = StagedRunner(trainer, sampler, stages, LoadedPairs(splits["train"], recipe.label_kind),
+                          LoadedPairs(splits["val"], recipe.label_kind), recipe.metric, out,
+                          images_per_step=config.batch_size, seed=config.seed,
+                          predict_batch_size=config.predict_batch_size, distributed=distributed,
+                          progress=progress, log=log)
+    result = runner.run(resume=resume)
+    if distributed.is_main:
+        model.load_state_dict(load_checkpoint(files.best, map_location=device)["model"])
+        report(recipe, config, out, model, splits["test"], result, device, progress)
+    distributed.barrier()
+    return 0
+
+
+def prepare_data(recipe: Recipe, config: RecipeConfig, out: Path, resume: bool, distributed: Distributed,
+                 log: Callable[[str], None], progress: bool = True) -> Dict[str, pd.DataFrame]:
+    """Write ``config.json`` and ``manifest.csv`` (rank 0), then read the split back (every rank).
+
+    A given ``--data`` folder is checked before anything is written, so a wrong layout
+    leaves no half-made run behind.
+    """
+    manifest = out / "manifest.csv"
+    failure = None
+    if distributed.is_main and not manifest.is_file():
+        try:
+            _write_manifest(recipe, config, out, resume, manifest, log, progress)
+        except (RecipeError, LayoutError, DatasetError) as error:
+            failure = error
+    failures = [text for text in distributed.gather(None if failure is None else str(failure)) if text]
+    if failure is not None:
+        raise failure
+    if failures:  # the other processes stop with rank 0's reason instead of waiting for it
+        raise RecipeError(failures[0])
+    table = read_manifest(manifest)
+    splits = {name: table[table["split"] == name].reset_index(drop=True) for name in ("train", "val", "test")}
+    empty = [name for name, part in splits.items() if part.empty]
+    if empty:
+        raise RecipeError(f"{manifest}: the {' and '.join(empty)} split(s) are empty; every split needs images "
+                          "(more images, or other --split counts)")
+    return splits
+
+
+def _write_manifest(recipe: Recipe, config: RecipeConfig, out: Path, resume: bool, manifest: Path,
+                    log: Callable[[str], None], progress: bool) -> None:
+    """A given manifest or ``--data`` folder is read and checked before ``config.json`` is written;
+    demo data is generated after it, inside the run."""
+
+    def split(table: pd.DataFrame) -> pd.DataFrame:
+        log(f"checking {len(table)} image/mask pairs ...")
+        return make_split(_scan(table, recipe.label_kind, progress), config.split or recipe.dataset, config.seed)
+
+    table = None
+    if config.manifest is not None:
+        table = _read_given_manifest(Path(config.manifest))
+    elif config.data is not None:
+        table = split(discover(config.data, recipe.dataset))
+    if not resume:
+        with atomic_path(out / "config.json") as temporary:
+            Path(temporary).write_text(config.to_json())
+    if table is None:
+        log(f"generating {config.images} synthetic {recipe.dataset} images into {out / 'data'} ...")
+        table = split(discover(recipe.write_demo(out / "data", config), recipe.dataset))
+    write_manifest(table, manifest)
+
+
+def _scan(table: pd.DataFrame, label_kind: str, progress: bool, chunk: int = 32) -> pd.DataFrame:
+    """:func:`scan_dataset` in chunks under a progress bar; every problem is still reported at once."""
+    starts = range(0, len(table), chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"checking {len(table)} image/mask pairs", unit=f"×{chunk}", leave=False)
+    parts, problems = [], []
+    for start in starts:
+        try:
+            parts.append(scan_dataset(table.iloc[start : start + chunk], label_kind))
+        except DatasetError as error:
+            problems += error.problems
+    if problems:
+        raise DatasetError(problems)
+    return pd.concat(parts)
+
+
+def build_network(recipe: Recipe, config: RecipeConfig, pretrained: bool = True) -> GLNet:
+    """The recipe's network with the config's settings (and ImageNet weights if given and ``pretrained``)."""
+    values = {**_matching(recipe.model_class, config), "num_classes": len(recipe.class_names)}
+    if not pretrained:
+        values["pretrained_backbone"] = None
+    try:
+        return recipe.model_class(**values)
+    except (FileNotFoundError, ValueError) as error:
+        if values.get("pretrained_backbone"):
+            raise RecipeError(f"--pretrained-backbone: {error}") from None
+        raise
+
+
+def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: pd.DataFrame,
+           result: TrainingResult, device: torch.device, progress: bool) -> Dict[str, Any]:
+    """Predict every test image into the output folder, score the files, write and print the summary."""
+    folder = out / recipe.output.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = test.itertuples()
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows = tqdm(rows, total=len(test), desc="predicting the test split", unit="image", leave=False)
+    seconds = []
+    with PeakMemory(device) as peak:
+        for row in rows:
+            started = time.perf_counter()
+            mask = predict(model, row.image_path, batch_size=config.predict_batch_size, device=device).mask
+            seconds.append(time.perf_counter() - started)
+            recipe.output.write(recipe.output.path(folder, row.image_id), mask)
+    per_image, summary = recipe.output.score(out, test, folder)
+    with atomic_path(out / "scores.csv") as temporary:
+        per_image.to_csv(temporary, float_format="%.17g")
+    inference = {"seconds_per_image": float(np.mean(seconds)), "peak_memory_mb": peak.megabytes,
+                 "peak_memory_kind": peak.kind, "device": str(device)}
+    everything = {"test": summary, "inference": inference, "best_validation": result.best}
+    with atomic_path(out / "summary.json") as temporary:
+        Path(temporary).write_text(json.dumps(everything, indent=2) + "\n")
+    headline = recipe.output.headline
+    others = " | ".join(f"{name} {value:.4f}" for name, value in summary.items() if name not in (headline, "images"))
+    print(f"test ({summary['images']} images): {headline} {summary[headline]:.4f} | {others}")
+    print(f"inference: {inference['seconds_per_image']:.2f} s per image, peak memory {peak.megabytes:.0f} MB "
+          f"({peak.kind})")
+    print(f"outputs in {out}: {recipe.output.folder}/, scores.csv, summary.json, metrics.csv, curves.png, "
+          "checkpoints/best.pt")
+    return everything
+
+
+def _matching(target: Callable, config: RecipeConfig) -> Dict[str, Any]:
+    """The config values named like ``target``'s parameters."""
+    names = inspect.signature(target).parameters
+    return {name: getattr(config, name) for name in names if hasattr(config, name)}
+
+
+def _read_given_manifest(path: Path) -> pd.DataFrame:
+    try:
+        table = read_manifest(path)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise RecipeError(f"--manifest {path}: {error}") from None
+    if "split" not in table.columns or not set(table["split"]) <= {"train", "val", "test"}:
+        raise RecipeError(f"--manifest {path}: needs a split column of train/val/test "
+                          "(as glmed.data.layouts.make_split and write_manifest write it)")
+    return table

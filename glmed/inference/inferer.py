@@ -1,0 +1,310 @@
+"""Whole-image inference with GLNet: the loop over patches that the model itself never runs.
+
+The device only ever holds the downsampled image, one batch of patches and the global
+branch's maps; the full-resolution image stays with its reader on the host (an array in
+memory or a file read region by region), and the per-patch outputs are averaged a band of rows
+at a time (:class:`~glmed.inference.merging.RowBandMerger`) into a mask that may itself live on
+disk, so whole slides stream through (:mod:`glmed.inference.slide`).
+
+MONAI's ``PatchInferer`` calls its network with the patches alone, and
+``sliding_window_inference`` needs the whole image as one tensor and places windows its
+own way; GLNet needs each patch's place (to crop the global maps) and the same patch grid
+as training, so the loop is written here over :func:`glmed.geometry.patch_grid`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Protocol, Tuple
+
+import numpy as np
+import torch
+
+from glmed.data.normalize import Normalization, to_model_input
+from glmed.io.open import ImageLike, as_reader, open_as_reader
+from glmed.data.samples import iter_patch_batches
+from glmed.models.placement import Placement
+from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
+from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
+from glmed.io.base import ImageReader
+from glmed.io.region import RegionReader
+from glmed.models.coarse_to_fine import CoarseToFineGLNet
+from glmed.models.fpn import FINAL
+from glmed.models.glnet import GLNet, Sharing
+from glmed.models.sharing import LocalToGlobalCanvas
+from glmed.conventions import Box
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`predict` returns for one image.
+
+    Attributes:
+        mask: ``H×W`` full-resolution class indices (uint8).
+        coarse: ``H×W`` mask from the global branch alone (None for ``local_only``, or when
+            not asked for).
+        boxes: regions refined at full resolution by coarse-to-fine models,
+            ``(row0, col0, row1, col1)`` end-exclusive; empty for plain GLNet.
+        patches: how many full-resolution patches the local branch processed (a
+            bidirectional pass runs each twice and counts it once).
+        notes: plain-language remarks about this prediction.
+    """
+
+    mask: np.ndarray
+    coarse: np.ndarray | None = None
+    boxes: List[Box] = field(default_factory=list)
+    patches: int = 0
+    notes: List[str] = field(default_factory=list)
+
+
+class GlobalLocalInferer:
+    """Runs a :class:`~glmed.models.glnet.GLNet` over a whole image, patch batch by patch batch.
+
+    Args:
+        batch_size: patches per forward pass; device memory grows with it, not with the image.
+        device: where the network runs; the model's own device by default.
+        normalization: pixel scaling, as in training.
+        progress: show a progress bar over patch batches.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 4,
+        device: torch.device | str | None = None,
+        normalization: Normalization = Normalization(),
+        progress: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.device = None if device is None else torch.device(device)
+        self.normalization = normalization
+        self.progress = progress
+
+    def __call__(
+        self,
+        model: GLNet,
+        image: ImageLike,
+        out: np.ndarray | None = None,
+        with_coarse: bool = True,
+        ledger: RowLedger | None = None,
+    ) -> SegmentationResult:
+        """Segment one image given as a reader, an ``H×W×C`` array or a file path.
+
+        Args:
+            out: an ``H×W`` array to write the mask into (every pixel is written), e.g. a
+                :class:`numpy.memmap` for a slide larger than memory; a new array by default.
+            with_coarse: also return the global branch's own mask at full size (in memory).
+            ledger: for a resumed run into the same ``out``: rows of each region already
+                written are not computed again, and progress is recorded as rows are finished.
+        """
+        reader, opened = open_as_reader(image)
+        placement = Placement.of(model, self.device)
+        # Evaluation mode for this call only; each module's own flag is restored afterwards, so a
+        # trainer's frozen parts stay frozen when validation runs in the middle of a stage.
+        modes = {module: module.training for module in model.modules()}
+        model.eval().to(placement.device)
+        try:
+            dtype = label_dtype(model.config.num_classes)
+            if out is None:
+                out = np.empty(reader.size, dtype=dtype)
+            elif out.shape != tuple(reader.size):
+                raise ValueError(f"out has shape {out.shape}, but {reader.name} is {tuple(reader.size)}")
+            elif not np.can_cast(dtype, out.dtype):
+                raise ValueError(f"out is {out.dtype}, which cannot hold {model.config.num_classes} class indices; "
+                                 f"use {dtype}")
+            with torch.inference_mode():
+                if isinstance(model, CoarseToFineGLNet):
+                    return self._segment_coarse_to_fine(model, reader, placement, out, with_coarse, ledger)
+                whole = (0, 0, *reader.size)
+                return self._segment(model, reader, placement, out, with_coarse, ledger, whole)
+        finally:
+            for module, training in modes.items():
+                module.training = training
+            if opened:
+                reader.close()
+
+    def _segment(
+        self,
+        model: GLNet,
+        reader: ImageReader,
+        placement: Placement,
+        out: np.ndarray,
+        with_coarse: bool,
+        ledger: RowLedger | None,
+        region: Box,
+    ) -> SegmentationResult:
+        """Plain GLNet over a whole image (or a region's view) into ``out``; ``with_coarse`` also
+        upsamples the global branch's own mask to full size. ``region`` names the part of the
+        original image this is, for the ledger."""
+        config, mode = model.config, model.sharing
+        size = reader.size
+        grid = patch_grid(size, config.patch_size, config.overlap)
+        done = ledger.rows_done(region) if ledger is not None and mode is not Sharing.GLOBAL_ONLY else 0
+        if done >= size[0] and not with_coarse:
+            return SegmentationResult(mask=out)  # finished by an earlier run
+        global_image = global_maps = None
+        if mode.has_global:
+            global_image = self._global_input(reader, config.global_size, placement)
+            global_maps = model.global_features(global_image)
+        if mode is Sharing.BIDIRECTIONAL:
+            canvas = LocalToGlobalCanvas.like(global_maps, mode.local_to_global_points)
+            for _, boxes, patches in self._patch_batches(reader, grid, placement, "collecting local features"):
+                index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
+                canvas.add(model.local_features(patches, global_maps, boxes, index), boxes, index)
+            global_maps = model.global_features(global_image, canvas.maps())
+        if mode is Sharing.GLOBAL_ONLY:
+            global_logits = model.global_logits(global_maps, global_image.shape[-2:])[0]
+            return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse))
+        coarse = None
+        if global_maps is not None and with_coarse:
+            coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
+        # Resume at the start of the batch that held the first unfinished patch, so every patch is
+        # batched as in an uninterrupted run (batch shape can change results in the last bits).
+        unfinished = np.flatnonzero(grid.boxes[:, 2] > done)
+        start = int(unfinished[0]) - int(unfinished[0]) % self.batch_size if unfinished.size else len(grid)
+        remaining = PatchGrid(grid.image_size, grid.boxes[start:])
+        record = None if ledger is None else (lambda rows: ledger.record(region, rows))
+        self._stitch_patches(model, reader, remaining, global_maps, placement, out, done, record)
+        return SegmentationResult(mask=out, coarse=coarse, patches=len(remaining))
+
+    def _segment_coarse_to_fine(
+        self,
+        model: CoarseToFineGLNet,
+        reader: ImageReader,
+        placement: Placement,
+        out: np.ndarray,
+        with_coarse: bool,
+        ledger: RowLedger | None,
+    ) -> SegmentationResult:
+        """Coarse mask from the global branch; GLNet passes over the relaxed boxes only."""
+        config = model.config
+        global_image = self._global_input(reader, config.global_size, placement)
+        global_logits = model.global_logits(model.global_features(global_image), global_image.shape[-2:])[0]
+        foreground = global_logits.argmax(0).cpu().numpy() != 0
+        min_size = patch_size_for(reader.size, (config.patch_size, config.patch_size))
+        boxes = coarse_to_fine_boxes(foreground, reader.size, config.target_ratio, min_size, config.per_component)
+        if not boxes:
+            note = "the global branch found no foreground, so nothing was refined: the mask is its coarse prediction"
+            return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse), notes=[note])
+        coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
+        _fill_outside(out, boxes, 0)  # inside the boxes, a resumed run keeps what it wrote
+        patches = 0
+        for box in boxes:
+            view = out[box[0] : box[2], box[1] : box[3]]
+            patches += self._segment(model, RegionReader(reader, box), placement, view, False, ledger, box).patches
+        return SegmentationResult(mask=out, coarse=coarse, boxes=boxes, patches=patches)
+
+    def _stitch_patches(
+        self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: Dict[str, torch.Tensor] | None,
+        placement: Placement,
+        out: np.ndarray,
+        start_row: int = 0,
+        on_rows_written: Callable[[int], None] | None = None,
+    ) -> None:
+        """Run the local (and aggregation) heads on every patch of ``grid`` and average their
+        probabilities into the rows of ``out`` from ``start_row`` down."""
+        if not len(grid):
+            return
+        merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0], start_row, on_rows_written)
+        patch_size = grid.patch_size
+        for pixel_boxes, boxes, patches in self._patch_batches(reader, grid, placement, "segmenting patches"):
+            index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
+            local_maps = model.local_features(patches, global_maps, boxes, index)
+            if global_maps is None:
+                logits = model.local_logits(local_maps, patch_size)
+            else:
+                local_final = local_maps[FINAL]
+                crop = model.crop_global(global_maps, FINAL, boxes, index, tuple(local_final.shape[-2:]))
+                logits = model.aggregated_logits(local_final, crop, patch_size)
+            probabilities = logits.float().softmax(dim=1).cpu()
+            for probs, box in zip(probabilities, pixel_boxes.tolist()):
+                merger.add(probs, box)
+        merger.finish()
+
+    def _global_input(self, reader: ImageReader, side: int, placement: Placement) -> torch.Tensor:
+        view = reader.resized((side, side))
+        return placement.put(to_model_input(view, self.normalization)[None])
+
+    def _patch_batches(
+        self, reader: ImageReader, grid: PatchGrid, placement: Placement, what: str
+    ) -> Iterator[Tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """Yield ``(pixel boxes, boxes as fractions, normalised patches)``, one batch at a time.
+
+        The fractions and patches are placed like the model; each patch region is read once per call.
+        """
+        normalized = torch.tensor(grid.normalized(), dtype=torch.float32)
+        batches = iter_patch_batches(reader, grid.boxes, self.batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            total = -(-len(grid) // self.batch_size)
+            batches = tqdm(batches, total=total, desc=f"{reader.name}: {what}", unit="batch", leave=False)
+        for batch in batches:
+            patches = placement.put(to_model_input(batch.pixels, self.normalization))
+            yield batch.boxes, placement.put(normalized[batch.start : batch.start + len(batch.boxes)]), patches
+
+
+def predict(
+    model: GLNet,
+    image: ImageLike,
+    *,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    normalization: Normalization = Normalization(),
+    progress: bool = False,
+    out: np.ndarray | None = None,
+    with_coarse: bool = True,
+) -> SegmentationResult:
+    """Segment a whole image of any size with ``model``; returns a full-size mask and more.
+
+    Args:
+        model: a :class:`~glmed.models.glnet.GLNet` (its config sets the global size,
+            patch size and overlap it was trained with) or a
+            :class:`~glmed.models.coarse_to_fine.CoarseToFineGLNet`, which refines only
+            its relaxed foreground boxes and lists them in ``result.boxes``.
+        image: an ``H×W×C`` array, a path to any format glmed reads, or an open reader.
+        batch_size: patches per forward pass; bounds device memory.
+        device: where to run; the model's device by default.
+        normalization: pixel scaling, as in training (ImageNet, 8-bit by default).
+        progress: show a progress bar.
+        out: an ``H×W`` array to write the mask into, e.g. a :class:`numpy.memmap` when the
+            mask would not fit in memory (see :func:`glmed.inference.slide.predict_to_tiff`).
+        with_coarse: also return the global branch's own mask at full size (in memory).
+    """
+    inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress)
+    return inferer(model, image, out=out, with_coarse=with_coarse)
+
+
+def _coarse_into(global_logits: torch.Tensor, out: np.ndarray, with_coarse: bool) -> np.ndarray | None:
+    """Write the global branch's mask, upsampled once, into ``out``; a copy of it when asked for."""
+    upsample_to_labels(global_logits, out.shape, out=out)
+    return np.array(out) if with_coarse else None
+
+
+class RowLedger(Protocol):
+    """Progress of a resumable run: how many rows of each region are already in the output.
+
+    A region is the box of the image one GLNet pass covers: the whole image, or one
+    coarse-to-fine box. :mod:`glmed.inference.slide` keeps one on disk beside its scratch mask.
+    """
+
+    def rows_done(self, region: Box) -> int:
+        """Rows of ``region``, from its top, already written (0 for a region never started)."""
+
+    def record(self, region: Box, rows: int) -> None:
+        """``rows`` rows of ``region`` are now written."""
+
+
+def _fill_outside(out: np.ndarray, boxes: List[Box], value: int, rows_per_chunk: int = 1024) -> None:
+    """Set every pixel of ``out`` outside ``boxes`` (which do not overlap) to ``value``, a band of
+    rows at a time (``out`` may be on disk); pixels inside the boxes are left as they are."""
+    height = out.shape[0]
+    cuts = sorted({0, height, *range(0, height, rows_per_chunk), *(b[0] for b in boxes), *(b[2] for b in boxes)})
+    for top, bottom in zip(cuts[:-1], cuts[1:]):
+        column = 0
+        for c0, c1 in sorted((b[1], b[3]) for b in boxes if b[0] <= top and bottom <= b[2]):
+            out[top:bottom, column:c0] = value
+            column = c1
+        out[top:bottom, column:] = value

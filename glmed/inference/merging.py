@@ -1,0 +1,125 @@
+"""Turning low-resolution or per-patch network outputs into full-resolution label masks
+without ever holding a full-resolution float tensor.
+
+Both write class indices into an ``H×W`` array the caller provides, a band of rows at a time, so
+that array may be a :class:`numpy.memmap` on disk for a whole slide larger than memory."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from glmed.conventions import Box, Size
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """The type of a class-index mask: uint8, or int32 beyond 256 classes."""
+    return np.dtype(np.uint8 if num_classes <= 256 else np.int32)
+
+
+def upsample_to_labels(
+    logits: torch.Tensor, size: Size, rows_per_chunk: int = 512, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Bilinearly upsample ``K×h×w`` scores to ``size`` and take the arg-max, a band of rows at a time.
+
+    Equal to ``F.interpolate(..., mode="bilinear", align_corners=False).argmax(0)`` but
+    the full-size ``K×H×W`` scores never exist at once: memory is one band of rows.
+
+    Args:
+        out: an ``H×W`` array to write into (e.g. a memory-mapped file); a new one by default.
+
+    Returns:
+        ``out``, or a new ``H×W`` array of class indices (:func:`label_dtype`).
+    """
+    height, width = int(size[0]), int(size[1])
+    scores = logits.detach().float()[None]
+    if out is None:
+        out = np.empty((height, width), dtype=label_dtype(scores.shape[1]))
+    elif out.shape != (height, width):
+        raise ValueError(f"out has shape {out.shape}, expected {(height, width)}")
+    device = scores.device
+    # Normalised sample positions of output pixel centres (align_corners=False convention).
+    cols = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
+    for start in range(0, height, rows_per_chunk):
+        stop = min(start + rows_per_chunk, height)
+        rows = (torch.arange(start, stop, device=device, dtype=torch.float32) + 0.5) / height * 2 - 1
+        grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij")[::-1], dim=-1)[None]
+        band = F.grid_sample(scores, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[start:stop] = band[0].argmax(0).cpu().numpy().astype(out.dtype)
+    return out
+
+
+class RowBandMerger:
+    """Averages overlapping patch probabilities and writes their arg-max into ``out``, band by band.
+
+    Patches must arrive in row-major grid order (non-decreasing top row), as
+    :func:`glmed.geometry.patch_grid` lists them. Rows above the newest patch's top row can
+    receive nothing more, so they are finished and written out; only the rows a patch can still
+    reach are kept, as ``K × patch height × W`` float32 sums and int32 counts. The sums are added
+    in the same order as MONAI's ``AvgMerger`` would add them, so the result is identical to
+    averaging on a full-size canvas, while memory grows with the image's width only.
+
+    Args:
+        out: the ``H×W`` mask to fill (class indices); may be a view or a memory-mapped file.
+        num_classes: probabilities per pixel.
+        patch_height: the tallest patch that will be added.
+        start_row: rows above it are already written (a resumed run); patches reaching below it
+            are still added whole, so the remaining rows get exactly the sums a full run gives.
+        on_rows_written: called with the number of rows of ``out`` finished so far, after each band.
+    """
+
+    def __init__(
+        self,
+        out: np.ndarray,
+        num_classes: int,
+        patch_height: int,
+        start_row: int = 0,
+        on_rows_written: Callable[[int], None] | None = None,
+    ) -> None:
+        self.out = out
+        height, width = out.shape
+        rows = min(patch_height, height)
+        self._sums = torch.zeros((num_classes, rows, width), dtype=torch.float32)
+        self._counts = torch.zeros((1, rows, width), dtype=torch.int32)
+        self._top = start_row  # image row held in buffer row 0; rows above it are written
+        self._last_row0 = 0
+        self._on_rows_written = on_rows_written
+
+    def add(self, probabilities: torch.Tensor, box: Box) -> None:
+        """Add one patch's ``K×h×w`` probabilities at ``box`` (row0, col0, row1, col1) of ``out``."""
+        r0, c0, r1, c1 = (int(v) for v in box)
+        if r0 < self._last_row0:
+            raise ValueError(f"patch at row {r0} arrived after one at row {self._last_row0}; "
+                             "add patches in row-major order")
+        self._last_row0 = r0
+        self._write_rows_above(r0)
+        if r1 - self._top > self._sums.shape[1]:
+            raise ValueError(f"patch rows {r0}..{r1} exceed the merger's {self._sums.shape[1]}-row band")
+        skip = max(self._top - r0, 0)  # rows already written before a resumed run
+        if skip >= r1 - r0:
+            return
+        rows = slice(r0 + skip - self._top, r1 - self._top)
+        self._sums[:, rows, c0:c1] += probabilities[:, skip:].float()
+        self._counts[:, rows, c0:c1] += 1
+
+    def finish(self) -> np.ndarray:
+        """Write the remaining rows; returns ``out``."""
+        self._write_rows_above(self.out.shape[0])
+        return self.out
+
+    def _write_rows_above(self, row: int) -> None:
+        """Write the arg-max of rows ``[top, row)``; pixels no patch covered get class 0."""
+        capacity = self._sums.shape[1]
+        while self._top < min(row, self.out.shape[0]):
+            band = min(row, self.out.shape[0]) - self._top
+            band = min(band, capacity)
+            averaged = self._sums[:, :band] / self._counts[:, :band].clamp(min=1)
+            self.out[self._top : self._top + band] = averaged.argmax(0).numpy().astype(self.out.dtype)
+            self._sums = torch.cat((self._sums[:, band:], torch.zeros_like(self._sums[:, :band])), dim=1)
+            self._counts = torch.cat((self._counts[:, band:], torch.zeros_like(self._counts[:, :band])), dim=1)
+            self._top += band
+            if self._on_rows_written is not None:
+                self._on_rows_written(self._top)

@@ -1,0 +1,230 @@
+"""Whole-slide inference that streams: a slide of any size in, a tiled pyramidal TIFF mask out.
+
+The global branch sees a view built from the slide's coarsest sufficient pyramid level; patches
+are read region by region, a batch at a time; their outputs are averaged a band of rows at a
+time (:class:`~glmed.inference.merging.RowBandMerger`) into a scratch mask memory-mapped from a
+file beside the output (one byte per pixel, on disk); that mask is then written tile by tile as
+a pyramidal TIFF and moved into place in one step. Host memory grows with the slide's width (one
+band of patch rows), never with its area; no full-size array is ever held in memory.
+
+A run can resume. The scratch mask and a small ledger of the rows finished in each region (the
+whole slide, or each coarse-to-fine box) stay beside the output when a run stops early; the same
+call again, with the same model, slide and settings, recomputes the global pass (and, for
+bidirectional models, the collect pass) and then only the patches of unfinished rows. Both files
+are removed once the TIFF is in place.
+
+Resident memory as the OS reports it also counts the scratch file's pages cached in memory;
+those are file-backed, written back and dropped whenever memory is needed elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import torch
+
+from glmed.data.normalize import Normalization
+from glmed.models.placement import Placement
+from glmed.inference.inferer import GlobalLocalInferer
+from glmed.io.open import ImageLike, open_as_reader
+from glmed.inference.merging import label_dtype
+from glmed.io.base import ImageReader
+from glmed.io.writers import atomic_path, check_tile, write_pyramidal_tiff
+from glmed.models.glnet import GLNet
+from glmed.conventions import Box, Size
+
+__all__ = ["SlidePrediction", "predict_to_tiff"]
+
+
+@dataclass
+class SlidePrediction:
+    """What :func:`predict_to_tiff` wrote and did.
+
+    Attributes:
+        path: the pyramidal TIFF holding the ``H×W`` class-index mask (level 0 full resolution).
+        size: ``(height, width)`` of the mask, the slide's level-0 size.
+        boxes: regions refined at full resolution by coarse-to-fine models (end-exclusive).
+        patches: full-resolution patches the local branch processed.
+        notes: plain-language remarks about this prediction.
+    """
+
+    path: Path
+    size: Size
+    boxes: List[Box] = field(default_factory=list)
+    patches: int = 0
+    notes: List[str] = field(default_factory=list)
+
+
+def predict_to_tiff(
+    model: GLNet,
+    image: ImageLike,
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    normalization: Normalization = Normalization(),
+    progress: bool = False,
+    tile: int = 512,
+    compression: str | None = "zlib",
+    resume: bool = True,
+) -> SlidePrediction:
+    """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
+
+    Args:
+        model: a GLNet or CoarseToFineGLNet, as for :func:`glmed.predict`.
+        image: a slide path (any format glmed reads: SVS, NDPI, pyramidal TIFF, ...), an open
+            reader or an array.
+        path: the ``.tif`` to write; it appears only once complete. Pixel values are class
+            indices; its levels halve the size (nearest neighbour) until one tile holds the
+            smallest, so slide viewers and :func:`glmed.open_image` read it at any zoom.
+        batch_size: patches per forward pass; bounds device memory.
+        device: where to run; the model's device by default.
+        normalization: pixel scaling, as in training.
+        progress: show progress bars over the patch passes.
+        tile: TIFF tile side (a multiple of 16).
+        compression: ``"zlib"`` (lossless, default), ``"lzw"`` or ``None``; never JPEG, which
+            would alter class indices.
+        resume: continue an interrupted run for the same output when the model, the slide file
+            and these settings are unchanged (slides given as paths only); False starts afresh.
+
+    Raises:
+        ValueError: a lossy compression, a bad tile side, or a ``path`` that is a folder or
+            whose folder does not exist (all checked before any inference).
+    """
+    if compression not in ("zlib", "lzw", None):
+        raise ValueError(f"{path}: masks need lossless compression: 'zlib', 'lzw' or None, got {compression!r}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"{path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; name the .tif file to write")
+    check_tile(path, tile)  # now, not after hours of inference
+    reader, opened = open_as_reader(image)
+    inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress)
+    try:
+        identity = None
+        if resume and isinstance(image, (str, os.PathLike)):
+            identity = _run_identity(model, Path(image), reader, inferer)
+        with ScratchMask(path, reader.size, label_dtype(model.config.num_classes), identity) as scratch:
+            result = inferer(model, reader, out=scratch.mask, with_coarse=False, ledger=scratch)
+            write_pyramidal_tiff(path, scratch.mask, tile=tile, compression=compression, resampling="nearest",
+                                 progress=progress)
+            scratch.finished = True
+    finally:
+        if opened:
+            reader.close()
+    notes = list(result.notes)
+    if scratch.resumed:
+        notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
+    return SlidePrediction(path, tuple(reader.size), result.boxes, result.patches, notes)
+
+
+class ScratchMask:
+    """The ``H×W`` mask memory-mapped from ``.NAME.partial`` beside the output, and the ledger of
+    finished rows per region in ``.NAME.partial.json`` (a :class:`~glmed.inference.inferer.RowLedger`).
+
+    With an ``identity`` (what the result depends on) an earlier run's files with the same
+    identity are reopened and kept if this run stops early; without one the run starts afresh
+    and leaves nothing behind. The file's space is reserved up front, so a full disk is an error
+    here rather than a crash (SIGBUS) when a page of the mapping is first written.
+    """
+
+    def __init__(self, target: Path, size: Size, dtype: np.dtype, identity: str | None) -> None:
+        self.size, self.dtype, self.identity = tuple(int(s) for s in size), np.dtype(dtype), identity
+        self.mask_path = target.with_name(f".{target.name}.partial")
+        self.ledger_path = target.with_name(f".{target.name}.partial.json")
+        self.finished = False
+        self.rows_resumed = 0  # rows an earlier run had written, over all regions
+        self._regions: dict[str, int] = {}
+
+    @property
+    def resumed(self) -> bool:
+        return self.rows_resumed > 0
+
+    def __enter__(self) -> "ScratchMask":
+        if self.identity is not None and self._load_ledger():
+            self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
+            self.rows_resumed = sum(self._regions.values())
+            return self
+        try:
+            self._remove()
+            self._reserve()
+            self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
+            self._save_ledger()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.mask  # drop this mapping; POSIX removes files that are still mapped elsewhere
+        if self.finished or self.identity is None:
+            self._remove()
+
+    def rows_done(self, region: Box) -> int:
+        return self._regions.get(_key(region), 0)
+
+    def record(self, region: Box, rows: int) -> None:
+        self.mask.flush()  # the ledger never claims rows that are not on disk
+        self._regions[_key(region)] = rows
+        self._save_ledger()
+
+    def _load_ledger(self) -> bool:
+        """Take an earlier run's progress if its files are complete and its identity is ours."""
+        try:
+            ledger = json.loads(self.ledger_path.read_text())
+            fits = self.mask_path.stat().st_size == self.size[0] * self.size[1] * self.dtype.itemsize
+        except (OSError, ValueError):
+            return False
+        if not fits or not isinstance(ledger, dict) or ledger.get("identity") != self.identity:
+            return False
+        self._regions = {str(k): int(v) for k, v in ledger.get("regions", {}).items()}
+        return True
+
+    def _save_ledger(self) -> None:
+        if self.identity is None:
+            return
+        with atomic_path(self.ledger_path) as temporary:
+            Path(temporary).write_text(json.dumps({"identity": self.identity, "regions": self._regions}))
+
+    def _reserve(self) -> None:
+        nbytes = self.size[0] * self.size[1] * self.dtype.itemsize
+        try:
+            with open(self.mask_path, "wb") as handle:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(handle.fileno(), 0, nbytes)
+                else:
+                    handle.truncate(nbytes)
+        except OSError as error:
+            raise OSError(f"{self.mask_path}: cannot reserve {nbytes / 2**30:.2f} GiB of scratch space for the "
+                          f"mask ({error.strerror or error})") from error
+
+    def _remove(self) -> None:
+        for file in (self.mask_path, self.ledger_path):
+            file.unlink(missing_ok=True)
+
+
+def _key(region: Box) -> str:
+    return ",".join(str(int(v)) for v in region)
+
+
+def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: GlobalLocalInferer) -> str:
+    """A digest of everything the mask depends on: weights, config, slide file, settings."""
+    digest = hashlib.sha256()
+    stat = slide.stat()
+    placement = Placement.of(model, inferer.device)
+    settings = {"model": type(model).__name__, "config": model.config.to_dict(), "slide": str(slide.resolve()),
+                "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns, "size": list(reader.size),
+                "batch_size": inferer.batch_size, "normalization": repr(inferer.normalization),
+                "device": placement.device.type, "dtype": str(placement.dtype)}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,309 @@
+"""The resumable training loop: stages, epochs, validation, checkpoints, metrics and curves.
+
+:class:`StagedRunner` trains a GLNet through a schedule of :class:`~glmed.training.stages.Stage`
+and knows nothing of any dataset: it takes training and validation pairs (image, class-index
+label) and a :class:`~glmed.metrics.validation.Metric`. After every epoch it validates, keeps
+the best checkpoint by the metric's headline, writes the "last" checkpoint, rewrites
+``metrics.csv`` and ``curves.png`` (all atomically) and prints one line.
+
+**Resuming** is at epoch granularity. A run killed at any moment — even mid-epoch, even mid-
+write — continues from the last epoch-end checkpoint: finished stages are skipped, the
+unfinished stage gets its optimiser state back, and the killed epoch starts over. Every
+epoch draws its randomness (image order, patch choice, box jitter, and PyTorch's generator)
+from streams seeded by ``(seed, stage, epoch, rank)`` alone, so an epoch run again after a
+resume draws exactly what it drew the first time and the run ends with the same weights as
+an uninterrupted one (bit for bit on the same machine and thread count).
+
+Run directory::
+
+    checkpoints/last.pt   checkpoints/best.pt   metrics.csv   curves.png
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from glmed.data.samples import collate_global_local
+from glmed.models.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from glmed.training.distributed import SINGLE, Distributed
+from glmed.io.open import ImageLike
+from glmed.data.stage_samples import StageSampler
+from glmed.training.trainer import GLNetTrainer
+from glmed.training.stages import Stage
+from glmed.metrics.validation import Metric
+from glmed.training.validate import validate
+from glmed.io.writers import atomic_path
+
+Pair = Tuple[ImageLike, np.ndarray]
+"""An image (array, path or reader) and its ``H×W`` class-index label."""
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run keeps its files, under ``root``."""
+
+    root: Path
+
+    @property
+    def last(self) -> Path:
+        """The checkpoint written after every epoch: weights, optimiser, position, history."""
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        """The weights of the epoch with the best validation headline."""
+        return self.root / "checkpoints" / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+
+@dataclass
+class TrainingResult:
+    """What :meth:`StagedRunner.run` returns.
+
+    Attributes:
+        history: one row per epoch (the content of ``metrics.csv``).
+        best: ``score``, ``metric``, ``stage`` and ``epoch`` of the best validation.
+        files: the run's paths (``files.best`` holds the best weights).
+    """
+
+    history: pd.DataFrame
+    best: Dict[str, object]
+    files: RunFiles
+
+
+class StagedRunner:
+    """Trains through stages with per-epoch validation, checkpoints and resuming.
+
+    Args:
+        trainer: the optimisation settings and the model (``trainer.model``, already on
+            its device; under ``torchrun`` built with ``after_backward`` =
+            :meth:`Distributed.gradient_hook`).
+        sampler: what each stage sees of an image.
+        stages: the schedule; stages with zero epochs are skipped.
+        train, val: training and validation pairs; indexing loads a pair, so they may be
+            lazy sequences over files.
+        metric: validation metric; its headline picks the best checkpoint.
+        out_dir: the run directory.
+        images_per_step: images per process per optimisation step.
+        seed: seeds every random stream of the run.
+        predict_batch_size: patches per forward pass while validating.
+        distributed: this process's place in a ``torchrun`` run; only rank 0 writes.
+        progress: show progress bars.
+        log: where the one-line epoch summaries go (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        trainer: GLNetTrainer,
+        sampler: StageSampler,
+        stages: Sequence[Stage],
+        train: Sequence[Pair],
+        val: Sequence[Pair],
+        metric: Metric,
+        out_dir: str | Path,
+        *,
+        images_per_step: int = 6,
+        seed: int = 0,
+        predict_batch_size: int = 4,
+        distributed: Distributed = SINGLE,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        if not len(train) or not len(val):
+            raise ValueError(f"training needs at least one training and one validation image, "
+                             f"got {len(train)} and {len(val)}")
+        if images_per_step < 1:
+            raise ValueError(f"images_per_step must be at least 1, got {images_per_step}")
+        self.trainer, self.sampler, self.stages = trainer, sampler, list(stages)
+        self.train, self.val, self.metric = train, val, metric
+        self.files = RunFiles(Path(out_dir))
+        self.images_per_step, self.seed, self.predict_batch_size = images_per_step, seed, predict_batch_size
+        self.distributed, self.progress, self.log = distributed, progress, log
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.trainer.model
+
+    def run(self, resume: bool = False) -> TrainingResult:
+        """Train every unfinished epoch; with ``resume``, continue from ``checkpoints/last.pt``."""
+        history: List[Dict[str, object]] = []
+        best: Dict[str, object] = {"score": -math.inf, "metric": self.metric.name, "stage": None, "epoch": None}
+        position, optimizer_state = (-1, 0), None
+        if resume and self.files.last.is_file():
+            record = self._load_last()
+            history, best = list(record["history"]), dict(record["best"])
+            position = (record["position"]["stage_index"], record["position"]["epoch"])
+            optimizer_state = record["optimizer"]
+        elif self.distributed.is_main:
+            self.files.root.mkdir(parents=True, exist_ok=True)
+        self.distributed.broadcast_module(self.model)
+        if self.distributed.is_main:
+            self._write_metrics(history)
+        for index, stage in enumerate(self.stages):
+            done = position[1] if index == position[0] else (stage.epochs if index < position[0] else 0)
+            if done >= stage.epochs:
+                continue
+            optimizer = self.trainer.optimizer(stage)
+            if index == position[0] and optimizer_state is not None:
+                optimizer.load_state_dict(optimizer_state)
+            for epoch in range(done + 1, stage.epochs + 1):
+                row = self._epoch(index, stage, epoch, optimizer, len(history) + 1)
+                history.append(row)
+                if row[f"val_{self.metric.name}"] > best["score"]:
+                    best = {"score": row[f"val_{self.metric.name}"], "metric": self.metric.name,
+                            "stage": stage.name, "epoch": epoch}
+                    self._save(self.files.best, position=(index, stage.name, epoch), best=best)
+                self._save(self.files.last, position=(index, stage.name, epoch), best=best, history=history,
+                           optimizer=optimizer.state_dict())
+                if self.distributed.is_main:
+                    self._write_metrics(history)
+                    self.log(self._summary(row, best))
+                self.distributed.barrier()
+        if best["epoch"] is None:
+            raise ValueError("the schedule has no epochs to train")
+        return TrainingResult(pd.DataFrame(history), best, self.files)
+
+    # -- one epoch -----------------------------------------------------------------------
+
+    def _epoch(self, index: int, stage: Stage, epoch: int, optimizer: torch.optim.Optimizer,
+               number: int) -> Dict[str, object]:
+        """Train one epoch and validate; returns its row of ``metrics.csv``."""
+        rank = self.distributed.rank
+        torch.manual_seed(int(_generator(self.seed, index, epoch, rank, 0).integers(2**62)))
+        order = _generator(self.seed, index, epoch).permutation(len(self.train)).tolist()
+        mine = self.distributed.shard(order)
+        sample_rng = _generator(self.seed, index, epoch, rank, 1)
+        steps = math.ceil(len(mine) / self.images_per_step)
+        label = f"{stage.name} epoch {epoch}/{stage.epochs}"
+        bar = self._bar(steps, label, "step")
+
+        def batches():
+            for start in range(0, len(mine), self.images_per_step):
+                chosen = mine[start : start + self.images_per_step]
+                yield collate_global_local([self.sampler(stage, *self.train[i], sample_rng) for i in chosen])
+
+        def on_step(_: int, terms: Dict[str, float]) -> None:
+            if bar is not None:
+                bar.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
+                bar.update()
+
+        started = time.perf_counter()
+        try:
+            means = self.distributed.mean(self.trainer.train_epoch(stage, batches(), optimizer, on_step))
+        finally:
+            if bar is not None:
+                bar.close()
+        trained = time.perf_counter() - started
+        scores = validate(self.model, self.val, self.metric, batch_size=self.predict_batch_size,
+                          distributed=self.distributed, progress=self._show_progress,
+                          description=f"validating ({label})")
+        return {"epoch": number, "stage": stage.name, "stage_epoch": epoch, **means,
+                **{f"val_{name}": value for name, value in scores.items()},
+                "train_seconds": round(trained, 3), "total_seconds": round(time.perf_counter() - started, 3)}
+
+    @property
+    def _show_progress(self) -> bool:
+        return self.progress and self.distributed.is_main
+
+    def _bar(self, total: int, description: str, unit: str):
+        if not self._show_progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=description, unit=unit, leave=False)
+
+    def _summary(self, row: Dict[str, object], best: Dict[str, object]) -> str:
+        total = sum(stage.epochs for stage in self.stages)
+        name = self.metric.name
+        coarse = f" | coarse {row[f'val_coarse_{name}']:.4f}" if f"val_coarse_{name}" in row else ""
+        return (f"epoch {row['epoch']}/{total} | stage {row['stage']} {row['stage_epoch']} | "
+                f"loss {row['loss']:.4f} | val {name} {row[f'val_{name}']:.4f} "
+                f"(best {best['score']:.4f}, {best['stage']} {best['epoch']}){coarse} | {row['total_seconds']:.0f} s")
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _save(self, path: Path, *, position: Tuple[int, str, int], **fields: object) -> None:
+        if not self.distributed.is_main:
+            return
+        index, name, epoch = position
+        save_checkpoint(path, self.model, position={"stage_index": index, "stage": name, "epoch": epoch},
+                        seed=self.seed, world_size=self.distributed.world_size,
+                        stages=[stage.to_dict() for stage in self.stages], **fields)
+
+    def _load_last(self) -> Dict[str, object]:
+        """Read ``last.pt``, check it belongs to this schedule and seed, load its weights."""
+        if self.distributed.is_main:
+            for path in remove_stale_temporaries(self.files.root):
+                self.log(f"removed {path}, left half-written by the interrupted run")
+        self.distributed.barrier()
+        record = load_checkpoint(self.files.last, map_location="cpu")
+        stages = [stage.to_dict() for stage in self.stages]
+        if record["seed"] != self.seed or _normalised(record["stages"]) != _normalised(stages):
+            raise CheckpointError(
+                f"{self.files.last} was written by a run with seed {record['seed']} and stages "
+                f"{record['stages']}; this run has seed {self.seed} and stages {stages}. Resume with the "
+                "settings of the interrupted run (its config.json), or start a new run in another folder")
+        self.model.load_state_dict(record["model"])
+        if record["world_size"] != self.distributed.world_size and self.distributed.is_main:
+            self.log(f"note: resuming with {self.distributed.world_size} process(es) a run begun with "
+                     f"{record['world_size']}; the remaining epochs shard the data differently")
+        position = record["position"]
+        if self.distributed.is_main:
+            self.log(f"resuming after epoch {position['epoch']} of stage {position['stage']!r} "
+                     f"({len(record['history'])} epoch(s) done)")
+        return record
+
+    def _write_metrics(self, history: Sequence[Dict[str, object]]) -> None:
+        """Rewrite ``metrics.csv`` and ``curves.png`` from the whole history."""
+        table = pd.DataFrame(list(history))
+        with atomic_path(self.files.metrics) as temporary:
+            table.to_csv(temporary, index=False)
+        if len(table):
+            _plot_curves(table, self.metric.name, self.files.curves)
+
+
+def _generator(seed: int, *position: int) -> np.random.Generator:
+    """The random stream of one position of a run (stage, epoch, rank, purpose) under ``seed``."""
+    return np.random.default_rng([seed, *position])
+
+
+def _normalised(stages: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
+    return [{key: list(value) if isinstance(value, tuple) else value for key, value in stage.items()}
+            for stage in stages]
+
+
+def _plot_curves(table: pd.DataFrame, metric: str, path: Path) -> None:
+    """Training loss and validation headline per epoch, one colour per stage; skipped without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    figure = Figure(figsize=(10, 3.6))  # no pyplot: leaves a notebook's backend alone
+    loss_axis, score_axis = figure.subplots(1, 2)
+    for axis, column, title in ((loss_axis, "loss", "training loss"),
+                                (score_axis, f"val_{metric}", f"validation {metric}")):
+        for stage, part in table.groupby("stage", sort=False):
+            axis.plot(part["epoch"], part[column], marker="o", label=str(stage))
+        axis.set_xlabel("epoch")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    loss_axis.set_yscale("log")
+    score_axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=90)

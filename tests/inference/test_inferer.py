@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import glmed
+from glmed.data.normalize import to_model_input
+from glmed.inference.merging import upsample_to_labels
+from glmed.geometry import patch_grid
+from glmed.models.glnet import GLNet, Sharing
+
+
+def tiny(sharing, patch=64, overlap=8, global_size=64):
+    return GLNet(2, "resnet18", sharing, fpn_channels=16, global_size=global_size, patch_size=patch,
+                 overlap=overlap).eval()
+
+
+def image(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("mode", list(Sharing))
+def test_predict_gives_a_full_size_mask_in_every_mode(mode):
+    result = glmed.predict(tiny(mode.value), image(150, 100), batch_size=3)
+    assert result.mask.shape == (150, 100) and result.mask.dtype == np.uint8
+    assert set(np.unique(result.mask)) <= {0, 1}
+    assert result.boxes == []
+    assert result.patches == (0 if mode is Sharing.GLOBAL_ONLY else 6)
+    assert (result.coarse is None) == (mode is Sharing.LOCAL_ONLY)
+
+
+@pytest.mark.parametrize("mode", list(Sharing))
+def test_a_bfloat16_model_gets_inputs_in_its_own_type(mode):
+    torch.manual_seed(0)
+    model = tiny(mode.value)
+    full_precision = glmed.predict(model, image(150, 100)).mask
+    half_precision = glmed.predict(model.to(torch.bfloat16), image(150, 100)).mask
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert half_precision.shape == (150, 100)
+    assert (half_precision == full_precision).mean() > 0.95  # same network, rounded weights
+
+
+def test_an_image_of_one_patch_gives_the_networks_own_answer():
+    model = tiny("g2l", patch=64, global_size=64)
+    pixels = image(64, 64)
+    result = glmed.predict(model, pixels)
+    x = to_model_input(pixels)[None]
+    with torch.no_grad():
+        out = model(x, x, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([0]))
+    np.testing.assert_array_equal(result.mask, out.logits[0].argmax(0).numpy())
+    np.testing.assert_array_equal(result.coarse, out.global_logits[0].argmax(0).numpy())
+
+
+def test_patches_are_stitched_back_at_their_own_places():
+    model = tiny("local_only", patch=32, overlap=0)
+    pixels = image(64, 96)
+    result = glmed.predict(model, pixels, batch_size=4)
+    for r0 in (0, 32):
+        for c0 in (0, 32, 64):
+            x = to_model_input(pixels[r0:r0 + 32, c0:c0 + 32])[None]
+            with torch.no_grad():
+                expected = model(x[:, :, :1, :1].expand(1, 3, 64, 64), x).logits[0].argmax(0).numpy()
+            np.testing.assert_array_equal(result.mask[r0:r0 + 32, c0:c0 + 32], expected)
+
+
+def test_constant_outputs_stitch_to_the_same_constant_everywhere():
+    model = tiny("g2l", patch=48, overlap=20)
+    with torch.no_grad():
+        model.aggregate.weight.zero_()
+        model.aggregate.bias.copy_(torch.tensor([-1.0, 1.0]))
+    result = glmed.predict(model, image(130, 170), batch_size=5)
+    assert result.patches == len(patch_grid((130, 170), 48, 20)) > 1
+    assert (result.mask == 1).all()
+
+
+def test_predict_leaves_the_model_in_its_training_mode():
+    model = tiny("g2l").train()
+    glmed.predict(model, image(70, 70))
+    assert model.training
+
+
+def test_bad_inputs_are_refused_clearly():
+    with pytest.raises(TypeError, match="expected an image array"):
+        glmed.predict(tiny("g2l"), [[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="batch_size"):
+        glmed.predict(tiny("g2l"), image(64, 64), batch_size=0)
+
+
+@pytest.mark.parametrize("size, chunk", [((37, 53), 5), ((200, 120), 512), ((9, 9), 1)])
+def test_banded_upsampling_equals_whole_interpolation(size, chunk):
+    logits = torch.randn(3, 8, 6)
+    expected = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+    np.testing.assert_array_equal(upsample_to_labels(logits, size, rows_per_chunk=chunk), expected)
+
+
+def test_predict_reads_an_image_file_and_names_a_bad_one(tmp_path):
+    from PIL import Image
+
+    pixels = image(120, 90)
+    path = tmp_path / "ISIC_0000001.png"
+    Image.fromarray(pixels).save(path)
+    model = tiny("g2l")
+    np.testing.assert_array_equal(glmed.predict(model, path).mask, glmed.predict(model, pixels).mask)
+    broken = tmp_path / "ISIC_0000002.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ValueError, match="ISIC_0000002.jpg"):
+        glmed.predict(model, broken)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        glmed.predict(model, tmp_path / "missing.png")
+
+
+def test_predict_restores_each_modules_own_mode():
+    model = tiny("g2l").train()
+    model.global_branch.eval()  # as a trainer freezes it in the local stage
+    glmed.predict(model, image(70, 70))
+    assert model.training and model.local_branch.training and not model.global_branch.training
+
+
+def test_many_overlapping_patches_do_not_overflow_the_stitching_counts():
+    model = tiny("local_only", patch=32, overlap=31)
+    with torch.no_grad():
+        model.local_head.weight.zero_()
+        model.local_head.bias.copy_(torch.tensor([-1.0, 1.0]))
+    result = glmed.predict(model, image(64, 64), batch_size=64)
+    assert result.patches == 33 * 33 and (result.mask == 1).all()
+
+
+@pytest.mark.parametrize("mode", ["global_only", "g2l"])
+def test_predict_writes_into_a_given_array_and_can_skip_the_coarse_mask(tmp_path, mode):
+    model = tiny(mode)
+    expected = glmed.predict(model, image(150, 100)).mask
+    out = np.memmap(tmp_path / "mask.raw", dtype=np.uint8, mode="w+", shape=(150, 100))
+    out[:] = 9
+    result = glmed.predict(model, image(150, 100), out=out, with_coarse=False)
+    assert result.mask is out and result.coarse is None
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match=r"out has shape \(100, 150\)"):
+        glmed.predict(model, image(150, 100), out=np.zeros((100, 150), np.uint8))
+    many = GLNet(300, "resnet18", mode, fpn_channels=16, global_size=64, patch_size=64, overlap=8)
+    with pytest.raises(ValueError, match="cannot hold 300 class indices; use int32"):
+        glmed.predict(many, image(150, 100), out=np.zeros((150, 100), np.uint8))

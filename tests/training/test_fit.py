@@ -1,0 +1,88 @@
+import numpy as np
+
+from glmed.data.synthetic import make_dermoscopy_image
+from glmed.training.fit import evaluate, fit
+from glmed.training.trainer import GLNetTrainer
+from glmed.training.stages import paper_stages
+from glmed.models.coarse_to_fine import CoarseToFineGLNet
+from glmed.models.glnet import GLNet
+
+SIZES = dict(fpn_channels=16, global_size=64, patch_size=64, overlap=8)
+
+
+def data(count, offset=0):
+    return [make_dermoscopy_image((160, 200), offset + i) for i in range(count)]
+
+
+def test_fit_runs_every_stage_and_reports_each_epoch():
+    model = CoarseToFineGLNet(2, "resnet18", "bidirectional", **SIZES)
+    seen = []
+    history = fit(model, paper_stages("bidirectional", epochs=(2, 1, 1)), data(3),
+                  on_step=lambda stage, step, terms: seen.append((stage.name, step)))
+    assert history[["stage", "epoch"]].values.tolist() == [["global", 1], ["global", 2], ["local", 1],
+                                                          ["bidirectional", 1]]
+    assert {"loss", "global"} <= set(history.columns) and history.loss.notna().all()
+    assert seen[:2] == [("global", 1), ("global", 2)] and len(seen) == 2 + 2 + 2 + 2
+
+
+def test_quick_coarse_to_fine_beats_local_only_and_learns():
+    """The quick form of benchmarks/c2f_accuracy.py: same data, schedule and budget for each model."""
+    train, test = data(6), data(3, offset=100)
+    scores = {}
+    for name, model, sharing in [("local", GLNet(2, "resnet18", "local_only", **SIZES), "local_only"),
+                                 ("c2f", CoarseToFineGLNet(2, "resnet18", "g2l", **SIZES), "g2l")]:
+        fit(model, paper_stages(sharing, epochs=(6, 6)), train,
+            trainer=GLNetTrainer(model, global_lr=1e-3, local_lr=1e-3))
+        scores[name] = evaluate(model, test)
+    print({name: round(float(table.jaccard.mean()), 3) for name, table in scores.items()})
+    assert scores["c2f"].jaccard.mean() > scores["local"].jaccard.mean()
+    assert scores["c2f"].jaccard.mean() > 0.3
+    assert (scores["c2f"].patches < len(__import__("glmed").geometry.patch_grid((160, 200), 64, 8))).all()
+    assert set(scores["c2f"].columns) >= {"jaccard", "threshold_jaccard", "dice", "patches"}
+
+
+def test_evaluate_uses_the_isic_conventions_per_image():
+    import torch
+
+    model = GLNet(2, "resnet18", "global_only", **SIZES)
+    with torch.no_grad():  # a model that always says background
+        model.global_head.weight.zero_()
+        model.global_head.bias.copy_(torch.tensor([1.0, -1.0]))
+    image, label = make_dermoscopy_image((120, 150), 0)
+    table = evaluate(model, [(image, np.zeros_like(label)), (image, label)])
+    assert table.jaccard.tolist() == [1.0, 0.0]  # both empty scores 1; a missed lesion 0
+    assert table.sensitivity.tolist() == [1.0, 0.0] and table.patches.tolist() == [0, 0]
+
+
+def test_fit_takes_image_files(tmp_path):
+    from PIL import Image
+
+    pairs = []
+    for index, (image, label) in enumerate(data(2)):
+        path = tmp_path / f"ISIC_{index:07d}.png"
+        Image.fromarray(image).save(path)
+        pairs.append((path, label))
+    model = GLNet(2, "resnet18", "g2l", **SIZES)
+    history = fit(model, paper_stages("g2l", epochs=(1, 1)), pairs)
+    assert list(history.stage) == ["global", "local"]
+
+
+def test_fit_closes_every_image_file_it_opens(tmp_path, monkeypatch):
+    import glmed.io
+    from PIL import Image
+
+    opened = []
+    real_open = glmed.io.open_image
+
+    def recording_open(path, **options):
+        reader = real_open(path, **options)
+        opened.append(reader)
+        real_close = reader.close
+        reader.close = lambda: (opened.remove(reader), real_close())
+        return reader
+
+    monkeypatch.setattr(glmed.io, "open_image", recording_open)
+    image, label = data(1)[0]
+    Image.fromarray(image).save(tmp_path / "ISIC_0000000.png")
+    fit(GLNet(2, "resnet18", "g2l", **SIZES), paper_stages("g2l", epochs=(1, 2)), [(tmp_path / "ISIC_0000000.png", label)])
+    assert opened == []  # each reader was closed after its sample
