@@ -82,13 +82,14 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
     """Segment one image into ``out``; returns the line to print."""
     from glmed.inference.inferer import predict
     from glmed.inference.slide import predict_to_tiff
+    from glmed.io.writers import write_mask_png
 
     options = {"batch_size": args.batch_size, "device": device, "progress": progress}
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)
     else:
         result = predict(model, image, with_coarse=False, **options)
-        _write_png(out, result.mask, model.config.num_classes)
+        write_mask_png(out, result.mask, model.config.num_classes)
     refined = f", refined {len(result.boxes)} box(es)" if result.boxes else ""
     notes = "".join(f"\nnote: {note}" for note in result.notes)
     patches = f"{result.patches} patch" + ("" if result.patches == 1 else "es")
@@ -124,16 +125,3 @@ def _fail(message: str) -> int:
     return EXIT_FAILED
 
 
-def _write_png(path: Path, mask, num_classes: int) -> None:
-    """0/255 for a two-class mask (what the ISIC scorer reads), class indices otherwise."""
-    from PIL import Image
-
-    from glmed.io.writers import atomic_path, write_mask_png
-
-    if num_classes == 2:
-        write_mask_png(path, mask != 0)
-        return
-    if num_classes > 256:
-        raise ValueError(f"{path}: a PNG holds at most 256 classes; write a .tif instead")
-    with atomic_path(path) as temporary:
-        Image.fromarray(mask.astype("uint8"), mode="L").save(temporary, format="PNG")

@@ -26,7 +26,7 @@ MOVED: Dict[str, Tuple[str, ...]] = {
     "runner": ("glmed.training.runner",),
     "checkpoint": ("glmed.models.checkpoint",),
     "distributed": ("glmed.training.distributed",),
-    "validation": ("glmed.metrics.validation", "glmed.training.validate"),
+    "validation": ("glmed.metrics.validation", "glmed.training.evaluate"),
     "recipe_support": ("glmed.experiments.recipe", "glmed.metrics.memory"),
     "recipe_config": ("glmed.experiments.config",),
     "outputs": ("glmed.experiments.outputs",),

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Tuple
 
-from glmed.models.glnet import Sharing
-from glmed.models.resnet import BACKBONES
-
-
-def _option(default: Any, help: str, **argparse_options: Any) -> Any:
-    """A config field whose metadata says how the command line sets it."""
-    return field(default=default, metadata={"help": help, **argparse_options})
+from glmed.models.coarse_to_fine import CoarseToFineConfig
+from glmed.models.glnet import GLNetConfig, setting
 
 
 class ConfigError(ValueError):
@@ -33,51 +28,53 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class RecipeConfig:
-    """Everything a recipe run depends on; defaults are the paper's (ResNet50-FPN, 508 px, ...)."""
+class RecipeConfig(GLNetConfig):
+    """Everything a recipe run depends on; defaults are the paper's (ResNet50-FPN, 508 px, ...).
+
+    The model's settings are inherited from :class:`~glmed.models.glnet.GLNetConfig` (listed
+    and range-checked there once); :meth:`model_config` extracts them for the network.
+    """
+
+    model_config_class: ClassVar[type] = GLNetConfig
+    """The network's configuration class; its fields are this config's model settings."""
 
     # data
-    data: str | None = _option(None, "dataset root in the dataset's own layout", metavar="ROOT")
-    manifest: str | None = _option(None, "CSV of image_id,image_path,label_path,split to use instead of "
+    data: str | None = setting(None, "dataset root in the dataset's own layout", metavar="ROOT")
+    manifest: str | None = setting(None, "CSV of image_id,image_path,label_path,split to use instead of "
                                          "building a split", metavar="CSV")
-    demo: bool = _option(False, "generate a small synthetic dataset of this kind into RUN_DIR/data and "
+    demo: bool = setting(False, "generate a small synthetic dataset of this kind into RUN_DIR/data and "
                                 "train a small model on the CPU in a few minutes", flag=True)
-    images: int = _option(30, "with --demo: how many images to generate")
-    image_size: Tuple[int, int] = _option((384, 512), "with --demo: smallest and largest image height",
+    images: int = setting(30, "with --demo: how many images to generate")
+    image_size: Tuple[int, int] = setting((384, 512), "with --demo: smallest and largest image height",
                                           nargs=2, type=int, metavar=("MIN", "MAX"))
-    split: Tuple[int, int, int] | None = _option(None, "train/val/test counts or proportions (default: the "
+    split: Tuple[int, int, int] | None = setting(None, "train/val/test counts or proportions (default: the "
                                                        "paper's for the dataset)", nargs=3, type=int,
                                                  metavar=("TRAIN", "VAL", "TEST"))
-    # model
-    backbone: str = _option("resnet50", "ResNet of both branches", choices=sorted(BACKBONES))
-    fpn_channels: int = _option(256, "FPN channels")
-    sharing: str = _option("bidirectional", "feature sharing between the branches (paper Table 2)",
-                           choices=[mode.value for mode in Sharing])
-    global_size: int = _option(508, "side of the downsampled global image, pixels")
-    patch_size: int = _option(508, "side of the full-resolution patches, pixels")
-    overlap: int = _option(50, "minimum overlap between neighbouring patches, pixels")
-    pretrained_backbone: str | None = _option(None, "ImageNet ResNet state dict you downloaded (nothing is "
+    # model: the fields of GLNetConfig (backbone, sharing, fpn_channels, global_size, patch_size, overlap)
+    pretrained_backbone: str | None = setting(None, "ImageNet ResNet state dict you downloaded (nothing is "
                                                     "downloaded for you)", metavar="FILE")
     # loss
-    gamma: float = _option(6.0, "focal loss gamma (the original code used 3)")
-    main_weight: float = _option(1.0, "weight of the main (aggregated) output's loss")
-    local_weight: float = _option(1.0, "weight of the local branch's auxiliary loss")
-    global_weight: float = _option(1.0, "weight of the global branch's auxiliary loss")
-    fmreg_weight: float = _option(0.15, "lambda of the feature-map regulariser")
+    gamma: float = setting(6.0, "focal loss gamma (the original code used 3)")
+    main_weight: float = setting(1.0, "weight of the main (aggregated) output's loss")
+    local_weight: float = setting(1.0, "weight of the local branch's auxiliary loss")
+    global_weight: float = setting(1.0, "weight of the global branch's auxiliary loss")
+    fmreg_weight: float = setting(0.15, "lambda of the feature-map regulariser")
     # optimisation
-    global_lr: float = _option(1e-4, "Adam learning rate of the global parts")
-    local_lr: float = _option(2e-5, "Adam learning rate of the local parts and aggregation head")
-    batch_size: int = _option(6, "images per optimisation step (per process under torchrun)")
-    patches_per_image: int = _option(4, "patches drawn per image in the local stage")
-    patches_per_step: int = _option(6, "patches given gradients per step in the bidirectional stage")
-    epochs: Tuple[int, ...] = _option((20, 20, 5), "epochs of the global, local and bidirectional stages; one "
+    global_lr: float = setting(1e-4, "Adam learning rate of the global parts")
+    local_lr: float = setting(2e-5, "Adam learning rate of the local parts and aggregation head")
+    batch_size: int = setting(6, "images per optimisation step (per process under torchrun)")
+    patches_per_image: int = setting(4, "patches drawn per image in the local stage")
+    patches_per_step: int = setting(6, "patches given gradients per step in the bidirectional stage")
+    epochs: Tuple[int, ...] = setting((20, 20, 5), "epochs of the global, local and bidirectional stages; one "
                                                    "number sets all three", nargs="+", type=int, metavar="N")
     # inference and the run
-    predict_batch_size: int = _option(4, "patches per forward pass at inference")
-    seed: int = _option(0, "seed of the split, the initial weights and every random draw")
-    device: str = _option("auto", "cpu, cuda, cuda:N, or auto (CUDA when available)")
+    predict_batch_size: int = setting(4, "patches per forward pass at inference")
+    seed: int = setting(0, "seed of the split, the initial weights and every random draw")
+    device: str = setting("auto", "cpu, cuda, cuda:N, or auto (CUDA when available)")
 
     def __post_init__(self) -> None:
+        # Unlike a model config, a recipe config is not refused on construction: check() lists
+        # every problem at once, each with the option that sets it.
         if len(self.epochs) == 1:  # one number sets all three stages
             object.__setattr__(self, "epochs", tuple(self.epochs) * 3)
         for name in ("image_size", "split", "epochs"):
@@ -92,7 +89,8 @@ class RecipeConfig:
 
     def problems(self) -> List[str]:
         """Every out-of-range value, each naming its option, the value and what is allowed."""
-        found: List[str] = []
+        found: List[str] = [f"--{name.replace('_', '-')} {_shown(getattr(self, name))}: {rule}"
+                             for name, rule in self.model_problems()]
 
         def need(ok: bool, name: str, rule: str) -> None:
             if not ok:
@@ -105,12 +103,6 @@ class RecipeConfig:
         need(32 <= self.image_size[0] <= self.image_size[1], "image_size", "MIN >= 32 and MIN <= MAX")
         need(self.split is None or (len(self.split) == 3 and min(self.split) > 0), "split",
              "three counts > 0: train, validation and test each need images")
-        need(self.backbone in BACKBONES, "backbone", f"one of {sorted(BACKBONES)}")
-        need(self.sharing in {mode.value for mode in Sharing}, "sharing", f"one of {[m.value for m in Sharing]}")
-        need(self.fpn_channels >= 1, "fpn_channels", "at least 1")
-        for name in ("global_size", "patch_size"):
-            need(getattr(self, name) >= 32, name, "at least 32 pixels")
-        need(0 <= self.overlap < self.patch_size, "overlap", f"in [0, --patch-size {self.patch_size})")
         need(self.gamma >= 0, "gamma", ">= 0")
         for name in ("main_weight", "local_weight", "global_weight", "fmreg_weight"):
             need(getattr(self, name) >= 0, name, ">= 0")
@@ -126,6 +118,15 @@ class RecipeConfig:
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
              "cpu, cuda, cuda:N or auto")
         return found
+
+    def model_config(self) -> GLNetConfig:
+        """The network's configuration: this config's values of :attr:`model_config_class`'s fields."""
+        names = [item.name for item in fields(self.model_config_class)]
+        return self.model_config_class(**{name: getattr(self, name) for name in names})
+
+    def sampler_options(self) -> Dict[str, Any]:
+        """Keyword arguments of :class:`~glmed.data.stage_samples.StageSampler` set by this config."""
+        return {"patches_per_image": self.patches_per_image}
 
     def check(self) -> "RecipeConfig":
         """Raise :class:`ConfigError` listing every problem; returns ``self`` when there is none."""
@@ -148,22 +149,21 @@ class RecipeConfig:
 
 
 @dataclass(frozen=True)
-class CoarseToFineRecipeConfig(RecipeConfig):
-    """:class:`RecipeConfig` plus the coarse-to-fine box rule and its training jitter."""
+class CoarseToFineRecipeConfig(CoarseToFineConfig, RecipeConfig):
+    """:class:`RecipeConfig` plus the coarse-to-fine box rule (from
+    :class:`~glmed.models.coarse_to_fine.CoarseToFineConfig`) and its training jitter."""
 
-    target_ratio: float = _option(1.0, "foreground:background wanted inside the relaxed box (paper: 1:1)")
-    per_component: bool = _option(False, "one box per connected lesion instead of one around all", flag=True)
-    box_jitter: float = _option(0.15, "largest move of a training box's edge, as a fraction of its size")
-    box_probability_global: float = _option(0.5, "how often the global stage sees a box instead of the "
+    model_config_class: ClassVar[type] = CoarseToFineConfig
+    box_jitter: float = setting(0.15, "largest move of a training box's edge, as a fraction of its size")
+    box_probability_global: float = setting(0.5, "how often the global stage sees a box instead of the "
                                                  "whole image")
+
+    def sampler_options(self) -> Dict[str, Any]:
+        return {**super().sampler_options(), "box_jitter": self.box_jitter,
+                "box_probability_global": self.box_probability_global}
 
     def problems(self) -> List[str]:
         found = super().problems()
-        if self.sharing in (Sharing.GLOBAL_ONLY.value, Sharing.LOCAL_ONLY.value):
-            found.append(f"--sharing {self.sharing}: coarse-to-fine needs both branches; choose one of "
-                         "none, g2l_shallow, g2l, bidirectional")
-        if not self.target_ratio > 0:
-            found.append(f"--target-ratio {self.target_ratio}: must be > 0")
         if not 0 <= self.box_jitter < 1:
             found.append(f"--box-jitter {self.box_jitter}: must be in [0, 1)")
         if not 0 <= self.box_probability_global <= 1:
@@ -176,6 +176,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[Rec
     so :func:`config_from_arguments` can tell a value given from a default."""
     for item in fields(config_class):
         meta = dict(item.metadata)
+        if not meta.pop("command_line", True):  # set by the recipe, not by the user (num_classes)
+            continue
         flag = f"--{item.name.replace('_', '-')}"
         options: Dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS}
         if meta.pop("flag", False):
@@ -196,10 +198,15 @@ def given_values(args: argparse.Namespace, config_class: type[RecipeConfig]) -> 
 
 
 def config_from_arguments(
-    config_class: type[RecipeConfig], given: Mapping[str, Any], demo_defaults: Mapping[str, Any]
+    config_class: type[RecipeConfig], given: Mapping[str, Any], demo_defaults: Mapping[str, Any],
+    fixed: Mapping[str, Any] | None = None,
 ) -> RecipeConfig:
-    """The paper's defaults, or the demo's with ``demo=True``, overridden by ``given``; checked."""
-    base = config_class()
+    """The paper's defaults, or the demo's with ``demo=True``, overridden by ``given``; checked.
+
+    ``fixed`` holds values the recipe sets itself (``num_classes`` from its class names).
+    """
+    fixed = dict(fixed or {})
+    base = config_class(**fixed)
     if given.get("demo"):
         base = replace(base, **demo_defaults)
     return replace(base, **given).check()

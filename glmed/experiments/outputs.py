@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from glmed.data.layouts import isic_mask_name
-from glmed.metrics.validation import MeanIoUMetric
+from glmed.metrics.validation import MeanIoUMetric, score_table
 from glmed.io.labels import mask_to_index
 from glmed.io.open import open_image
 from glmed.io.writers import atomic_path, write_mask_png
@@ -83,24 +83,15 @@ class ClassMapPredictions:
         return folder / f"{image_id}{self.suffix}.png"
 
     def write(self, path: Path, mask: np.ndarray) -> None:
-        if self.palette is None:
-            write_mask_png(path, np.asarray(mask) != 0)
-            return
-        from PIL import Image
-
-        with atomic_path(path) as temporary:
-            Image.fromarray(self.palette[np.asarray(mask)], mode="RGB").save(temporary, format="PNG")
+        mask = np.asarray(mask)
+        write_mask_png(path, mask != 0 if self.palette is None else mask, palette=self.palette)
 
     def score(self, run_dir: Path, test: pd.DataFrame, folder: Path) -> Scores:
-        counts, rows = [], []
-        for row in test.itertuples():
-            truth = _read_classes(row.label_path, self.label_kind)
-            prediction = _read_classes(self.path(folder, row.image_id), self.label_kind)
-            stats = self.metric.measure(truth, prediction)
-            counts.append(stats)
-            rows.append({"image_id": row.image_id, **self.metric.reduce([stats])})
-        summary = {**self.metric.reduce(counts), "images": len(rows)}
-        return pd.DataFrame(rows).set_index("image_id"), summary
+        counts = [self.metric.measure(_read_classes(row.label_path, self.label_kind),
+                                      _read_classes(self.path(folder, row.image_id), self.label_kind))
+                  for row in test.itertuples()]
+        table = score_table(self.metric, counts, index=pd.Index(test["image_id"].tolist(), name="image_id"))
+        return table, {**table.attrs["summary"], "images": len(counts)}
 
 
 def _read_classes(path: str | os.PathLike, kind: str) -> np.ndarray:

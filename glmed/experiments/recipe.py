@@ -17,7 +17,6 @@ The run directory::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import tempfile
@@ -125,7 +124,8 @@ def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
         if args.resume:
             config = resumed_config(recipe.config_class, args.out, given)
         else:
-            config = config_from_arguments(recipe.config_class, given, recipe.demo_defaults)
+            config = config_from_arguments(recipe.config_class, given, recipe.demo_defaults,
+                                           fixed={"num_classes": len(recipe.class_names)})
         distributed = init_distributed(config.device)
         try:
             check_out_dir(args.out, args.resume)
@@ -186,7 +186,7 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
                      config.fmreg_weight, ignore_index=recipe.ignore_index)
     trainer = GLNetTrainer(model, loss, config.global_lr, config.local_lr, config.patches_per_step,
                            after_backward=distributed.gradient_hook(model))
-    sampler = StageSampler(model.config, **_matching(StageSampler, config))
+    sampler = StageSampler(model.config, **config.sampler_options())
     stages = paper_stages(config.sharing, config.stage_epochs)
     log(f"{recipe.name}: {len(splits['train'])} training, {len(splits['val'])} validation, "
         f"{len(splits['test'])} test images; {config.backbone}-FPN{config.fpn_channels} {config.sharing}, "
@@ -275,13 +275,11 @@ def _scan(table: pd.DataFrame, label_kind: str, progress: bool, chunk: int = 32)
 
 def build_network(recipe: Recipe, config: RecipeConfig, pretrained: bool = True) -> GLNet:
     """The recipe's network with the config's settings (and ImageNet weights if given and ``pretrained``)."""
-    values = {**_matching(recipe.model_class, config), "num_classes": len(recipe.class_names)}
-    if not pretrained:
-        values["pretrained_backbone"] = None
+    weights = config.pretrained_backbone if pretrained else None
     try:
-        return recipe.model_class(**values)
+        return recipe.model_class.from_config(config.model_config(), pretrained_backbone=weights)
     except (FileNotFoundError, ValueError) as error:
-        if values.get("pretrained_backbone"):
+        if weights:
             raise RecipeError(f"--pretrained-backbone: {error}") from None
         raise
 
@@ -319,12 +317,6 @@ def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: 
     print(f"outputs in {out}: {recipe.output.folder}/, scores.csv, summary.json, metrics.csv, curves.png, "
           "checkpoints/best.pt")
     return everything
-
-
-def _matching(target: Callable, config: RecipeConfig) -> Dict[str, Any]:
-    """The config values named like ``target``'s parameters."""
-    names = inspect.signature(target).parameters
-    return {name: getattr(config, name) for name in names if hasattr(config, name)}
 
 
 def _read_given_manifest(path: Path) -> pd.DataFrame:

@@ -14,24 +14,23 @@ as training, so the loop is written here over :func:`glmed.geometry.patch_grid`.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Protocol, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, Iterator, List, Protocol, Tuple
 
 import numpy as np
 import torch
 
 from glmed.data.normalize import Normalization, to_model_input
-from glmed.io.open import ImageLike, as_reader, open_as_reader
+from glmed.io.open import ImageLike, open_as_reader
 from glmed.data.samples import iter_patch_batches
-from glmed.models.placement import Placement
+from glmed.models.placement import Placement, model_device
 from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
 from glmed.io.base import ImageReader
 from glmed.io.region import RegionReader
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 from glmed.models.fpn import FINAL
-from glmed.models.glnet import GLNet, Sharing
+from glmed.models.glnet import GLNet, GLNetConfig, Sharing
 from glmed.models.sharing import LocalToGlobalCanvas
 from glmed.conventions import Box
 
@@ -58,14 +57,23 @@ class SegmentationResult:
     notes: List[str] = field(default_factory=list)
 
 
+INFERENCE_SETTINGS = ("overlap", "target_ratio", "per_component")
+"""Config fields a prediction may change without rebuilding the network: the patch overlap and
+coarse-to-fine's box rule. Sizes and classes are fixed by the weights."""
+
+
 class GlobalLocalInferer:
     """Runs a :class:`~glmed.models.glnet.GLNet` over a whole image, patch batch by patch batch.
 
     Args:
         batch_size: patches per forward pass; device memory grows with it, not with the image.
-        device: where the network runs; the model's own device by default.
+        device: where the network runs; the model's own device by default. The model is
+            moved there for the call and back afterwards.
         normalization: pixel scaling, as in training.
         progress: show a progress bar over patch batches.
+        settings: overrides of :data:`INFERENCE_SETTINGS` for this inferer's predictions
+            (e.g. ``target_ratio=2.0``); the model's config (what it was trained and validated
+            with, and what its checkpoint records) is left as it is.
     """
 
     def __init__(
@@ -74,13 +82,27 @@ class GlobalLocalInferer:
         device: torch.device | str | None = None,
         normalization: Normalization = Normalization(),
         progress: bool = False,
+        **settings: Any,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
+        if unknown:
+            raise TypeError(f"unknown inference setting(s) {unknown}; a prediction can change {list(INFERENCE_SETTINGS)}")
         self.batch_size = batch_size
         self.device = None if device is None else torch.device(device)
         self.normalization = normalization
         self.progress = progress
+        self.settings = {name: value for name, value in settings.items() if value is not None}
+
+    def config_for(self, model: GLNet) -> GLNetConfig:
+        """``model``'s config with this inferer's overrides (validated like the model's own)."""
+        if not self.settings:
+            return model.config
+        foreign = sorted(name for name in self.settings if not hasattr(model.config, name))
+        if foreign:
+            raise ValueError(f"{foreign} apply to coarse-to-fine models only; this is a {type(model).__name__}")
+        return replace(model.config, **self.settings)
 
     def __call__(
         self,
@@ -99,14 +121,17 @@ class GlobalLocalInferer:
             ledger: for a resumed run into the same ``out``: rows of each region already
                 written are not computed again, and progress is recorded as rows are finished.
         """
+        config = self.config_for(model)  # bad overrides fail before any file is opened
         reader, opened = open_as_reader(image)
         placement = Placement.of(model, self.device)
-        # Evaluation mode for this call only; each module's own flag is restored afterwards, so a
-        # trainer's frozen parts stay frozen when validation runs in the middle of a stage.
+        home = model_device(model)
+        # Evaluation mode and the device for this call only; each module's own flag and the model's
+        # device are restored afterwards, so a trainer's frozen parts stay frozen when validation
+        # runs in the middle of a stage, and the caller's model stays where the caller put it.
         modes = {module: module.training for module in model.modules()}
         model.eval().to(placement.device)
         try:
-            dtype = label_dtype(model.config.num_classes)
+            dtype = label_dtype(config.num_classes)
             if out is None:
                 out = np.empty(reader.size, dtype=dtype)
             elif out.shape != tuple(reader.size):
@@ -116,10 +141,11 @@ class GlobalLocalInferer:
                                  f"use {dtype}")
             with torch.inference_mode():
                 if isinstance(model, CoarseToFineGLNet):
-                    return self._segment_coarse_to_fine(model, reader, placement, out, with_coarse, ledger)
+                    return self._segment_coarse_to_fine(model, config, reader, placement, out, with_coarse, ledger)
                 whole = (0, 0, *reader.size)
-                return self._segment(model, reader, placement, out, with_coarse, ledger, whole)
+                return self._segment(model, config, reader, placement, out, with_coarse, ledger, whole)
         finally:
+            model.to(home)
             for module, training in modes.items():
                 module.training = training
             if opened:
@@ -128,6 +154,7 @@ class GlobalLocalInferer:
     def _segment(
         self,
         model: GLNet,
+        config: GLNetConfig,
         reader: ImageReader,
         placement: Placement,
         out: np.ndarray,
@@ -138,7 +165,7 @@ class GlobalLocalInferer:
         """Plain GLNet over a whole image (or a region's view) into ``out``; ``with_coarse`` also
         upsamples the global branch's own mask to full size. ``region`` names the part of the
         original image this is, for the ledger."""
-        config, mode = model.config, model.sharing
+        mode = model.sharing
         size = reader.size
         grid = patch_grid(size, config.patch_size, config.overlap)
         done = ledger.rows_done(region) if ledger is not None and mode is not Sharing.GLOBAL_ONLY else 0
@@ -172,6 +199,7 @@ class GlobalLocalInferer:
     def _segment_coarse_to_fine(
         self,
         model: CoarseToFineGLNet,
+        config: Any,
         reader: ImageReader,
         placement: Placement,
         out: np.ndarray,
@@ -179,7 +207,6 @@ class GlobalLocalInferer:
         ledger: RowLedger | None,
     ) -> SegmentationResult:
         """Coarse mask from the global branch; GLNet passes over the relaxed boxes only."""
-        config = model.config
         global_image = self._global_input(reader, config.global_size, placement)
         global_logits = model.global_logits(model.global_features(global_image), global_image.shape[-2:])[0]
         foreground = global_logits.argmax(0).cpu().numpy() != 0
@@ -193,7 +220,8 @@ class GlobalLocalInferer:
         patches = 0
         for box in boxes:
             view = out[box[0] : box[2], box[1] : box[3]]
-            patches += self._segment(model, RegionReader(reader, box), placement, view, False, ledger, box).patches
+            patches += self._segment(model, config, RegionReader(reader, box), placement, view, False, ledger,
+                                     box).patches
         return SegmentationResult(mask=out, coarse=coarse, boxes=boxes, patches=patches)
 
     def _stitch_patches(
@@ -256,6 +284,9 @@ def predict(
     progress: bool = False,
     out: np.ndarray | None = None,
     with_coarse: bool = True,
+    overlap: int | None = None,
+    target_ratio: float | None = None,
+    per_component: bool | None = None,
 ) -> SegmentationResult:
     """Segment a whole image of any size with ``model``; returns a full-size mask and more.
 
@@ -272,8 +303,14 @@ def predict(
         out: an ``H×W`` array to write the mask into, e.g. a :class:`numpy.memmap` when the
             mask would not fit in memory (see :func:`glmed.inference.slide.predict_to_tiff`).
         with_coarse: also return the global branch's own mask at full size (in memory).
+        overlap: minimum overlap between patches for this prediction (the model's by default).
+        target_ratio, per_component: coarse-to-fine's box rule for this prediction (the
+            model's by default; see :class:`~glmed.models.coarse_to_fine.CoarseToFineConfig`).
+
+    The model is left in the mode and on the device it was in.
     """
-    inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress)
+    inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
+                                 overlap=overlap, target_ratio=target_ratio, per_component=per_component)
     return inferer(model, image, out=out, with_coarse=with_coarse)
 
 

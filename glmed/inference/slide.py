@@ -73,6 +73,9 @@ def predict_to_tiff(
     tile: int = 512,
     compression: str | None = "zlib",
     resume: bool = True,
+    overlap: int | None = None,
+    target_ratio: float | None = None,
+    per_component: bool | None = None,
 ) -> SlidePrediction:
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
@@ -92,6 +95,7 @@ def predict_to_tiff(
             would alter class indices.
         resume: continue an interrupted run for the same output when the model, the slide file
             and these settings are unchanged (slides given as paths only); False starts afresh.
+        overlap, target_ratio, per_component: as for :func:`glmed.predict`.
 
     Raises:
         ValueError: a lossy compression, a bad tile side, or a ``path`` that is a folder or
@@ -106,7 +110,8 @@ def predict_to_tiff(
         raise ValueError(f"{path}: is a folder; name the .tif file to write")
     check_tile(path, tile)  # now, not after hours of inference
     reader, opened = open_as_reader(image)
-    inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress)
+    inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
+                                 overlap=overlap, target_ratio=target_ratio, per_component=per_component)
     try:
         identity = None
         if resume and isinstance(image, (str, os.PathLike)):
@@ -219,7 +224,7 @@ def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: Globa
     digest = hashlib.sha256()
     stat = slide.stat()
     placement = Placement.of(model, inferer.device)
-    settings = {"model": type(model).__name__, "config": model.config.to_dict(), "slide": str(slide.resolve()),
+    settings = {"model": type(model).__name__, "config": inferer.config_for(model).to_dict(), "slide": str(slide.resolve()),
                 "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns, "size": list(reader.size),
                 "batch_size": inferer.batch_size, "normalization": repr(inferer.normalization),
                 "device": placement.device.type, "dtype": str(placement.dtype)}

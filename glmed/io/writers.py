@@ -45,12 +45,20 @@ def _current_umask() -> int:
     return mask
 
 
-def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
-    """Write a binary mask as an 8-bit single-channel PNG holding 0 and 255 (the ISIC format).
+def write_mask_png(
+    path: str | os.PathLike, mask: np.ndarray, num_classes: int = 2, palette: np.ndarray | None = None
+) -> None:
+    """Write a segmentation mask as a PNG, atomically: the one PNG mask writer of glmed.
+
+    - Two classes, no palette: 8-bit single-channel 0 and 255 (the ISIC format; viewers show it).
+    - A ``palette``: an RGB PNG with ``palette[class]`` at each pixel (DeepGlobe's colour masks).
+    - More classes, no palette: the class indices as 8-bit single-channel values.
 
     Args:
         path: the PNG to write (ISIC names it ``ISIC_XXXXXXX_segmentation.png``).
-        mask: ``H x W`` (or ``H x W x 1``) of bool, of 0/1 class indices, or of 0/255.
+        mask: ``H x W`` (or ``H x W x 1``) class indices; for two classes also bool or 0/255.
+        num_classes: classes the mask's values are indices of (at most 256 in a PNG).
+        palette: ``K x 3`` uint8 RGB colour per class, or None.
 
     Raises:
         ValueError: naming ``path``, when the mask holds other values or has another shape.
@@ -64,14 +72,24 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"{path}: a mask must be a non-empty H x W array, got shape {mask.shape}")
     values = np.unique(mask)
-    if mask.dtype == bool or set(values.tolist()) <= {0, 1}:
-        pixels = mask.astype(np.uint8) * np.uint8(255)
-    elif set(values.tolist()) <= {0, 255}:
-        pixels = mask.astype(np.uint8)
+    if palette is None and num_classes == 2:
+        if mask.dtype == bool or set(values.tolist()) <= {0, 1}:
+            pixels = mask.astype(np.uint8) * np.uint8(255)
+        elif set(values.tolist()) <= {0, 255}:
+            pixels = mask.astype(np.uint8)
+        else:
+            raise ValueError(f"{path}: a binary mask holds 0/1 or 0/255, found values {values[:10].tolist()}")
+        mode = "L"
     else:
-        raise ValueError(f"{path}: a binary mask holds 0/1 or 0/255, found values {values[:10].tolist()}")
+        classes = num_classes if palette is None else len(palette)
+        if classes > 256 and palette is None:
+            raise ValueError(f"{path}: a PNG holds at most 256 classes, got {classes}; write a .tif instead")
+        if values.min() < 0 or values.max() >= classes:
+            raise ValueError(f"{path}: class indices must be in [0, {classes}), found values {values[:10].tolist()}")
+        pixels = mask.astype(np.uint8) if palette is None else np.asarray(palette, dtype=np.uint8)[mask]
+        mode = "L" if palette is None else "RGB"
     with atomic_path(path) as temporary:
-        Image.fromarray(pixels, mode="L").save(temporary, format="PNG")
+        Image.fromarray(pixels, mode=mode).save(temporary, format="PNG")
 
 
 def pyramid(image: np.ndarray, levels: int | None = None, tile: int = 256, resampling: str = "area") -> List[np.ndarray]:

@@ -4,7 +4,8 @@ A metric measures one image (truth and prediction as class-index arrays) into a 
 picklable count — confusion counts for ISIC, a confusion matrix for mIoU — and reduces a
 list of those to named scores, the headline (:attr:`Metric.name`, higher is better) among
 them. Counting first lets several processes each validate their share of the images and
-reduce together (:func:`validate`), and gives the same numbers as scoring in one place.
+reduce together (:func:`glmed.training.evaluate.evaluate`), and gives the same numbers as
+scoring in one place (:func:`score_table`).
 """
 
 from __future__ import annotations
@@ -12,17 +13,14 @@ from __future__ import annotations
 from typing import Any, Dict, Protocol, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 
-from glmed.training.distributed import SINGLE, Distributed
-from glmed.io.open import ImageLike
-from glmed.inference.inferer import predict
 from glmed.metrics.confusion import BinaryCounts, binary_counts, binary_metrics
 from glmed.metrics.multiclass import ConfusionMatrix
-from glmed.models.glnet import GLNet
 
 
 class Metric(Protocol):
-    """What :func:`validate` and the runner need of a metric."""
+    """What evaluation and the runner need of a metric."""
 
     name: str
     """The headline score's key in :meth:`reduce`'s result; higher is better."""
@@ -86,3 +84,17 @@ class MeanIoUMetric:
             if index != self.ignore_index:
                 scores[f"iou_{name}"] = float(iou)
         return scores
+
+
+def score_table(metric: Metric, stats: Sequence[Any], index: Sequence[Any] | None = None) -> pd.DataFrame:
+    """One row of ``metric``'s scores per image's counts, and in ``attrs["summary"]`` the scores
+    of all of them together (a mean over images for ISIC, one summed confusion matrix for mIoU).
+
+    Args:
+        metric: what to score with.
+        stats: each image's counts from :meth:`Metric.measure`.
+        index: a label per row (e.g. image ids), or None for 0, 1, ...
+    """
+    table = pd.DataFrame([metric.reduce([item]) for item in stats], index=index)
+    table.attrs["summary"] = metric.reduce(stats)
+    return table

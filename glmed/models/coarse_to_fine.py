@@ -16,10 +16,10 @@ which the paper credits for part of the improvement. The inference order lives i
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import List, Tuple
 
-from glmed.models.glnet import GLNet, GLNetConfig, Sharing
+from glmed.models.glnet import GLNet, GLNetConfig, Sharing, setting
 
 
 @dataclass(frozen=True)
@@ -32,22 +32,24 @@ class CoarseToFineConfig(GLNetConfig):
             one box around all foreground.
     """
 
-    target_ratio: float = 1.0
-    per_component: bool = False
+    target_ratio: float = setting(1.0, "foreground:background wanted inside the relaxed box (paper: 1:1)")
+    per_component: bool = setting(False, "one box per connected lesion instead of one around all", flag=True)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.mode.has_global or not self.mode.has_local:
-            raise ValueError(f"coarse-to-fine needs both branches; sharing {self.sharing!r} lacks one "
-                             f"(choose one of none, g2l_shallow, g2l, bidirectional)")
+    def model_problems(self) -> List[Tuple[str, str]]:
+        found = super().model_problems()
+        if self.sharing in (Sharing.GLOBAL_ONLY.value, Sharing.LOCAL_ONLY.value):
+            found.append(("sharing", "coarse-to-fine needs both branches; choose one of none, g2l_shallow, g2l, "
+                                     "bidirectional"))
         if not self.target_ratio > 0:
-            raise ValueError(f"target_ratio must be positive, got {self.target_ratio}")
+            found.append(("target_ratio", "target_ratio must be positive"))
+        return found
 
 
 class CoarseToFineGLNet(GLNet):
     """A GLNet whose inference refines only the relaxed foreground box.
 
-    Takes every :class:`~glmed.models.glnet.GLNet` argument, plus:
+    Takes every :class:`~glmed.models.glnet.GLNet` argument, plus the box rule of
+    :class:`CoarseToFineConfig`:
 
     Args:
         target_ratio: foreground : background wanted inside the box (paper: 1.0).
@@ -55,31 +57,8 @@ class CoarseToFineGLNet(GLNet):
 
     Training uses the inherited methods unchanged: the global stage on whole downsampled
     images, the local and bidirectional stages on box crops (see
-    :mod:`glmed.data.samples`); :func:`glmed.predict` does the two-stage inference.
+    :mod:`glmed.data.stage_samples`); :func:`glmed.predict` does the two-stage inference,
+    and its box rule can be changed there for one prediction without rebuilding the network.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 2,
-        backbone: str = "resnet50",
-        sharing: str | Sharing = "bidirectional",
-        *,
-        target_ratio: float = 1.0,
-        per_component: bool = False,
-        fpn_channels: int = 256,
-        in_channels: int = 3,
-        global_size: int = 508,
-        patch_size: int = 508,
-        overlap: int = 50,
-        pretrained_backbone: str | os.PathLike | None = None,
-    ) -> None:
-        config = CoarseToFineConfig(
-            num_classes=num_classes, backbone=backbone, sharing=Sharing(sharing).value, fpn_channels=fpn_channels,
-            in_channels=in_channels, global_size=global_size, patch_size=patch_size, overlap=overlap,
-            target_ratio=target_ratio, per_component=per_component,
-        )
-        super().__init__(
-            num_classes, backbone, sharing, fpn_channels=fpn_channels, in_channels=in_channels,
-            global_size=global_size, patch_size=patch_size, overlap=overlap, pretrained_backbone=pretrained_backbone,
-        )
-        self.config = config
+    config_class = CoarseToFineConfig

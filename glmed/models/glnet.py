@@ -10,9 +10,9 @@ patches (and bidirectional sharing's collect-then-global-then-local order) lives
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Dict, Tuple
+from typing import Any, ClassVar, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,41 +64,56 @@ class Sharing(str, Enum):
         return SHARED_POINTS if self is Sharing.BIDIRECTIONAL else ()
 
 
+def setting(default: Any, help: str, **command_line: Any) -> Any:
+    """A config field with its one-line help (and argparse options), so the recipes' command
+    lines are built from the config itself and each setting is described once."""
+    return field(default=default, metadata={"help": help, **command_line})
+
+
 @dataclass(frozen=True)
 class GLNetConfig:
     """Everything needed to rebuild a GLNet; saved beside its weights in checkpoints.
 
-    Defaults are the paper's: ResNet50-FPN, 508-pixel global image and patches, 50-pixel
-    minimum overlap.
+    The one list of a GLNet's settings and their valid ranges (:meth:`model_problems`): the
+    model, the recipes' command lines (:mod:`glmed.experiments.config`) and checkpoints all
+    read it. Defaults are the paper's: ResNet50-FPN, 508-pixel global image and patches,
+    50-pixel minimum overlap.
     """
 
-    num_classes: int = 2
-    backbone: str = "resnet50"
-    sharing: str = "bidirectional"
-    fpn_channels: int = 256
-    in_channels: int = 3
-    global_size: int = 508
-    patch_size: int = 508
-    overlap: int = 50
+    num_classes: int = setting(2, "output classes, background included", command_line=False)
+    backbone: str = setting("resnet50", "ResNet of both branches", choices=sorted(BACKBONES))
+    sharing: str = setting("bidirectional", "feature sharing between the branches (paper Table 2)",
+                           choices=[mode.value for mode in Sharing])
+    fpn_channels: int = setting(256, "FPN channels")
+    in_channels: int = setting(3, "image channels", command_line=False)
+    global_size: int = setting(508, "side of the downsampled global image, pixels")
+    patch_size: int = setting(508, "side of the full-resolution patches, pixels")
+    overlap: int = setting(50, "minimum overlap between neighbouring patches, pixels")
 
     def __post_init__(self) -> None:
+        problems = self.model_problems()
+        if problems:
+            raise ValueError("; ".join(f"{name} {getattr(self, name)!r}: {rule}" for name, rule in problems))
+
+    def model_problems(self) -> List[Tuple[str, str]]:
+        """Every out-of-range setting as ``(field name, what is allowed)``; empty when all are valid."""
+        found: List[Tuple[str, str]] = []
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2 (background included), got {self.num_classes}")
+            found.append(("num_classes", "num_classes must be at least 2 (background included)"))
         if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
-        try:
-            Sharing(self.sharing)
-        except ValueError:
-            raise ValueError(
-                f"unknown sharing mode {self.sharing!r}; choose one of {[s.value for s in Sharing]}"
-            ) from None
+            found.append(("backbone", f"unknown backbone; choose one of {sorted(BACKBONES)}"))
+        if self.sharing not in {mode.value for mode in Sharing}:
+            found.append(("sharing", f"unknown sharing mode; choose one of {[s.value for s in Sharing]}"))
+        if self.fpn_channels < 1:
+            found.append(("fpn_channels", "at least 1"))
         for name in ("global_size", "patch_size"):
             if getattr(self, name) < 32:
-                raise ValueError(f"{name} must be at least 32 pixels, got {getattr(self, name)}")
+                found.append((name, f"{name} must be at least 32 pixels"))
         if not 0 <= self.overlap < self.patch_size:
-            raise ValueError(f"overlap must be in [0, patch_size={self.patch_size}), got {self.overlap}")
+            found.append(("overlap", f"overlap must be in [0, patch_size {self.patch_size})"))
         if self.in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {self.in_channels}")
+            found.append(("in_channels", "must be positive"))
+        return found
 
     @property
     def mode(self) -> Sharing:
@@ -153,6 +168,9 @@ class GLNet(nn.Module):
     :meth:`heads`, and :meth:`forward` which composes them for a training step.
     """
 
+    config_class: ClassVar[type] = GLNetConfig
+    """The configuration this class builds from its arguments (a subclass adds settings)."""
+
     def __init__(
         self,
         num_classes: int = 2,
@@ -165,9 +183,10 @@ class GLNet(nn.Module):
         patch_size: int = 508,
         overlap: int = 50,
         pretrained_backbone: str | os.PathLike | None = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        self.config = GLNetConfig(
+        self.config = self.config_class(
             num_classes=num_classes,
             backbone=backbone,
             sharing=Sharing(sharing).value if isinstance(sharing, Sharing) else sharing,
@@ -176,6 +195,7 @@ class GLNet(nn.Module):
             global_size=global_size,
             patch_size=patch_size,
             overlap=overlap,
+            **settings,
         )
         mode = self.config.mode
         reference = map_channels(backbone, fpn_channels)
@@ -200,10 +220,14 @@ class GLNet(nn.Module):
                     load_pretrained(branch.encoder, pretrained_backbone)
 
     @classmethod
-    def from_config(cls, config: GLNetConfig | Dict[str, object]) -> "GLNet":
-        """Rebuild a model from a :class:`GLNetConfig` or its dict (e.g. from a checkpoint)."""
+    def from_config(
+        cls, config: GLNetConfig | Dict[str, object], pretrained_backbone: str | os.PathLike | None = None
+    ) -> "GLNet":
+        """Build a model from a :class:`GLNetConfig` or its dict (e.g. from a checkpoint); only
+        the fields of this class's :attr:`config_class` are read."""
         values = config.to_dict() if isinstance(config, GLNetConfig) else dict(config)
-        return cls(**values)  # type: ignore[arg-type]
+        names = {item.name for item in fields(cls.config_class)}
+        return cls(**{k: v for k, v in values.items() if k in names}, pretrained_backbone=pretrained_backbone)
 
     @property
     def sharing(self) -> Sharing:

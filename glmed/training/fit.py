@@ -1,102 +1,73 @@
-"""Training a GLNet through its stages on in-memory or on-disk images, and evaluating it.
+"""``glmed.fit``: train a GLNet through its stages from a notebook, in memory.
 
-A small loop for notebooks, tests and benchmarks; the recipes add checkpoints, resuming
-and data loaders on top of the same pieces (:class:`~glmed.training.trainer.GLNetTrainer`,
-:class:`~glmed.data.stage_samples.StageSampler`).
+The same loop as the recipes (:class:`~glmed.training.runner.StagedRunner`), without a run
+folder unless one is given: per-epoch random streams, a progress bar, one summary line per
+epoch, validation when validation pairs are given, and the history as a table.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
-from glmed.data.samples import collate_global_local
-from glmed.io.open import ImageLike, open_as_reader
-from glmed.inference.inferer import predict
 from glmed.data.stage_samples import StageSampler
-from glmed.training.trainer import GLNetTrainer
-from glmed.training.stages import Stage
-from glmed.metrics.confusion import binary_counts, binary_metrics
+from glmed.metrics.validation import Metric
 from glmed.models.glnet import GLNet
-
-Pair = Tuple[ImageLike, np.ndarray]
-"""An image (array, path or reader) and its ``H×W`` class-index label."""
+from glmed.training.runner import Pair, StagedRunner, StepCallback
+from glmed.training.stages import Stage, paper_stages
+from glmed.training.trainer import GLNetTrainer
 
 
 def fit(
     model: GLNet,
-    stages: Sequence[Stage],
-    pairs: Sequence[Pair],
+    train: Sequence[Pair],
+    val: Sequence[Pair] | None = None,
     *,
+    stages: Sequence[Stage] | None = None,
+    metric: Metric | None = None,
     trainer: GLNetTrainer | None = None,
     sampler: StageSampler | None = None,
     images_per_step: int = 2,
     seed: int = 0,
-    on_step: Callable[[Stage, int, Dict[str, float]], None] | None = None,
+    predict_batch_size: int = 4,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    on_step: StepCallback | None = None,
 ) -> pd.DataFrame:
-    """Train ``model`` through ``stages``; each epoch visits every pair once, in random order.
+    """Train ``model`` through ``stages``; each epoch visits every training pair once, in random order.
 
     Args:
         model: the network (its config gives sizes and the coarse-to-fine box rule).
-        stages: the schedule, e.g. :func:`glmed.training.stages.paper_stages`.
-        pairs: training images with their labels.
+        train: training images (arrays, paths or readers) with their ``H×W`` class-index labels.
+        val: validation pairs, scored after every epoch (``val_*`` columns); None skips it.
+        stages: the schedule; the paper's for the model's sharing mode, one epoch each, by default
+            (:func:`glmed.paper_stages`).
+        metric: validation metric (ISIC 2018 Task 1 by default).
         trainer: optimisation settings (the paper's by default).
         sampler: what each stage sees of an image (:class:`StageSampler` defaults).
         images_per_step: images per mini-batch.
-        seed: drives image order, patch choice and box jitter.
-        on_step: called after every step with the stage, the step number within the epoch
-            and its losses.
+        seed: drives image order, patch choice, box jitter and PyTorch's generator, per epoch.
+        predict_batch_size: patches per forward pass while validating.
+        out_dir: a run folder for checkpoints, ``metrics.csv`` and ``curves.png``; None keeps
+            nothing on disk (save the result with :func:`glmed.save_model`).
+        progress: show a progress bar over each epoch's steps.
+        log: where the one-line summary of each epoch goes; None for silence.
+        on_step: called after every step with the stage, the step number within the epoch and
+            its losses.
 
     Returns:
-        One row per epoch: stage, epoch and the mean of each loss term.
+        One row per epoch: ``epoch``, ``stage``, ``stage_epoch``, the mean of each loss term,
+        the validation scores, and seconds spent.
     """
-    if not pairs:
+    if not train:
         raise ValueError("fit needs at least one training image")
-    if images_per_step < 1:
-        raise ValueError(f"images_per_step must be at least 1, got {images_per_step}")
-    trainer = trainer or GLNetTrainer(model)
-    sampler = sampler or StageSampler(model.config)
-    rng = np.random.default_rng(seed)
-    rows: List[dict] = []
-    for stage in stages:
-        optimizer = trainer.optimizer(stage)
-        report = None if on_step is None else (lambda number, terms, stage=stage: on_step(stage, number, terms))
-        for epoch in range(1, stage.epochs + 1):
-            order = rng.permutation(len(pairs))
-            batches = (
-                collate_global_local([_sample(sampler, stage, pairs[i], rng) for i in order[start : start + images_per_step]])
-                for start in range(0, len(order), images_per_step)
-            )
-            means = trainer.train_epoch(stage, batches, optimizer, report)
-            rows.append({"stage": stage.name, "epoch": epoch, **means})
-    return pd.DataFrame(rows)
-
-
-def evaluate(model: GLNet, pairs: Sequence[Pair], batch_size: int = 4) -> pd.DataFrame:
-    """Segment each image and score it with the ISIC 2018 Task 1 metrics (foreground = class ≠ 0).
-
-    Returns:
-        One row per image (in order) with ``jaccard``, ``threshold_jaccard``, ``dice``,
-        ``sensitivity``, ``specificity``, ``accuracy`` and the number of ``patches`` run.
-    """
-    rows = []
-    for image, label in pairs:
-        result = predict(model, image, batch_size=batch_size)
-        counts = binary_counts((np.asarray(label) != 0) * 255, (result.mask != 0) * 255)
-        metrics = {name: float(value) for name, value in binary_metrics(counts).items()}
-        rows.append({**metrics, "patches": result.patches})
-    return pd.DataFrame(rows)
-
-
-def _sample(sampler: StageSampler, stage: Stage, pair: Pair, rng: np.random.Generator) -> dict:
-    """One training sample of ``pair``; an image given as a path is opened for it and closed again."""
-    image, label = pair
-    reader, opened = open_as_reader(image)
-    try:
-        return sampler(stage, reader, np.asarray(label), rng)
-    finally:
-        if opened:
-            reader.close()
-
+    runner = StagedRunner(
+        trainer or GLNetTrainer(model), sampler or StageSampler(model.config),
+        paper_stages(model.sharing) if stages is None else stages, train, val, metric, out_dir,
+        images_per_step=images_per_step, seed=seed, predict_batch_size=predict_batch_size,
+        progress=progress, log=log or (lambda _: None), on_step=on_step,
+    )
+    return runner.run().history

@@ -1,10 +1,12 @@
-"""The resumable training loop: stages, epochs, validation, checkpoints, metrics and curves.
+"""The one training loop: stages, epochs, validation and, with a run folder, checkpoints and curves.
 
 :class:`StagedRunner` trains a GLNet through a schedule of :class:`~glmed.training.stages.Stage`
-and knows nothing of any dataset: it takes training and validation pairs (image, class-index
-label) and a :class:`~glmed.metrics.validation.Metric`. After every epoch it validates, keeps
-the best checkpoint by the metric's headline, writes the "last" checkpoint, rewrites
-``metrics.csv`` and ``curves.png`` (all atomically) and prints one line.
+and knows nothing of any dataset: it takes training and (optionally) validation pairs (image,
+class-index label) and a :class:`~glmed.metrics.validation.Metric`. After every epoch it
+validates and prints one line; given a run folder it also keeps the best checkpoint by the
+metric's headline, writes the "last" checkpoint and rewrites ``metrics.csv`` and
+``curves.png`` (all atomically). :func:`glmed.fit` is this loop without a folder; the recipes
+run it with one.
 
 **Resuming** is at epoch granularity. A run killed at any moment — even mid-epoch, even mid-
 write — continues from the last epoch-end checkpoint: finished stages are skipped, the
@@ -25,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -34,16 +36,19 @@ import torch
 from glmed.data.samples import collate_global_local
 from glmed.models.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from glmed.training.distributed import SINGLE, Distributed
-from glmed.io.open import ImageLike
+from glmed.io.open import ImageLike, open_as_reader
 from glmed.data.stage_samples import StageSampler
 from glmed.training.trainer import GLNetTrainer
 from glmed.training.stages import Stage
-from glmed.metrics.validation import Metric
-from glmed.training.validate import validate
+from glmed.metrics.validation import IsicMetric, Metric
+from glmed.training.evaluate import evaluate
 from glmed.io.writers import atomic_path
 
 Pair = Tuple[ImageLike, np.ndarray]
 """An image (array, path or reader) and its ``H×W`` class-index label."""
+
+StepCallback = Callable[[Stage, int, Dict[str, float]], None]
+"""Called after every step with the stage, the step number within the epoch and its losses."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +82,14 @@ class TrainingResult:
 
     Attributes:
         history: one row per epoch (the content of ``metrics.csv``).
-        best: ``score``, ``metric``, ``stage`` and ``epoch`` of the best validation.
-        files: the run's paths (``files.best`` holds the best weights).
+        best: ``score``, ``metric``, ``stage`` and ``epoch`` of the best validation (the last
+            epoch when there is no validation data).
+        files: the run's paths (``files.best`` holds the best weights); None without a folder.
     """
 
     history: pd.DataFrame
     best: Dict[str, object]
-    files: RunFiles
+    files: RunFiles | None
 
 
 class StagedRunner:
@@ -96,15 +102,17 @@ class StagedRunner:
         sampler: what each stage sees of an image.
         stages: the schedule; stages with zero epochs are skipped.
         train, val: training and validation pairs; indexing loads a pair, so they may be
-            lazy sequences over files.
-        metric: validation metric; its headline picks the best checkpoint.
-        out_dir: the run directory.
+            lazy sequences over files; images may be arrays, paths or readers. Without
+            ``val`` (None or empty) nothing is validated.
+        metric: validation metric; its headline picks the best checkpoint (ISIC by default).
+        out_dir: the run directory; None keeps nothing on disk (and cannot resume).
         images_per_step: images per process per optimisation step.
         seed: seeds every random stream of the run.
         predict_batch_size: patches per forward pass while validating.
         distributed: this process's place in a ``torchrun`` run; only rank 0 writes.
         progress: show progress bars.
         log: where the one-line epoch summaries go (rank 0 only).
+        on_step: called after every training step (e.g. to record or plot losses).
     """
 
     def __init__(
@@ -113,9 +121,9 @@ class StagedRunner:
         sampler: StageSampler,
         stages: Sequence[Stage],
         train: Sequence[Pair],
-        val: Sequence[Pair],
-        metric: Metric,
-        out_dir: str | Path,
+        val: Sequence[Pair] | None = None,
+        metric: Metric | None = None,
+        out_dir: str | Path | None = None,
         *,
         images_per_step: int = 6,
         seed: int = 0,
@@ -123,15 +131,16 @@ class StagedRunner:
         distributed: Distributed = SINGLE,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        on_step: StepCallback | None = None,
     ) -> None:
-        if not len(train) or not len(val):
-            raise ValueError(f"training needs at least one training and one validation image, "
-                             f"got {len(train)} and {len(val)}")
+        if not len(train):
+            raise ValueError("training needs at least one training image")
         if images_per_step < 1:
             raise ValueError(f"images_per_step must be at least 1, got {images_per_step}")
         self.trainer, self.sampler, self.stages = trainer, sampler, list(stages)
-        self.train, self.val, self.metric = train, val, metric
-        self.files = RunFiles(Path(out_dir))
+        self.train, self.val, self.metric = train, val if val is not None and len(val) else None, metric or IsicMetric()
+        self.files = None if out_dir is None else RunFiles(Path(out_dir))
+        self.on_step = on_step
         self.images_per_step, self.seed, self.predict_batch_size = images_per_step, seed, predict_batch_size
         self.distributed, self.progress, self.log = distributed, progress, log
 
@@ -141,19 +150,20 @@ class StagedRunner:
 
     def run(self, resume: bool = False) -> TrainingResult:
         """Train every unfinished epoch; with ``resume``, continue from ``checkpoints/last.pt``."""
+        if resume and self.files is None:
+            raise ValueError("resume needs a run folder (out_dir) to resume from")
         history: List[Dict[str, object]] = []
         best: Dict[str, object] = {"score": -math.inf, "metric": self.metric.name, "stage": None, "epoch": None}
         position, optimizer_state = (-1, 0), None
-        if resume and self.files.last.is_file():
+        if resume and self.files is not None and self.files.last.is_file():
             record = self._load_last()
             history, best = list(record["history"]), dict(record["best"])
             position = (record["position"]["stage_index"], record["position"]["epoch"])
             optimizer_state = record["optimizer"]
-        elif self.distributed.is_main:
+        elif self.files is not None and self.distributed.is_main:
             self.files.root.mkdir(parents=True, exist_ok=True)
         self.distributed.broadcast_module(self.model)
-        if self.distributed.is_main:
-            self._write_metrics(history)
+        self._write_metrics(history)
         for index, stage in enumerate(self.stages):
             done = position[1] if index == position[0] else (stage.epochs if index < position[0] else 0)
             if done >= stage.epochs:
@@ -164,14 +174,15 @@ class StagedRunner:
             for epoch in range(done + 1, stage.epochs + 1):
                 row = self._epoch(index, stage, epoch, optimizer, len(history) + 1)
                 history.append(row)
-                if row[f"val_{self.metric.name}"] > best["score"]:
-                    best = {"score": row[f"val_{self.metric.name}"], "metric": self.metric.name,
-                            "stage": stage.name, "epoch": epoch}
-                    self._save(self.files.best, position=(index, stage.name, epoch), best=best)
-                self._save(self.files.last, position=(index, stage.name, epoch), best=best, history=history,
-                           optimizer=optimizer.state_dict())
+                where = (index, stage.name, epoch)
+                # Without validation data there is nothing to compare: the latest epoch is the best.
+                score = row.get(f"val_{self.metric.name}", math.nan)
+                if self.val is None or score > best["score"]:
+                    best = {"score": score, "metric": self.metric.name, "stage": stage.name, "epoch": epoch}
+                    self._save("best", position=where, best=best)
+                self._save("last", position=where, best=best, history=history, optimizer=optimizer.state_dict())
+                self._write_metrics(history)
                 if self.distributed.is_main:
-                    self._write_metrics(history)
                     self.log(self._summary(row, best))
                 self.distributed.barrier()
         if best["epoch"] is None:
@@ -192,15 +203,17 @@ class StagedRunner:
         label = f"{stage.name} epoch {epoch}/{stage.epochs}"
         bar = self._bar(steps, label, "step")
 
-        def batches():
+        def batches() -> Iterator[Dict[str, Any]]:
             for start in range(0, len(mine), self.images_per_step):
                 chosen = mine[start : start + self.images_per_step]
-                yield collate_global_local([self.sampler(stage, *self.train[i], sample_rng) for i in chosen])
+                yield collate_global_local([self._sample(stage, self.train[i], sample_rng) for i in chosen])
 
-        def on_step(_: int, terms: Dict[str, float]) -> None:
+        def on_step(step: int, terms: Dict[str, float]) -> None:
             if bar is not None:
                 bar.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
                 bar.update()
+            if self.on_step is not None:
+                self.on_step(stage, step, terms)
 
         started = time.perf_counter()
         try:
@@ -209,12 +222,24 @@ class StagedRunner:
             if bar is not None:
                 bar.close()
         trained = time.perf_counter() - started
-        scores = validate(self.model, self.val, self.metric, batch_size=self.predict_batch_size,
-                          distributed=self.distributed, progress=self._show_progress,
-                          description=f"validating ({label})")
+        scores: Dict[str, float] = {}
+        if self.val is not None:
+            scores = evaluate(self.model, self.val, self.metric, batch_size=self.predict_batch_size,
+                              distributed=self.distributed, progress=self._show_progress,
+                              description=f"validating ({label})").attrs["summary"]
         return {"epoch": number, "stage": stage.name, "stage_epoch": epoch, **means,
                 **{f"val_{name}": value for name, value in scores.items()},
                 "train_seconds": round(trained, 3), "total_seconds": round(time.perf_counter() - started, 3)}
+
+    def _sample(self, stage: Stage, pair: Pair, rng: np.random.Generator) -> Dict[str, Any]:
+        """One training sample of ``pair``; an image given as a path is opened for it and closed again."""
+        image, label = pair
+        reader, opened = open_as_reader(image)
+        try:
+            return self.sampler(stage, reader, np.asarray(label), rng)
+        finally:
+            if opened:
+                reader.close()
 
     @property
     def _show_progress(self) -> bool:
@@ -230,16 +255,20 @@ class StagedRunner:
     def _summary(self, row: Dict[str, object], best: Dict[str, object]) -> str:
         total = sum(stage.epochs for stage in self.stages)
         name = self.metric.name
+        head = f"epoch {row['epoch']}/{total} | stage {row['stage']} {row['stage_epoch']} | loss {row['loss']:.4f}"
+        if self.val is None:
+            return f"{head} | {row['total_seconds']:.0f} s"
         coarse = f" | coarse {row[f'val_coarse_{name}']:.4f}" if f"val_coarse_{name}" in row else ""
-        return (f"epoch {row['epoch']}/{total} | stage {row['stage']} {row['stage_epoch']} | "
-                f"loss {row['loss']:.4f} | val {name} {row[f'val_{name}']:.4f} "
+        return (f"{head} | val {name} {row[f'val_{name}']:.4f} "
                 f"(best {best['score']:.4f}, {best['stage']} {best['epoch']}){coarse} | {row['total_seconds']:.0f} s")
 
     # -- files ---------------------------------------------------------------------------
 
-    def _save(self, path: Path, *, position: Tuple[int, str, int], **fields: object) -> None:
-        if not self.distributed.is_main:
+    def _save(self, which: str, *, position: Tuple[int, str, int], **fields: object) -> None:
+        """Write the ``"best"`` or ``"last"`` checkpoint (rank 0, with a run folder only)."""
+        if self.files is None or not self.distributed.is_main:
             return
+        path = self.files.best if which == "best" else self.files.last
         index, name, epoch = position
         save_checkpoint(path, self.model, position={"stage_index": index, "stage": name, "epoch": epoch},
                         seed=self.seed, world_size=self.distributed.world_size,
@@ -247,6 +276,7 @@ class StagedRunner:
 
     def _load_last(self) -> Dict[str, object]:
         """Read ``last.pt``, check it belongs to this schedule and seed, load its weights."""
+        assert self.files is not None  # run() resumes only with a folder
         if self.distributed.is_main:
             for path in remove_stale_temporaries(self.files.root):
                 self.log(f"removed {path}, left half-written by the interrupted run")
@@ -269,7 +299,9 @@ class StagedRunner:
         return record
 
     def _write_metrics(self, history: Sequence[Dict[str, object]]) -> None:
-        """Rewrite ``metrics.csv`` and ``curves.png`` from the whole history."""
+        """Rewrite ``metrics.csv`` and ``curves.png`` from the whole history (rank 0, with a folder)."""
+        if self.files is None or not self.distributed.is_main:
+            return
         table = pd.DataFrame(list(history))
         with atomic_path(self.files.metrics) as temporary:
             table.to_csv(temporary, index=False)
@@ -293,17 +325,19 @@ def _plot_curves(table: pd.DataFrame, metric: str, path: Path) -> None:
         from matplotlib.figure import Figure
     except ImportError:
         return
-    figure = Figure(figsize=(10, 3.6))  # no pyplot: leaves a notebook's backend alone
-    loss_axis, score_axis = figure.subplots(1, 2)
-    for axis, column, title in ((loss_axis, "loss", "training loss"),
-                                (score_axis, f"val_{metric}", f"validation {metric}")):
+    panels = [("loss", "training loss")]
+    if f"val_{metric}" in table.columns:  # runs without validation data plot the loss alone
+        panels.append((f"val_{metric}", f"validation {metric}"))
+    figure = Figure(figsize=(5 * len(panels), 3.6))  # no pyplot: leaves a notebook's backend alone
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, (column, title) in zip(axes, panels):
         for stage, part in table.groupby("stage", sort=False):
             axis.plot(part["epoch"], part[column], marker="o", label=str(stage))
         axis.set_xlabel("epoch")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    loss_axis.set_yscale("log")
-    score_axis.legend()
+    axes[0].set_yscale("log")
+    axes[-1].legend()
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=90)

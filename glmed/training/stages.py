@@ -10,14 +10,10 @@ of these, so a schedule is a list and can be saved, printed or changed without c
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-import torch
 
-from glmed.models.placement import model_device
-from glmed.models.glnet import GLNet, Sharing
-from glmed.models.losses import GLNetLoss
-from glmed.models.sharing import LocalToGlobalCanvas
+from glmed.models.glnet import Sharing
 
 GLOBAL_PARTS = ("global_branch", "global_head")
 """The global branch and its head: what the global stage trains."""

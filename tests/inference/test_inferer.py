@@ -139,3 +139,14 @@ def test_predict_writes_into_a_given_array_and_can_skip_the_coarse_mask(tmp_path
     many = GLNet(300, "resnet18", mode, fpn_channels=16, global_size=64, patch_size=64, overlap=8)
     with pytest.raises(ValueError, match="cannot hold 300 class indices; use int32"):
         glmed.predict(many, image(150, 100), out=np.zeros((150, 100), np.uint8))
+
+
+def test_predict_leaves_the_model_on_the_device_and_in_the_mode_it_found(monkeypatch):
+    import glmed.inference.inferer as inferer
+
+    model = glmed.GLNet(2, "resnet18", "g2l", fpn_channels=16, global_size=64, patch_size=48, overlap=8).train()
+    # The machine has one device; say the model's home is another one ("meta") and check it goes back there.
+    monkeypatch.setattr(inferer, "model_device", lambda module: torch.device("meta"))
+    glmed.predict(model, np.zeros((100, 120, 3), dtype=np.uint8), device="cpu")
+    assert {parameter.device.type for parameter in model.parameters()} == {"meta"}
+    assert model.training

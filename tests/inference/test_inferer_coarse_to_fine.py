@@ -96,3 +96,37 @@ def test_filling_outside_the_boxes_leaves_the_boxes_alone():
     for r0, c0, r1, c1 in boxes:
         inside[r0:r1, c0:c1] = True
     assert (out[inside] == 7).all() and (out[~inside] == 0).all()
+
+
+def test_the_box_rule_is_a_prediction_setting_and_the_model_keeps_its_own():
+    coarse = lesion_coarse_mask(top=5, left=5, side=4)
+    coarse[50:56, 50:58] = 1
+    model = ScriptedCoarse(coarse)
+    trained_with = model.config
+    image = np.zeros((640, 640, 3), dtype=np.uint8)
+    assert len(glmed.predict(model, image).boxes) == 1
+    split = glmed.predict(model, image, per_component=True)
+    assert len(split.boxes) == 2
+    assert model.config == trained_with
+    one = ScriptedCoarse(lesion_coarse_mask())
+    (r0, c0, r1, c1), = glmed.predict(one, image).boxes
+    (l0, m0, l1, m1), = glmed.predict(one, image, target_ratio=0.25).boxes  # more background around it
+    assert (l1 - l0) * (m1 - m0) > (r1 - r0) * (c1 - c0)
+    assert model.config == trained_with  # what it was trained with, and what a checkpoint records
+
+
+def test_prediction_settings_are_checked_before_any_work():
+    model = ScriptedCoarse(lesion_coarse_mask())
+    with pytest.raises(ValueError, match="target_ratio"):
+        glmed.predict(model, "no/such/image.png", target_ratio=0)
+    plain = glmed.GLNet(2, "resnet18", "g2l", fpn_channels=16, global_size=64, patch_size=48, overlap=8)
+    with pytest.raises(ValueError, match="coarse-to-fine models only"):
+        glmed.predict(plain, np.zeros((64, 64, 3), dtype=np.uint8), per_component=True)
+
+
+def test_overlap_is_a_prediction_setting():
+    plain = glmed.GLNet(2, "resnet18", "g2l", fpn_channels=16, global_size=64, patch_size=48, overlap=8)
+    image = np.zeros((200, 200, 3), dtype=np.uint8)
+    default, denser = glmed.predict(plain, image), glmed.predict(plain, image, overlap=40)
+    assert default.patches == len(glmed.geometry.patch_grid((200, 200), 48, 8))
+    assert denser.patches == len(glmed.geometry.patch_grid((200, 200), 48, 40)) > default.patches

@@ -1,7 +1,8 @@
 import numpy as np
 
 from glmed.data.synthetic import make_dermoscopy_image
-from glmed.training.fit import evaluate, fit
+from glmed.training.evaluate import evaluate
+from glmed.training.fit import fit
 from glmed.training.trainer import GLNetTrainer
 from glmed.training.stages import paper_stages
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
@@ -17,9 +18,9 @@ def data(count, offset=0):
 def test_fit_runs_every_stage_and_reports_each_epoch():
     model = CoarseToFineGLNet(2, "resnet18", "bidirectional", **SIZES)
     seen = []
-    history = fit(model, paper_stages("bidirectional", epochs=(2, 1, 1)), data(3),
+    history = fit(model, data(3), stages=paper_stages("bidirectional", epochs=(2, 1, 1)),
                   on_step=lambda stage, step, terms: seen.append((stage.name, step)))
-    assert history[["stage", "epoch"]].values.tolist() == [["global", 1], ["global", 2], ["local", 1],
+    assert history[["stage", "stage_epoch"]].values.tolist() == [["global", 1], ["global", 2], ["local", 1],
                                                           ["bidirectional", 1]]
     assert {"loss", "global"} <= set(history.columns) and history.loss.notna().all()
     assert seen[:2] == [("global", 1), ("global", 2)] and len(seen) == 2 + 2 + 2 + 2
@@ -31,7 +32,7 @@ def test_quick_coarse_to_fine_beats_local_only_and_learns():
     scores = {}
     for name, model, sharing in [("local", GLNet(2, "resnet18", "local_only", **SIZES), "local_only"),
                                  ("c2f", CoarseToFineGLNet(2, "resnet18", "g2l", **SIZES), "g2l")]:
-        fit(model, paper_stages(sharing, epochs=(6, 6)), train,
+        fit(model, train, stages=paper_stages(sharing, epochs=(6, 6)),
             trainer=GLNetTrainer(model, global_lr=1e-3, local_lr=1e-3))
         scores[name] = evaluate(model, test)
     print({name: round(float(table.jaccard.mean()), 3) for name, table in scores.items()})
@@ -63,7 +64,7 @@ def test_fit_takes_image_files(tmp_path):
         Image.fromarray(image).save(path)
         pairs.append((path, label))
     model = GLNet(2, "resnet18", "g2l", **SIZES)
-    history = fit(model, paper_stages("g2l", epochs=(1, 1)), pairs)
+    history = fit(model, pairs, stages=paper_stages("g2l", epochs=(1, 1)))
     assert list(history.stage) == ["global", "local"]
 
 
@@ -84,5 +85,33 @@ def test_fit_closes_every_image_file_it_opens(tmp_path, monkeypatch):
     monkeypatch.setattr(glmed.io, "open_image", recording_open)
     image, label = data(1)[0]
     Image.fromarray(image).save(tmp_path / "ISIC_0000000.png")
-    fit(GLNet(2, "resnet18", "g2l", **SIZES), paper_stages("g2l", epochs=(1, 2)), [(tmp_path / "ISIC_0000000.png", label)])
+    fit(GLNet(2, "resnet18", "g2l", **SIZES), [(tmp_path / "ISIC_0000000.png", label)],
+        stages=paper_stages("g2l", epochs=(1, 2)))
     assert opened == []  # each reader was closed after its sample
+
+
+def test_fit_from_a_notebook_validates_reports_and_saves(tmp_path, capsys):
+    import glmed
+
+    model = glmed.CoarseToFineGLNet(2, "resnet18", "g2l", **SIZES)
+    history = glmed.fit(model, data(2), val=data(1, offset=50), stages=glmed.paper_stages("g2l", epochs=(1, 1)),
+                        progress=False)
+    assert history.stage.tolist() == ["global", "local"]
+    assert {"val_threshold_jaccard", "val_jaccard", "val_coarse_threshold_jaccard"} <= set(history.columns)
+    assert history.val_jaccard.between(0, 1).all()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and "val threshold_jaccard" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # without out_dir nothing is written
+    saved = glmed.save_model(model, tmp_path / "model.pt")
+    again = glmed.load_model(saved)
+    assert type(again) is type(model) and again.config == model.config
+    image = data(1, offset=60)[0][0]
+    assert (glmed.predict(again, image).mask == glmed.predict(model, image).mask).all()
+
+
+def test_fit_with_a_run_folder_keeps_checkpoints_and_metrics(tmp_path):
+    model = GLNet(2, "resnet18", "g2l", **SIZES)
+    history = fit(model, data(2), stages=paper_stages("g2l", epochs=(1, 1)), out_dir=tmp_path / "run",
+                  progress=False, log=None)
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+    assert len(__import__("pandas").read_csv(tmp_path / "run" / "metrics.csv")) == len(history) == 2
