@@ -1,7 +1,10 @@
-"""MONAI dictionary transforms, dataset layouts, the global-local patch sampler and synthetic data.
+"""MONAI dictionary transforms, dataset layouts, the training sample builder and synthetic data.
 
-Names are imported lazily, so ``import glmed.data.layouts`` does not load MONAI; the
-transforms load it when first used. See ``docs/data.md``.
+:class:`StageSampler` (``glmed.data.stage_samples``) is the one builder of training
+samples; the MONAI transforms wrap it (:class:`RandStageSampled`) or the rules it is made
+of (:func:`training_box`, :func:`choose_patches`), so a MONAI pipeline sees what the
+trainer sees. Names are imported lazily, so ``import glmed.data.layouts`` does not load
+MONAI; the transforms load it when first used. See ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ _EXPORTS = {
          "jitter_box", "read_patches", "resize_label", "tile_box"),
         "glmed.data.samples",
     ),
+    **dict.fromkeys(("StageSampler", "StageView", "choose_patches", "training_box"), "glmed.data.stage_samples"),
     **dict.fromkeys(
         ("CropBoxd", "GlobalLocal", "GlobalLocald", "LabelToIndex", "LabelToIndexd", "RandForegroundBox",
-         "RandForegroundBoxd", "RandGlobalLocald", "ReadImaged"),
+         "RandForegroundBoxd", "RandGlobalLocald", "RandStageSampled", "ReadImaged", "seed_from"),
         "glmed.data.transforms",
     ),
     **dict.fromkeys(
@@ -27,7 +31,7 @@ _EXPORTS = {
     ),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 -- built from the export table, so the two cannot disagree
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -1,5 +1,11 @@
 """What each training stage sees of an image: the whole image, or a coarse-to-fine box.
 
+:class:`StageSampler` is glmed's one builder of training samples: the trainer calls it,
+and the MONAI transforms (:class:`glmed.data.transforms.RandStageSampled`,
+:class:`~glmed.data.transforms.RandForegroundBoxd`,
+:class:`~glmed.data.transforms.RandGlobalLocald`) call it or the two rules it is made of,
+:func:`training_box` and :func:`choose_patches`, so a pipeline cannot drift from training.
+
 - Global stages see the whole image downsampled (a coarse-to-fine model's global branch
   also sees ground-truth boxes half the time, because at inference it segments the box
   view too).
@@ -9,24 +15,124 @@
   branch learns on the imprecise boxes a coarse prediction gives.
 - A ``collect_local`` stage needs every patch of the region (they all feed the
   local→global maps); other stages take a random few.
+
+The data layer sits below training: a stage is anything with ``global_only`` and
+``collect_local`` (:class:`StageView`), such as :class:`glmed.training.stages.Stage`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Protocol
 
 import numpy as np
 
-from glmed.io.open import as_reader
-from glmed.data.samples import global_local_sample, jittered_foreground_box, resize_label
-from glmed.training.stages import Stage
+from glmed.conventions import Box, Size
+from glmed.data.samples import (
+    global_local_sample,
+    jittered_foreground_box,
+    resize_label,
+)
 from glmed.geometry import grow_to_size, patch_grid, patch_size_for
 from glmed.io.base import ImageReader
+from glmed.io.open import as_reader
 from glmed.io.region import RegionReader
 from glmed.models.coarse_to_fine import CoarseToFineConfig
 from glmed.models.glnet import GLNetConfig
-from glmed.conventions import Box
+
+RandomSource = np.random.Generator | np.random.RandomState
+"""A numpy random source: the trainer's ``Generator`` or MONAI's ``RandomState``."""
+
+
+class StageView(Protocol):
+    """What the sampler needs to know of a training stage.
+
+    :class:`glmed.training.stages.Stage` satisfies it; so does any object with these two
+    read-only attributes, which keeps this module free of the training package.
+    """
+
+    @property
+    def global_only(self) -> bool:
+        """Only the global branch runs: no patches are needed."""
+        ...
+
+    @property
+    def collect_local(self) -> bool:
+        """Every patch of the region is needed (bidirectional sharing's local→global maps)."""
+        ...
+
+
+def _pair(size: int | Size) -> Size:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _label_size(label: ImageReader | np.ndarray) -> Size:
+    if isinstance(label, ImageReader):
+        return label.size
+    shape = np.shape(label)
+    return (int(shape[0]), int(shape[1]))
+
+
+def training_box(
+    label: ImageReader | np.ndarray,
+    global_size: int | Size,
+    patch_size: int | Size,
+    target_ratio: float,
+    per_component: bool,
+    jitter: float,
+    rng: np.random.Generator,
+) -> Box | None:
+    """The coarse-to-fine training box of a label: relaxed, jittered, at least one patch.
+
+    The label is looked at on the global grid (``global_size``), as the coarse mask is at
+    inference; the box inference would take from that perfect coarse mask
+    (:func:`glmed.data.samples.jittered_foreground_box`: relaxed to ``target_ratio``
+    foreground : background, with ``per_component`` one lesion's box picked at random) has
+    each edge moved by up to ``jitter`` of its size, so the local branch learns from boxes
+    as imprecise as a coarse prediction's; it is then grown about its centre to at least
+    one patch (never past the image), as the inferer's boxes are.
+
+    Args:
+        label: ``H×W`` class map, or a single-channel reader, at full resolution.
+        global_size: side, or ``(height, width)``, of the global view.
+        patch_size: side, or ``(height, width)``, of a full-resolution patch.
+        target_ratio: foreground : background wanted inside the box (the paper's 1.0).
+        per_component: a box per connected lesion, one of them drawn, instead of one box.
+        jitter: largest move of each edge, as a fraction of the box's height or width.
+        rng: draws the four edge moves, then the lesion (always both, in that order).
+
+    Returns:
+        ``(row0, col0, row1, col1)`` in the label's pixels, or None when the label has no
+        foreground on the global grid (the caller then uses the whole image).
+    """
+    size = _label_size(label)
+    grid_label = resize_label(label, _pair(global_size))
+    if not grid_label.any():
+        return None
+    box = jittered_foreground_box(grid_label, size, target_ratio, jitter, rng.uniform(-1, 1, 4), per_component,
+                                  int(rng.integers(1 << 30)))
+    return grow_to_size(box, patch_size_for(size, _pair(patch_size)), size)
+
+
+def choose_patches(count: int, limit: int, rng: RandomSource) -> np.ndarray:
+    """Indices of at most ``limit`` of ``count`` patches, drawn without replacement, in grid order.
+
+    Training on a few patches per image bounds a step's memory and time on huge images.
+    When all ``count`` fit, they are all taken and nothing is drawn.
+
+    Args:
+        count: patches in the grid.
+        limit: most patches to keep (at least 1).
+        rng: a ``Generator`` (the trainer) or a ``RandomState`` (MONAI's ``self.R``).
+
+    Returns:
+        Sorted int64 indices into the grid.
+    """
+    if limit < 1:
+        raise ValueError(f"the patch limit must be at least 1, got {limit}")
+    if count <= limit:
+        return np.arange(count, dtype=np.int64)
+    return np.sort(rng.choice(count, size=limit, replace=False)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -54,13 +160,25 @@ class StageSampler:
 
     @property
     def coarse_to_fine(self) -> bool:
+        """Whether the model refines a box (its config carries the box rule)."""
         return isinstance(self.config, CoarseToFineConfig)
 
     def __call__(
-        self, stage: Stage, image: ImageReader | np.ndarray, label: ImageReader | np.ndarray, rng: np.random.Generator
-    ) -> Dict[str, Any]:
-        """The sample: ``global_image``, ``global_label`` and, unless the stage is global-only,
-        ``patches``, ``patch_labels``, ``boxes_normalized`` (see :func:`global_local_sample`)."""
+        self, stage: StageView, image: ImageReader | np.ndarray, label: ImageReader | np.ndarray,
+        rng: np.random.Generator,
+    ) -> dict[str, Any]:
+        """Build the sample of one image for ``stage``.
+
+        Args:
+            stage: the training stage (``global_only``, ``collect_local``).
+            image: ``H×W×C`` array or reader.
+            label: ``H×W`` class map or single-channel reader.
+            rng: every random choice (box or not, box jitter, patches) is drawn from it.
+
+        Returns:
+            ``global_image``, ``global_label`` and, unless the stage is global-only,
+            ``patches``, ``patch_labels``, ``boxes_normalized`` (see :func:`global_local_sample`).
+        """
         image, label = as_reader(image), as_reader(label, name=f"{getattr(image, 'name', 'image')} label")
         config = self.config
         use_box = self.coarse_to_fine and (not stage.global_only or rng.random() < self.box_probability_global)
@@ -71,21 +189,13 @@ class StageSampler:
             boxes = np.zeros((0, 4), dtype=np.int64)
             return global_local_sample(image, boxes, label, config.global_size, num_classes=config.num_classes,
                                        with_patches=False)
-        grid = patch_grid(image.size, config.patch_size, config.overlap)
-        boxes = grid.boxes
-        if not stage.collect_local and len(boxes) > self.patches_per_image:
-            boxes = boxes[np.sort(rng.choice(len(boxes), size=self.patches_per_image, replace=False))]
+        boxes = patch_grid(image.size, config.patch_size, config.overlap).boxes
+        if not stage.collect_local:
+            boxes = boxes[choose_patches(len(boxes), self.patches_per_image, rng)]
         return global_local_sample(image, boxes, label, config.global_size, num_classes=config.num_classes)
 
     def training_box(self, label: ImageReader, rng: np.random.Generator) -> Box | None:
-        """A jittered, relaxed ground-truth box of at least one patch; None without foreground.
-
-        The label is looked at on the global grid, as the coarse mask is at inference.
-        """
+        """:func:`training_box` with this sampler's config and jitter."""
         config = self.config
-        grid_label = resize_label(label, (config.global_size, config.global_size))
-        if not grid_label.any():
-            return None
-        box = jittered_foreground_box(grid_label, label.size, config.target_ratio, self.box_jitter,
-                                      rng.uniform(-1, 1, 4), config.per_component, int(rng.integers(1 << 30)))
-        return grow_to_size(box, patch_size_for(label.size, (config.patch_size, config.patch_size)), label.size)
+        return training_box(label, config.global_size, config.patch_size, config.target_ratio,
+                            config.per_component, self.box_jitter, rng)

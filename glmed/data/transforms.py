@@ -20,11 +20,20 @@ A typical training pipeline (ISIC 2018, 0/255 masks)::
     ])
 
 and a ``DataLoader(..., collate_fn=glmed.data.collate_global_local)``.
+
+The random sample rules are not re-implemented here: :class:`RandStageSampled` calls the
+trainer's own :class:`~glmed.data.stage_samples.StageSampler`, and
+:class:`RandForegroundBoxd` and :class:`RandGlobalLocald` call the two rules it is made of
+(:func:`~glmed.data.stage_samples.training_box`,
+:func:`~glmed.data.stage_samples.choose_patches`), drawing from a ``Generator`` seeded by
+the transform's MONAI random state (:func:`seed_from`), so ``set_random_state`` makes them
+reproducible.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,13 +41,36 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, SpatialCrop, Transform
 from monai.utils.type_conversion import convert_to_dst_type
 
+from glmed.conventions import Size
 from glmed.data.normalize import Normalization
-from glmed.data.samples import check_class_map, global_local_sample, jittered_foreground_box, tile_box
+from glmed.data.samples import check_class_map, global_local_sample, tile_box
+from glmed.data.stage_samples import (
+    StageSampler,
+    StageView,
+    choose_patches,
+    training_box,
+)
 from glmed.geometry import patch_grid
 from glmed.io.base import ImageReader
-from glmed.conventions import Size
+from glmed.models.glnet import GLNetConfig
 
 Array = np.ndarray | torch.Tensor
+
+DEFAULT_NORMALIZATION = Normalization()
+"""The default normalisation: 8-bit pixels, ImageNet mean and standard deviation."""
+
+_SEED_BOUND = np.iinfo(np.int64).max
+
+
+def seed_from(random_state: np.random.RandomState) -> int:
+    """One draw from a MONAI transform's random state, to seed a ``numpy.random.Generator``.
+
+    The shared sample rules draw from a ``Generator`` (the trainer's kind) while MONAI gives
+    each transform a ``RandomState`` (``self.R``); seeding one from the other keeps a
+    transform reproducible under ``set_random_state`` and lets the very same rule run in
+    both places.
+    """
+    return int(random_state.randint(_SEED_BOUND, dtype=np.int64))
 
 
 def channels_last(image: Array | ImageReader) -> np.ndarray | ImageReader:
@@ -49,6 +81,13 @@ def channels_last(image: Array | ImageReader) -> np.ndarray | ImageReader:
     if array.ndim != 3:
         raise ValueError(f"expected a channel-first C×H×W image, got shape {array.shape}")
     return np.moveaxis(array, 0, -1)
+
+
+def _drop(data: dict[Hashable, Any], keys: Sequence[Hashable | None]) -> None:
+    """Remove the full-resolution image and label: what a sample exists to avoid carrying."""
+    for key in keys:
+        data.pop(key, None)
+
 
 
 # -- loading --------------------------------------------------------------------------
@@ -82,7 +121,7 @@ class ReadImaged(MapTransform):
             raise ValueError(f"keys must name the image and optionally the label, got {self.keys}")
         self.label_kind = label_kind
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from glmed.io import mask_to_index, open_image
 
         d = dict(data)
@@ -160,7 +199,7 @@ class LabelToIndexd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.converter = LabelToIndex(values)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key], key)
@@ -191,7 +230,7 @@ class GlobalLocal(Transform):
         global_size: int | Size = 508,
         patch_size: int | Size = 508,
         overlap: int = 50,
-        normalization: Normalization | None = Normalization(),
+        normalization: Normalization | None = DEFAULT_NORMALIZATION,
         num_classes: int | None = None,
         with_patches: bool = True,
     ) -> None:
@@ -216,7 +255,7 @@ class GlobalLocal(Transform):
         box: Sequence[int] | None = None,
         select: Callable[[int], np.ndarray] | None = None,
         label_key: Hashable = "label",
-    ) -> Dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
         """Build the sample.
 
         Args:
@@ -268,7 +307,7 @@ class GlobalLocald(MapTransform):
         global_size: int | Size = 508,
         patch_size: int | Size = 508,
         overlap: int = 50,
-        normalization: Normalization | None = Normalization(),
+        normalization: Normalization | None = DEFAULT_NORMALIZATION,
         num_classes: int | None = None,
         with_patches: bool = True,
         box_key: str | None = None,
@@ -286,7 +325,7 @@ class GlobalLocald(MapTransform):
         """Indices of the grid's ``count`` patches that go into the sample: all of them."""
         return np.arange(count)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image_key = self.keys[0]
         label_key = self.keys[1] if len(self.keys) == 2 else None
@@ -296,8 +335,7 @@ class GlobalLocald(MapTransform):
         box = d.get(self.box_key) if self.box_key is not None else None
         d.update(self.builder(d[image_key], label, box, self.select, label_key))
         if not self.keep_source:
-            for key in (image_key, label_key):
-                d.pop(key, None)
+            _drop(d, (image_key, label_key))
         return d
 
 
@@ -316,7 +354,8 @@ class RandGlobalLocald(Randomizable, GlobalLocald):
         self._chosen = np.zeros(0, dtype=np.int64)
 
     def randomize(self, count: int) -> None:
-        self._chosen = np.sort(self.R.choice(count, size=min(count, self.num_patches), replace=False))
+        """Draw which of the grid's ``count`` patches go into the sample (the trainer's rule)."""
+        self._chosen = choose_patches(count, self.num_patches, self.R)
 
     def select(self, count: int) -> np.ndarray:
         self.randomize(count)
@@ -327,37 +366,59 @@ class RandGlobalLocald(Randomizable, GlobalLocald):
 
 
 class RandForegroundBox(Randomizable, Transform):
-    """The coarse-to-fine training box: the label's foreground box, relaxed and jittered.
+    """The coarse-to-fine training box: the label's foreground box, relaxed, jittered, grown to a patch.
 
-    The box is the one inference would take from a perfect coarse mask
-    (:func:`glmed.geometry.coarse_to_fine_boxes`: tight box around all foreground, relaxed
-    to ``target_ratio`` foreground : background, the paper's 1:1); then each edge moves by
-    up to ``jitter`` of the box's size, so the local branch learns from boxes as imprecise
-    as the coarse prediction's. Always inside the image and never empty; the whole image
-    when the label has no foreground.
+    The trainer's rule, :func:`glmed.data.stage_samples.training_box`: the box inference
+    would take from a perfect coarse mask (the label on the ``global_size`` grid,
+    :func:`glmed.geometry.coarse_to_fine_boxes`: tight box around all foreground, relaxed to
+    ``target_ratio`` foreground : background, the paper's 1:1); then each edge moves by up
+    to ``jitter`` of the box's size, so the local branch learns from boxes as imprecise as
+    the coarse prediction's; then the box grows to at least one patch. Always inside the
+    image and never empty; the whole image when the label has no foreground.
 
     Args:
         target_ratio: foreground : background wanted in the box.
-        jitter: largest edge move, as a fraction of the box's height or width.
+        jitter: largest edge move, as a fraction of the box's height or width (the
+            trainer's 0.15).
+        global_size: side, or ``(height, width)``, of the global grid the label is looked at on.
+        patch_size: side, or ``(height, width)``, of a full-resolution patch.
+        per_component: a box per connected lesion, one of them drawn at random.
     """
 
-    def __init__(self, target_ratio: float = 1.0, jitter: float = 0.1) -> None:
+    def __init__(
+        self,
+        target_ratio: float = 1.0,
+        jitter: float = 0.15,
+        global_size: int | Size = 508,
+        patch_size: int | Size = 508,
+        per_component: bool = False,
+    ) -> None:
         if not target_ratio > 0 or jitter < 0:
             raise ValueError(f"target_ratio ({target_ratio}) must be positive and jitter ({jitter}) non-negative")
+        if min(np.atleast_1d(global_size)) < 1 or min(np.atleast_1d(patch_size)) < 1:
+            raise ValueError(f"global_size ({global_size}) and patch_size ({patch_size}) must be positive")
         self.target_ratio = target_ratio
         self.jitter = jitter
-        self._shifts = np.zeros(4)
+        self.global_size = global_size
+        self.patch_size = patch_size
+        self.per_component = per_component
+        self._seed = 0
 
     def randomize(self, data: Any = None) -> None:
-        """Draw the four edge moves, each uniform in ``[-1, 1]`` (times ``jitter``)."""
-        self._shifts = self.R.uniform(-1.0, 1.0, size=4)
+        """Draw the seed of the box's random choices (edge moves, lesion)."""
+        self._seed = seed_from(self.R)
 
-    def __call__(self, label: Array, key: Hashable = "label", randomize: bool = True) -> np.ndarray:
-        """``1×H×W`` or ``H×W`` label → ``(row0, col0, row1, col1)`` int64 array."""
+    def __call__(self, label: Array | ImageReader, key: Hashable = "label", randomize: bool = True) -> np.ndarray:
+        """``1×H×W`` or ``H×W`` label (or a single-channel reader) → ``(row0, col0, row1, col1)`` int64 array."""
         if randomize:
             self.randomize()
-        mask = check_class_map(label, str(key)) > 0
-        box = jittered_foreground_box(mask, mask.shape, self.target_ratio, self.jitter, self._shifts)
+        if not isinstance(label, ImageReader):
+            label = check_class_map(label, str(key))
+        box = training_box(label, self.global_size, self.patch_size, self.target_ratio, self.per_component,
+                           self.jitter, np.random.default_rng(self._seed))
+        if box is None:
+            height, width = label.size if isinstance(label, ImageReader) else label.shape
+            box = (0, 0, height, width)
         return np.asarray(box, dtype=np.int64)
 
 
@@ -367,6 +428,7 @@ class RandForegroundBoxd(Randomizable, MapTransform):
     Args:
         keys: the label key.
         box_key: where to store the box (read by :class:`GlobalLocald` and :class:`CropBoxd`).
+        allow_missing_keys: allow samples without the label key.
         Other arguments: see :class:`RandForegroundBox`.
     """
 
@@ -375,18 +437,21 @@ class RandForegroundBoxd(Randomizable, MapTransform):
         keys: KeysCollection = "label",
         box_key: str = "box",
         target_ratio: float = 1.0,
-        jitter: float = 0.1,
+        jitter: float = 0.15,
         allow_missing_keys: bool = False,
+        global_size: int | Size = 508,
+        patch_size: int | Size = 508,
+        per_component: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"RandForegroundBoxd takes one label key, got {self.keys}")
         self.box_key = box_key
-        self.boxer = RandForegroundBox(target_ratio, jitter)
+        self.boxer = RandForegroundBox(target_ratio, jitter, global_size, patch_size, per_component)
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> "RandForegroundBoxd":
+    ) -> RandForegroundBoxd:
         super().set_random_state(seed, state)
         self.boxer.set_random_state(seed, state)
         return self
@@ -394,11 +459,80 @@ class RandForegroundBoxd(Randomizable, MapTransform):
     def randomize(self, data: Any = None) -> None:
         self.boxer.randomize()
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         self.randomize()
         for key in self.key_iterator(d):
             d[self.box_key] = self.boxer(d[key], key, randomize=False)
+        return d
+
+
+# -- the trainer's sample -------------------------------------------------------------
+
+
+class RandStageSampled(Randomizable, MapTransform):
+    """The trainer's sample for a stage, as a MONAI dictionary transform.
+
+    Calls :class:`~glmed.data.stage_samples.StageSampler` itself — the builder the trainer
+    uses — with a ``Generator`` seeded from this transform's random state, so a MONAI
+    pipeline sees exactly what training sees: for coarse-to-fine, the jittered
+    ground-truth box (:func:`~glmed.data.stage_samples.training_box`) cropped out and
+    tiled; for the global stage the whole image (or, half the time for coarse-to-fine, the
+    box); ``patches_per_image`` random patches, or all of them for a ``collect_local``
+    stage. Output keys as :class:`GlobalLocald`'s (``global_image``, ``global_label``,
+    ``boxes``, ``boxes_normalized``, ``image_size`` and, unless the stage is global-only,
+    ``patches`` and ``patch_labels``), normalised with ImageNet statistics as the trainer's.
+
+    Args:
+        keys: image key, then label key; the image ``C×H×W`` (or a reader), the label a
+            ``1×H×W`` / ``H×W`` class map (or a single-channel reader).
+        config: the model's configuration (:class:`~glmed.models.glnet.GLNetConfig` or
+            :class:`~glmed.models.coarse_to_fine.CoarseToFineConfig`).
+        stage: the training stage; anything with ``global_only`` and ``collect_local``
+            (:class:`~glmed.data.stage_samples.StageView`), e.g. a
+            :class:`glmed.training.stages.Stage`. Reassign :attr:`stage` to move on.
+        patches_per_image, box_jitter, box_probability_global: see
+            :class:`~glmed.data.stage_samples.StageSampler`.
+        keep_source: keep the full-resolution image and label under their keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        *,
+        config: GLNetConfig,
+        stage: StageView,
+        patches_per_image: int = 4,
+        box_jitter: float = 0.15,
+        box_probability_global: float = 0.5,
+        keep_source: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        if len(self.keys) != 2:
+            raise ValueError(f"keys must name the image and the label, got {self.keys}")
+        self.sampler = StageSampler(config, patches_per_image, box_jitter, box_probability_global)
+        self.stage = stage
+        self.keep_source = keep_source
+        self._seed = 0
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw the seed of the sample's random choices (box or not, box jitter, patches)."""
+        self._seed = seed_from(self.R)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image_key, label_key = self.keys
+        missing = [key for key in self.keys if key not in d]
+        if missing:
+            raise KeyError(f"sample has no {missing} (RandStageSampled needs the image and its label)")
+        self.randomize()
+        label = d[label_key]
+        if not isinstance(label, ImageReader):
+            label = check_class_map(label, str(label_key), self.sampler.config.num_classes)
+        sample = self.sampler(self.stage, channels_last(d[image_key]), label, np.random.default_rng(self._seed))
+        if not self.keep_source:
+            _drop(d, self.keys)
+        d.update(sample)
         return d
 
 
@@ -414,7 +548,7 @@ class CropBoxd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.box_key = box_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if self.box_key not in d:
             raise KeyError(f"sample has no box under {self.box_key!r}; run RandForegroundBoxd first")

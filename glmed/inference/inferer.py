@@ -31,7 +31,7 @@ from glmed.io.region import RegionReader
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 from glmed.models.fpn import FINAL
 from glmed.models.glnet import GLNet, GLNetConfig, Sharing
-from glmed.models.sharing import LocalToGlobalCanvas
+from glmed.models.sharing import collect_local_context
 from glmed.conventions import Box
 
 
@@ -176,11 +176,9 @@ class GlobalLocalInferer:
             global_image = self._global_input(reader, config.global_size, placement)
             global_maps = model.global_features(global_image)
         if mode is Sharing.BIDIRECTIONAL:
-            canvas = LocalToGlobalCanvas.like(global_maps, mode.local_to_global_points)
-            for _, boxes, patches in self._patch_batches(reader, grid, placement, "collecting local features"):
-                index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
-                canvas.add(model.local_features(patches, global_maps, boxes, index), boxes, index)
-            global_maps = model.global_features(global_image, canvas.maps())
+            batches = ((patches, boxes, torch.zeros(len(boxes), dtype=torch.long, device=placement.device))
+                       for _, boxes, patches in self._patch_batches(reader, grid, placement, "collecting local features"))
+            global_maps = model.global_features(global_image, collect_local_context(model, global_maps, batches))
         if mode is Sharing.GLOBAL_ONLY:
             global_logits = model.global_logits(global_maps, global_image.shape[-2:])[0]
             return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse))

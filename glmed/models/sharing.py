@@ -7,7 +7,7 @@ the image each patch belongs to, so one batch may mix patches of several images.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping
+from typing import Any, Dict, Iterable, Mapping, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -109,3 +109,24 @@ class LocalToGlobalCanvas:
         points = list(points)
         reference = global_maps[points[0]]
         return cls({p: global_maps[p].shape for p in points}, reference.device, reference.dtype)
+
+
+def collect_local_context(
+    model: Any, global_maps: Mapping[str, torch.Tensor], batches: Iterable[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+) -> Dict[str, torch.Tensor]:
+    """Bidirectional sharing's collect pass: every patch's local maps stitched onto its image's
+    global grid, the global branch's local→global input.
+
+    The one implementation, used by the inferer (patches read batch by batch from an image)
+    and the trainer (a collated batch's patches in device-sized chunks).
+
+    Args:
+        model: a :class:`~glmed.models.glnet.GLNet` with bidirectional sharing.
+        global_maps: its global branch's maps without local context (the first pass).
+        batches: ``(patches N×C×p×p, boxes N×4 as fractions of their image, image index N)``,
+            on the model's device.
+    """
+    canvas = LocalToGlobalCanvas.like(global_maps, model.sharing.local_to_global_points)
+    for patches, boxes, image_index in batches:
+        canvas.add(model.local_features(patches, global_maps, boxes, image_index), boxes, image_index)
+    return canvas.maps()

@@ -9,7 +9,7 @@ import torch
 from glmed.models.glnet import GLNet
 from glmed.models.losses import GLNetLoss
 from glmed.models.placement import model_device
-from glmed.models.sharing import LocalToGlobalCanvas
+from glmed.models.sharing import collect_local_context
 from glmed.training.stages import GLOBAL_PARTS, LISTENING_PART, LOCAL_PARTS, Stage
 
 
@@ -124,17 +124,16 @@ class GLNetTrainer:
     def collect_local_context(
         self, global_image: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor, image_index: torch.Tensor
     ) -> Dict[str, torch.Tensor]:
-        """Every patch's local maps stitched onto its image's global grid (the L→G input)."""
-        model = self.model
+        """Every patch's local maps stitched onto its image's global grid (the L→G input), the
+        patches sent to the device :attr:`collect_batch_size` at a time."""
         device = global_image.device
-        global_maps = model.global_features(global_image)
-        canvas = LocalToGlobalCanvas.like(global_maps, model.sharing.local_to_global_points)
-        for start in range(0, len(patches), self.collect_batch_size):
-            part = slice(start, start + self.collect_batch_size)
-            chunk_boxes, chunk_index = boxes[part].to(device), image_index[part].to(device)
-            local_maps = model.local_features(patches[part].to(device), global_maps, chunk_boxes, chunk_index)
-            canvas.add(local_maps, chunk_boxes, chunk_index)
-        return canvas.maps()
+        global_maps = self.model.global_features(global_image)
+        chunks = (
+            (patches[part].to(device), boxes[part].to(device), image_index[part].to(device))
+            for part in (slice(start, start + self.collect_batch_size)
+                         for start in range(0, len(patches), self.collect_batch_size))
+        )
+        return collect_local_context(self.model, global_maps, chunks)
 
     def _choose_patches(self, count: int) -> torch.Tensor:
         if self.patches_per_step is None or self.patches_per_step >= count:

@@ -181,13 +181,15 @@ def test_rand_global_locald_draws_a_sorted_subset_of_the_grid():
 
 def test_foreground_box_is_the_relaxed_box_then_jittered_inside_the_image():
     _, label = _image_and_label()
-    exact = RandForegroundBoxd(jitter=0.0)({"label": label})["box"]
+    # the label looked at on its own grid and never grown, to see relaxing and jitter alone
+    full_res = {"global_size": label.shape[1:], "patch_size": 1}
+    exact = RandForegroundBoxd(jitter=0.0, **full_res)({"label": label})["box"]
     assert exact.tolist() == list(coarse_to_fine_boxes(label[0], label.shape[1:], 1.0)[0])
     r0, c0, r1, c1 = exact
     assert r0 <= 30 and c0 <= 20 and r1 >= 80 and c1 >= 70
     boxes = set()
     for seed in range(20):
-        box = RandForegroundBoxd(jitter=0.2).set_random_state(seed)({"label": label})["box"]
+        box = RandForegroundBoxd(jitter=0.2, **full_res).set_random_state(seed)({"label": label})["box"]
         assert 0 <= box[0] < box[2] <= 150 and 0 <= box[1] < box[3] <= 110
         assert np.abs(box - exact).max() <= 0.2 * max(r1 - r0, c1 - c0) + 1
         boxes.add(tuple(box))

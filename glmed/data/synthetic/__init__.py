@@ -1,0 +1,46 @@
+"""Synthetic ultra-high-resolution images: glmed's built-in sample data.
+
+Dermoscopy-like images (skin-tone texture, vignetting, hairs, lesions with irregular,
+finely detailed borders and blotchy internal colour, mostly under 20% foreground as in
+ISIC 2018; :mod:`.dermoscopy`), land-cover-like images with DeepGlobe's seven classes,
+and aerial images with buildings (Inria; :mod:`.aerial`). The writers lay them out
+exactly as the real datasets are laid out, so the same loaders, recipes and scorers run
+on them; nothing is downloaded.
+
+Everything is deterministic by seed. Smooth fields are drawn on coarse grids and
+upsampled, so a 6748×4499 image takes seconds and a few full-size float32 arrays.
+"""
+
+from __future__ import annotations
+
+from glmed.data.synthetic.aerial import (
+    CLASS_DICT_NAMES,
+    LAND_COLOURS,
+    LAND_PRIORS,
+    LAND_TEXTURE,
+    make_aerial_image,
+    make_landcover_image,
+    write_deepglobe_dataset,
+    write_inria_dataset,
+)
+from glmed.data.synthetic.dermoscopy import (
+    LESION_COLOURS,
+    SKIN_TONES,
+    make_dermoscopy_image,
+    write_isic_dataset,
+)
+
+__all__ = [
+    "CLASS_DICT_NAMES",
+    "LAND_COLOURS",
+    "LAND_PRIORS",
+    "LAND_TEXTURE",
+    "LESION_COLOURS",
+    "SKIN_TONES",
+    "make_aerial_image",
+    "make_dermoscopy_image",
+    "make_landcover_image",
+    "write_deepglobe_dataset",
+    "write_inria_dataset",
+    "write_isic_dataset",
+]
