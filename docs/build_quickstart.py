@@ -32,9 +32,6 @@ import torch
 
 import glmed
 from glmed.data.synthetic import make_dermoscopy_image
-from glmed.training.fit import fit
-from glmed.training.trainer import GLNetTrainer
-from glmed.training.stages import paper_stages
 from glmed.io.writers import write_mask_png, write_pyramidal_tiff
 
 torch.manual_seed(0)
@@ -47,13 +44,13 @@ print(f"{len(train)} training and {len(test)} test images of {train[0][0].shape}
 
 The global branch segments the downsampled image; the foreground box, relaxed to about 1:1
 foreground to background, is then segmented GLNet-style at full resolution. Tiny sizes here:
-64-pixel global view and patches, ResNet18, 32 FPN channels. `paper_stages` trains the global
-branch first, then the local branch with the global one fixed."""),
+64-pixel global view and patches, ResNet18, 32 FPN channels. `glmed.fit` trains in the paper's
+stages (`glmed.paper_stages`): the global branch first, then the local branch with the global one fixed."""),
     ("code", """\
 model = glmed.CoarseToFineGLNet(num_classes=2, backbone="resnet18", sharing="g2l",
                                 fpn_channels=32, global_size=64, patch_size=64, overlap=8)
-history = fit(model, paper_stages("g2l", epochs=(8, 6)), train,
-              trainer=GLNetTrainer(model, global_lr=1e-3, local_lr=1e-3))
+history = glmed.fit(model, train, stages=glmed.paper_stages("g2l", epochs=(8, 6)),
+                    global_lr=1e-3, local_lr=1e-3, progress=False)
 history.groupby("stage", sort=False).loss.agg(["first", "last"])"""),
     ("markdown", "## Segment a held-out image"),
     ("code", """\
