@@ -40,7 +40,9 @@ def _blob(rng: np.random.Generator, shape: tuple[int, int], centre, radii) -> Im
     angles = np.linspace(0, 2 * np.pi, 720, endpoint=False)
     radius = 1 + sum(rng.uniform(0, 0.08) * np.cos(k * angles + rng.uniform(0, 6.3)) for k in range(2, 6))
     image = Image.new("L", shape[::-1], 0)
-    points = zip(centre[1] + radii[1] * radius * np.cos(angles), centre[0] + radii[0] * radius * np.sin(angles))
+    points = zip(
+        centre[1] + radii[1] * radius * np.cos(angles), centre[0] + radii[0] * radius * np.sin(angles), strict=True
+    )
     ImageDraw.Draw(image).polygon(list(points), fill=255)
     return image
 

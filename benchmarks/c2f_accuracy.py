@@ -1,5 +1,6 @@
-"""Coarse-to-fine GLNet against the global-only and local-only baselines (the shape of the
-paper's Table 4) on generated dermoscopy-like images, trained on the CPU.
+"""Coarse-to-fine GLNet against the global-only and local-only baselines, the shape of the paper's Table 4.
+
+The models are trained on the CPU and scored on generated dermoscopy-like images.
 
 Every model has the same small backbone, sizes and optimiser, is trained through its own
 paper schedule for the same number of epochs per stage, and is scored on the same held-out
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import List
 
 
 def compare(size, train_count: int, test_count: int, epochs: int, seed: int = 0, log=print):
@@ -25,11 +25,11 @@ def compare(size, train_count: int, test_count: int, epochs: int, seed: int = 0,
     import torch
 
     from glmed.data.synthetic import make_dermoscopy_image
-    from glmed.training.fit import evaluate, fit
-    from glmed.training.trainer import GLNetTrainer
-    from glmed.training.stages import paper_stages
     from glmed.models.coarse_to_fine import CoarseToFineGLNet
     from glmed.models.glnet import GLNet
+    from glmed.training.fit import evaluate, fit
+    from glmed.training.stages import paper_stages
+    from glmed.training.trainer import GLNetTrainer
 
     train = [make_dermoscopy_image(size, seed + i) for i in range(train_count)]
     test = [make_dermoscopy_image(size, seed + 10_000 + i) for i in range(test_count)]
@@ -62,7 +62,7 @@ def compare(size, train_count: int, test_count: int, epochs: int, seed: int = 0,
     return pd.DataFrame(rows)
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", nargs=2, type=int, default=(384, 512), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--train", type=int, default=16, help="training images")

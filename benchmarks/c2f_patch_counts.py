@@ -1,5 +1,6 @@
-"""How much coarse-to-fine saves on an ISIC-sized image: patches read and run, and time,
-beside full GLNet with the same weights.
+"""How much coarse-to-fine saves on an ISIC-sized image: patches read and run, and time.
+
+Both are compared with full GLNet's, with the same weights.
 
 A 6748×4499 dermoscopy-like image with a lesion covering about a tenth of it is generated;
 a small coarse-to-fine GLNet's global branch is trained briefly on other generated images
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import List
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def train_global_branch(model, steps: int, size: tuple, seed: int) -> None:
         trainer.step(stage, batch, optimizer)
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", nargs=2, type=int, default=(4499, 6748), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--backbone", default="resnet18")

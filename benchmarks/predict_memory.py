@@ -1,9 +1,8 @@
-"""Peak host memory and time of glmed.predict on an ISIC-sized image, beside MONAI's
-sliding-window inference and the full-resolution image at once, over the same backbone.
+"""Peak host memory and time of glmed.predict on an ISIC-sized image, beside two baselines.
 
-The baselines run the local branch alone (the ResNet-FPN and its head, ``local_only``): MONAI's
-``sliding_window_inference`` with glmed's patch size, overlap and batch size, and one forward pass
-over the whole image.
+The baselines run the same backbone's local branch alone (the ResNet-FPN and its head,
+``local_only``): MONAI's ``sliding_window_inference`` with glmed's patch size, overlap and
+batch size, and one forward pass over the whole full-resolution image at once.
 
 Each case runs in its own process, so one case's peak cannot hide another's; the peak is
 the process's maximum resident set size (``ru_maxrss``) minus what it held once the model
@@ -22,14 +21,13 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Dict, List
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_case(case: str, height: int, width: int, backbone: str, sharing: str, batch_size: int) -> Dict[str, object]:
+def run_case(case: str, height: int, width: int, backbone: str, sharing: str, batch_size: int) -> dict[str, object]:
     """Build the model, run one case, and report its memory and time (runs in a child process)."""
     import numpy as np
     import torch
@@ -77,7 +75,7 @@ def run_case(case: str, height: int, width: int, backbone: str, sharing: str, ba
     }
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", nargs=2, type=int, default=(4499, 6748), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--backbone", default="resnet50")

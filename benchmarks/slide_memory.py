@@ -29,7 +29,7 @@ CASES = ("glmed.predict_to_tiff", "MONAI sliding window")
 class MemorySampler:
     """Peak RssAnon and VmRSS (MB) of this process, sampled on a thread while the block runs."""
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self.baseline = self._read()
         self.peak = dict(self.baseline)
         self._stop = threading.Event()
@@ -43,6 +43,7 @@ class MemorySampler:
         self._update()
 
     def added(self, field: str) -> float:
+        """MB of ``field`` the block added at its peak over what the process held when it began."""
         return round(self.peak[field] - self.baseline[field], 1)
 
     def _sample(self) -> None:
@@ -94,7 +95,8 @@ def run_case(case: str, slide: Path, backbone: str, fpn_channels: int, batch_siz
             with glmed.open_image(slide) as reader, torch.inference_mode():
                 whole = to_model_input(reader.read((0, 0, *reader.size)))[None]
                 logits = sliding_window_inference(
-                    whole, roi_size=(config.patch_size,) * 2, sw_batch_size=batch_size, overlap=config.overlap / config.patch_size,
+                    whole, roi_size=(config.patch_size,) * 2, sw_batch_size=batch_size,
+                    overlap=config.overlap / config.patch_size,
                     predictor=lambda tiles: model.local_logits(model.local_features(tiles), tiles.shape[-2:]))
                 logits[0].argmax(0).numpy()
     return {"case": case, "network": f"{backbone}-FPN{fpn_channels} {sharing}",

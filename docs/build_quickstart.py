@@ -89,7 +89,9 @@ with glmed.open_image(written.path) as mask_reader:
     overview = mask_reader.read((0, 0, *mask_reader.size), level=1)[..., 0]
 fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
 left.imshow(slide_image); left.set_title("slide"); left.axis("off")
-right.imshow(overview, cmap="gray"); right.set_title(f"mask, level 1, {written.patches} patches"); right.axis("off");"""),
+right.imshow(overview, cmap="gray")
+right.set_title(f"mask, level 1, {written.patches} patches")
+right.axis("off");"""),
 ]
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, List, Mapping, MutableMapping, Tuple
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
 
 def lazy_exports(
     package: str, namespace: MutableMapping[str, Any], exports: Mapping[str, str]
-) -> Tuple[Callable[[str], Any], Callable[[], List[str]]]:
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Module ``__getattr__`` and ``__dir__`` that import ``exports[name]`` on first access.
 
     Args:
@@ -25,7 +26,7 @@ def lazy_exports(
         namespace[name] = value
         return value
 
-    def __dir__() -> List[str]:
+    def __dir__() -> list[str]:
         return sorted(set(namespace) | set(exports))
 
     return __getattr__, __dir__

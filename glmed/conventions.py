@@ -9,16 +9,14 @@ the call site, never elsewhere.
 
 from __future__ import annotations
 
-from typing import Tuple
-
-Size = Tuple[int, int]
+Size = tuple[int, int]
 """``(height, width)`` in pixels."""
 
-Point = Tuple[int, int]
+Point = tuple[int, int]
 """``(row, col)`` in pixels."""
 
-Box = Tuple[int, int, int, int]
+Box = tuple[int, int, int, int]
 """``(row0, col0, row1, col1)`` in pixels, end-exclusive."""
 
-FloatBox = Tuple[float, float, float, float]
+FloatBox = tuple[float, float, float, float]
 """A box in continuous coordinates, e.g. on a feature map or as fractions of an image."""

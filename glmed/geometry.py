@@ -1,5 +1,6 @@
-"""Patch grids and the coordinate maps between a full-resolution image, its downsampled
-global view and the feature maps of both branches.
+"""Patch grids and the coordinate maps between a full-resolution image, its global view and feature maps.
+
+The global view is the downsampled whole image; the feature maps are both branches'.
 
 GLNet tiles an image with equally sized patches that overlap by at least a minimum
 amount and whose last row/column sits flush with the image border (no padding past
@@ -10,15 +11,15 @@ so training and inference see the same grid.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import numpy as np
 
 from glmed.conventions import Box, FloatBox, Size
 
 
-def axis_starts(length: int, patch: int, min_overlap: int) -> List[int]:
+def axis_starts(length: int, patch: int, min_overlap: int) -> list[int]:
     """Start offsets of patches tiling one axis.
 
     The count starts at ``ceil(length / patch)`` and grows until neighbouring patches
@@ -98,8 +99,8 @@ def patch_grid(
     requested = _checked_size(requested, "patch size")
     if not 0 <= overlap < min(requested):
         raise ValueError(f"overlap must be in [0, patch size {min(requested)}), got {overlap}")
-    region = (0, 0, height, width) if region is None else tuple(int(v) for v in region)
-    r0, c0, r1, c1 = region
+    r0, c0, r1, c1 = (0, 0, height, width) if region is None else (int(v) for v in region)
+    region = (r0, c0, r1, c1)
     if not (0 <= r0 < r1 <= height and 0 <= c0 < c1 <= width):
         raise ValueError(f"region {region} is not a non-empty box inside an image of size {(height, width)}")
     ph, pw = patch_size_for((r1 - r0, c1 - c0), requested)
@@ -116,18 +117,22 @@ def normalize_boxes(boxes: np.ndarray | Sequence[Box], image_size: Size) -> np.n
     return boxes / scale
 
 
-def map_box(box: Box | FloatBox, from_size: Size, to_size: Size) -> FloatBox:
+def map_box(box: Box | FloatBox, from_size: tuple[float, float], to_size: tuple[float, float]) -> FloatBox:
     """Where a box on one grid lies on another grid of the same image, in continuous coordinates.
 
-    Used to find a patch's place on the global image or on any feature map, and back.
+    Used to find a patch's place on the global image or on any feature map, and back. A
+    grid's size may be fractional: ``(1.0, 1.0)`` for boxes given as fractions of the image.
     """
     sr = to_size[0] / from_size[0]
     sc = to_size[1] / from_size[1]
     return (box[0] * sr, box[1] * sc, box[2] * sr, box[3] * sc)
 
 
-def footprint(box: Box | FloatBox, from_size: Size, to_size: Size) -> Box:
-    """The whole-pixel region a box covers on a coarser grid: rounded, clamped, never empty."""
+def footprint(box: Box | FloatBox, from_size: tuple[float, float], to_size: Size) -> Box:
+    """The whole-pixel region a box covers on a coarser grid: rounded, clamped, never empty.
+
+    ``from_size`` may be ``(1.0, 1.0)`` for a box given as fractions of the image.
+    """
     r0, c0, r1, c1 = map_box(box, from_size, to_size)
     height, width = to_size
     top = min(max(int(math.floor(r0 + 0.5)), 0), height - 1)
@@ -142,7 +147,7 @@ def box_size(box: Box) -> Size:
     return (int(box[2] - box[0]), int(box[3] - box[1]))
 
 
-def _checked_size(size: Sequence[int], what: str) -> Tuple[int, int]:
+def _checked_size(size: Sequence[int], what: str) -> tuple[int, int]:
     if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
         raise ValueError(f"{what} must be two positive integers (height, width), got {tuple(size)}")
     return (int(size[0]), int(size[1]))
@@ -196,9 +201,9 @@ def relax_box(mask: np.ndarray, box: Box, target_ratio: float = 1.0, step: int =
         r1, c1 = min(r1 + step, height), min(c1 + step, width)
 
 
-def merge_overlapping(boxes: Sequence[Box]) -> List[Box]:
+def merge_overlapping(boxes: Sequence[Box]) -> list[Box]:
     """Replace every group of overlapping boxes by their common bounding box, until none overlap."""
-    merged = [tuple(int(v) for v in b) for b in boxes]
+    merged: list[Box] = [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in boxes]
     changed = True
     while changed:
         changed = False
@@ -227,8 +232,10 @@ def scale_box_outward(box: Box, from_size: Size, to_size: Size) -> Box:
 
 
 def grow_to_size(box: Box, size: Size, image_size: Size) -> Box:
-    """Grow a box about its centre to at least ``size`` (never past the image), shifting it
-    inside the image rather than shrinking it."""
+    """Grow a box about its centre to at least ``size``, never past the image.
+
+    A box that would leave the image is shifted inside it rather than shrunk.
+    """
     out = []
     for axis in range(2):
         start, stop = int(box[axis]), int(box[axis + 2])
@@ -245,7 +252,7 @@ def coarse_to_fine_boxes(
     target_ratio: float = 1.0,
     min_size: Size = (1, 1),
     per_component: bool = False,
-) -> List[Box]:
+) -> list[Box]:
     """The full-resolution regions coarse-to-fine refines, from a coarse foreground mask.
 
     1. Boxes on the mask's grid: one tight box around all foreground (default), or one per
@@ -264,7 +271,9 @@ def coarse_to_fine_boxes(
         from scipy import ndimage
 
         labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-        tight = [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(labels) if s]
+        tight: list[Box | None] = [
+            (s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(labels) if s
+        ]
     else:
         tight = [tight_box(mask)]
     boxes = [relax_box(mask, box, target_ratio) for box in tight if box is not None]

@@ -28,6 +28,8 @@ def show_result(
         result: what :func:`glmed.predict` returned for it.
         truth: ``H×W`` ground-truth mask, optional.
         ax: a matplotlib Axes to draw into; a new figure's by default.
+        max_side: longest side, in pixels, of the picture actually drawn; larger images are
+            subsampled by a whole step to about this size, which keeps big slides quick to draw.
 
     Returns:
         The Axes.
@@ -79,6 +81,7 @@ def plot_scores(per_image: Any, ax: Any = None, bins: int = 20) -> Any:
         per_image: what :func:`glmed.score_submission` returns (a ``threshold_jaccard`` and a
             ``jaccard`` column).
         ax: a matplotlib Axes to draw into; a new figure's by default.
+        bins: number of histogram bins over Jaccard's ``[0, 1]`` range.
 
     Returns:
         The Axes.

@@ -13,15 +13,15 @@ predictions are written as colour-coded ``RUN_DIR/predictions/<id>_mask.png``. S
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from glmed.data.synthetic import write_deepglobe_dataset
 from glmed.experiments import recipe as recipe_support
-from glmed.experiments.outputs import ClassMapPredictions
 from glmed.experiments.config import RecipeConfig
-from glmed.metrics.validation import MeanIoUMetric
+from glmed.experiments.outputs import ClassMapPredictions
 from glmed.io.labels import DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE
+from glmed.metrics.validation import MeanIoUMetric
 from glmed.models.glnet import GLNet
 
 DEMO = dict(

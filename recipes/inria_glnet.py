@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from glmed.data.synthetic import write_inria_dataset
 from glmed.experiments import recipe as recipe_support
-from glmed.experiments.outputs import ClassMapPredictions
 from glmed.experiments.config import RecipeConfig
+from glmed.experiments.outputs import ClassMapPredictions
 from glmed.metrics.validation import MeanIoUMetric
 from glmed.models.glnet import GLNet
 

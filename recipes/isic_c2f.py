@@ -14,13 +14,13 @@ scores it with glmed's ISIC scorer (``glmed score``). See docs/recipes.md.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from glmed.data.synthetic import write_isic_dataset
 from glmed.experiments import recipe as recipe_support
-from glmed.experiments.outputs import IsicSubmission
 from glmed.experiments.config import CoarseToFineRecipeConfig, RecipeConfig
+from glmed.experiments.outputs import IsicSubmission
 from glmed.metrics.validation import IsicMetric
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 

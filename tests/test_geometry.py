@@ -153,7 +153,8 @@ def test_overlapping_component_boxes_are_merged():
     boxes = coarse_to_fine_boxes(mask, (100, 100), per_component=True)
     assert len(boxes) == 1
     assert merge_overlapping([(0, 0, 5, 5), (4, 4, 9, 9), (20, 20, 30, 30), (8, 8, 21, 21)]) == [(0, 0, 30, 30)]
-    assert merge_overlapping([(0, 0, 5, 5), (5, 5, 9, 9)]) == [(0, 0, 5, 5), (5, 5, 9, 9)]  # touching is not overlapping
+    # touching is not overlapping
+    assert merge_overlapping([(0, 0, 5, 5), (5, 5, 9, 9)]) == [(0, 0, 5, 5), (5, 5, 9, 9)]
 
 
 def test_boxes_map_to_full_resolution_outward_and_grow_to_one_patch():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 COMMANDS = {
     "demo": ("glmed.cli.demo", "segment a generated ultra-high-resolution image with a small GLNet"),

@@ -16,6 +16,11 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from glmed.inference.inferer import SegmentationResult
+    from glmed.inference.slide import SlidePrediction
 
 EXIT_FAILED = 1
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -85,11 +90,13 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
     from glmed.io.writers import write_mask_png
 
     options = {"batch_size": args.batch_size, "device": device, "progress": progress}
+    result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)
     else:
-        result = predict(model, image, with_coarse=False, **options)
-        write_mask_png(out, result.mask, model.config.num_classes)
+        segmentation = predict(model, image, with_coarse=False, **options)
+        write_mask_png(out, segmentation.mask, model.config.num_classes)
+        result = segmentation
     refined = f", refined {len(result.boxes)} box(es)" if result.boxes else ""
     notes = "".join(f"\nnote: {note}" for note in result.notes)
     patches = f"{result.patches} patch" + ("" if result.patches == 1 else "es")

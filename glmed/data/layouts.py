@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from glmed.io.writers import atomic_path
 COLUMNS = ("image_id", "image_path", "label_path")
 SPLITS = ("train", "val", "test")
 
-PAPER_SPLITS: Dict[str, Tuple[int, int, int]] = {
+PAPER_SPLITS: dict[str, tuple[int, int, int]] = {
     "isic": (2077, 260, 259),
     "deepglobe": (455, 142, 206),
     "inria": (126, 27, 27),
@@ -81,16 +82,23 @@ def isic_mask_name(image_id: str) -> str:
 def discover(root: str | os.PathLike, kind: str, **options: object) -> pd.DataFrame:
     """Find the image/mask pairs of a dataset laid out as ``kind`` (``"isic"``, ``"deepglobe"``, ``"inria"``).
 
-    ``options`` go to :func:`find_isic` (``subset``, ``labels``), :func:`find_deepglobe` or :func:`find_inria` (``labels``).
+    ``options`` go to :func:`find_isic` (``subset``, ``labels``), :func:`find_deepglobe` or
+    :func:`find_inria` (``labels``).
     """
-    finders = {"isic": find_isic, "deepglobe": find_deepglobe, "inria": find_inria}
+    finders: dict[str, Callable[..., pd.DataFrame]] = {
+        "isic": find_isic,
+        "deepglobe": find_deepglobe,
+        "inria": find_inria,
+    }
     if kind not in finders:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {sorted(finders)}")
     return finders[kind](root, **options)
 
 
 def find_isic(root: str | os.PathLike, subset: str = "training", labels: bool = True) -> pd.DataFrame:
-    """ISIC 2018 Task 1: ``<root>/ISIC2018_Task1-2_<Subset>_Input/ISIC_XXXXXXX.jpg`` with
+    """ISIC 2018 Task 1: each input image paired with its segmentation mask, as the challenge names them.
+
+    Images are ``<root>/ISIC2018_Task1-2_<Subset>_Input/ISIC_XXXXXXX.jpg``, masks
     ``<root>/ISIC2018_Task1_<Subset>_GroundTruth/ISIC_XXXXXXX_segmentation.png``.
 
     Args:
@@ -108,7 +116,9 @@ def find_isic(root: str | os.PathLike, subset: str = "training", labels: bool = 
     images = _matching(image_dir, _ISIC_IMAGE)
     masks = _matching(mask_dir, _ISIC_MASK) if labels else {}
     if not images and not masks:
-        raise LayoutError(f"{image_dir}: expected images named ISIC_XXXXXXX.jpg (7 digits); found {_listing(image_dir)}")
+        raise LayoutError(
+            f"{image_dir}: expected images named ISIC_XXXXXXX.jpg (7 digits); found {_listing(image_dir)}"
+        )
     return _pairs(
         images,
         masks,
@@ -174,7 +184,7 @@ def scan_dataset(
         a copy of ``table`` with ``height``, ``width`` and ``channels`` of each image.
     """
     _require_columns(table, COLUMNS, "the table")
-    problems: List[DatasetProblem] = []
+    problems: list[DatasetProblem] = []
     shapes = []
     for row in table.itertuples(index=False):
         shape = _scan_image(row.image_path, min_size, problems)
@@ -204,8 +214,11 @@ def make_split(table: pd.DataFrame, sizes: str | Sequence[int], seed: int = 0) -
     """
     _require_columns(table, ("image_id",), "the table")
     if table["image_id"].duplicated().any():
-        raise ValueError(f"image ids must be unique, repeated: {sorted(table['image_id'][table['image_id'].duplicated()])[:10]}")
-    counts = split_counts(len(table), PAPER_SPLITS[sizes] if isinstance(sizes, str) and sizes in PAPER_SPLITS else sizes)
+        repeated = sorted(table["image_id"][table["image_id"].duplicated()])[:10]
+        raise ValueError(f"image ids must be unique, repeated: {repeated}")
+    if isinstance(sizes, str) and sizes in PAPER_SPLITS:
+        sizes = PAPER_SPLITS[sizes]
+    counts = split_counts(len(table), sizes)
     out = table.sort_values("image_id", kind="stable").reset_index(drop=True)
     assigned = np.empty(len(out), dtype=object)
     assigned[np.random.default_rng(seed).permutation(len(out))] = np.repeat(np.array(SPLITS, dtype=object), counts)
@@ -213,13 +226,16 @@ def make_split(table: pd.DataFrame, sizes: str | Sequence[int], seed: int = 0) -
     return out
 
 
-def split_counts(total: int, sizes: Sequence[int]) -> Tuple[int, int, int]:
-    """Train/val/test counts adding up to ``total``, in the proportions of ``sizes`` (see :func:`make_split`)."""
+def split_counts(total: int, sizes: Sequence[int] | str) -> tuple[int, int, int]:
+    """Train/val/test counts adding up to ``total``, in the proportions of ``sizes`` (see :func:`make_split`).
+
+    A string (a dataset name :func:`make_split` did not know) is refused like any other bad ``sizes``.
+    """
     if isinstance(sizes, str) or len(sizes) != 3 or any(int(s) != s or s < 0 for s in sizes) or sum(sizes) == 0:
         raise ValueError(f"sizes must be one of {sorted(PAPER_SPLITS)} or three non-negative counts, got {sizes!r}")
     sizes = [int(s) for s in sizes]
     if sum(sizes) == total:
-        return tuple(sizes)
+        return (sizes[0], sizes[1], sizes[2])
     exact = [total * s / sum(sizes) for s in sizes]
     counts = [int(np.floor(x)) for x in exact]
     by_remainder = sorted(range(3), key=lambda i: (-(exact[i] - counts[i]), i))
@@ -229,7 +245,7 @@ def split_counts(total: int, sizes: Sequence[int]) -> Tuple[int, int, int]:
         if sizes[i] and not counts[i] and total >= sum(1 for s in sizes if s):
             counts[max(range(3), key=lambda j: counts[j])] -= 1
             counts[i] = 1
-    return tuple(counts)
+    return (counts[0], counts[1], counts[2])
 
 
 def write_manifest(table: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -254,7 +270,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
-def _scan_image(path: str | None, min_size: int | None, problems: List[DatasetProblem]) -> Tuple[int, int, int] | None:
+def _scan_image(path: str | None, min_size: int | None, problems: list[DatasetProblem]) -> tuple[int, int, int] | None:
     if not _exists(path, "missing image", problems):
         return None
     try:
@@ -272,15 +288,16 @@ def _scan_image(path: str | None, min_size: int | None, problems: List[DatasetPr
 
 
 def _scan_label(
-    path: str | None, image_path: str, shape: Tuple[int, int, int] | None, kind: str, check_values: bool,
-    problems: List[DatasetProblem],
+    path: str | None, image_path: str, shape: tuple[int, int, int] | None, kind: str, check_values: bool,
+    problems: list[DatasetProblem],
 ) -> None:
     if not _exists(path, f"missing mask for image {image_path}", problems):
         return
     try:
         with open_image(path) as reader:
             if shape is not None and reader.size != shape[:2]:
-                problems.append(DatasetProblem(path, f"mask is {reader.size} but its image {image_path} is {shape[:2]}"))
+                message = f"mask is {reader.size} but its image {image_path} is {shape[:2]}"
+                problems.append(DatasetProblem(path, message))
             elif check_values:
                 mask_to_index(reader.read((0, 0) + reader.size), kind, path)
     except LabelError as error:
@@ -289,7 +306,11 @@ def _scan_label(
         problems.append(DatasetProblem(path, f"unreadable mask: {_strip(error, path)}"))
 
 
-def _exists(path: str | None, message: str, problems: List[DatasetProblem]) -> bool:
+def _exists(path: str | None, message: str, problems: list[DatasetProblem]) -> TypeGuard[str]:
+    """Whether ``path`` names an existing file; records ``message`` as a problem when it does not.
+
+    An empty table cell (None, or NaN as pandas reads it) counts as missing.
+    """
     if path is None or (isinstance(path, float) and np.isnan(path)):
         problems.append(DatasetProblem("<no path>", message))
         return False
@@ -306,8 +327,8 @@ def _strip(error: Exception, path: str) -> str:
 
 
 def _pairs(
-    images: Dict[str, Path],
-    masks: Dict[str, Path],
+    images: dict[str, Path],
+    masks: dict[str, Path],
     image_at: Callable[[str], Path],
     mask_at: Callable[[str], Path] | None,
 ) -> pd.DataFrame:
@@ -320,7 +341,7 @@ def _pairs(
     return pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)
 
 
-def _matching(folder: Path, pattern: re.Pattern) -> Dict[str, Path]:
+def _matching(folder: Path, pattern: re.Pattern) -> dict[str, Path]:
     """``{id: path}`` of the files in ``folder`` whose name matches ``pattern`` (group 1 is the id)."""
     found = {}
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -330,9 +351,9 @@ def _matching(folder: Path, pattern: re.Pattern) -> Dict[str, Path]:
     return found
 
 
-def _matching_tree(root: Path, pattern: re.Pattern) -> Dict[str, Path]:
+def _matching_tree(root: Path, pattern: re.Pattern) -> dict[str, Path]:
     """Like :func:`_matching` over every folder under ``root``; an id found twice is a layout error."""
-    found: Dict[str, Path] = {}
+    found: dict[str, Path] = {}
     for folder, _, _ in sorted(os.walk(root)):
         for image_id, path in _matching(Path(folder), pattern).items():
             if image_id in found:
@@ -348,12 +369,13 @@ def _existing_root(root: str | os.PathLike) -> Path:
     return root
 
 
-def _listing(folder: Path, limit: int = 12) -> List[str]:
+def _listing(folder: Path, limit: int = 12) -> list[str]:
     entries = sorted(e.name + ("/" if e.is_dir() else "") for e in folder.iterdir()) if folder.is_dir() else []
     return entries[:limit] + ([f"... {len(entries) - limit} more"] if len(entries) > limit else [])
 
 
-def _relative(value: object, folder: Path) -> object:
+def _relative(value: str | None, folder: Path) -> str | None:
+    """``value`` relative to ``folder``; None for an empty cell (None, or NaN as pandas reads it)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     return os.path.relpath(Path(value).resolve(), folder)

@@ -10,16 +10,16 @@ weights trained on ImageNet expect.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Tuple
 
 import numpy as np
 import torch
 
-IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 """Per-channel mean of ImageNet RGB images scaled to [0, 1]."""
 
-IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 """Per-channel standard deviation of ImageNet RGB images scaled to [0, 1]."""
 
 
@@ -54,9 +54,16 @@ class Normalization:
         return to_model_input(array, self, channel_axis=channel_axis)
 
 
+DEFAULT_NORMALIZATION = Normalization()
+"""The default normalisation: 8-bit pixels, ImageNet mean and standard deviation.
+
+One shared instance serves as every default argument; it is frozen, so sharing it is safe.
+"""
+
+
 def to_model_input(
     array: np.ndarray | torch.Tensor,
-    normalization: Normalization = Normalization(),
+    normalization: Normalization = DEFAULT_NORMALIZATION,
     channel_axis: int = -1,
 ) -> torch.Tensor:
     """Pixels as a float32 network input, channels first.

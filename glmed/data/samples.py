@@ -15,17 +15,18 @@ about 1:1 foreground:background; :func:`jitter_box` perturbs it for training and
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from glmed.data.normalize import Normalization
-from glmed.geometry import coarse_to_fine_boxes, PatchGrid, grow_to_size, normalize_boxes, patch_grid, patch_size_for
+from glmed.conventions import Box, Size
+from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization
+from glmed.geometry import PatchGrid, coarse_to_fine_boxes, grow_to_size, normalize_boxes, patch_grid, patch_size_for
 from glmed.io.base import ImageReader
 from glmed.io.open import as_reader
-from glmed.conventions import Box, Size
 
 CONCATENATED_KEYS = ("patches", "patch_labels", "boxes", "boxes_normalized")
 """Sample keys whose first axis counts patches: :func:`collate_global_local` concatenates them."""
@@ -34,7 +35,7 @@ CONCATENATED_KEYS = ("patches", "patch_labels", "boxes", "boxes_normalized")
 # -- readers and labels ---------------------------------------------------------------
 
 
-def check_class_map(label: np.ndarray, key: str = "label", num_classes: int | None = None) -> np.ndarray:
+def check_class_map(label: np.ndarray | torch.Tensor, key: str = "label", num_classes: int | None = None) -> np.ndarray:
     """A label as an ``H×W`` integer class map, or a ValueError saying what is wrong with it.
 
     Accepts ``H×W``, ``1×H×W`` and ``H×W×1`` arrays of integers, booleans, or floats holding
@@ -43,7 +44,7 @@ def check_class_map(label: np.ndarray, key: str = "label", num_classes: int | No
     ``[0, num_classes)`` (a 0/255 mask) are refused.
 
     Args:
-        label: the label array.
+        label: the label array (a CPU tensor, as MONAI loads it, is read as an array).
         key: its name in the sample, for the message.
         num_classes: number of classes, when known.
     """
@@ -130,8 +131,8 @@ def read_patches(image: ImageReader | np.ndarray, boxes: np.ndarray | Sequence[B
         raise ValueError(f"{reader.name}: patches must share one size to be batched, got sizes {sorted(sizes)}")
     height, width = sizes.pop() if sizes else (0, 0)
     out = np.empty((len(boxes), height, width, reader.channels), dtype=reader.dtype)
-    for index, box in enumerate(boxes):
-        out[index] = reader.read(tuple(int(v) for v in box))
+    for index, (r0, c0, r1, c1) in enumerate(boxes):
+        out[index] = reader.read((int(r0), int(c0), int(r1), int(c1)))
     return out
 
 
@@ -157,7 +158,7 @@ def iter_patch_batches(
 # -- coarse-to-fine boxes -------------------------------------------------------------
 
 
-def jitter_box(box: Box, image_size: Size, fraction: float, shifts: Sequence[float]) -> Box:
+def jitter_box(box: Box, image_size: Size, fraction: float, shifts: Sequence[float] | np.ndarray) -> Box:
     """Move each edge of a box by ``shifts[i] * fraction`` of the box's size, clamped to the image.
 
     Training on jittered ground-truth boxes teaches the local branch the imprecise boxes
@@ -182,7 +183,7 @@ def jittered_foreground_box(
     image_size: Size,
     target_ratio: float,
     jitter: float,
-    shifts: Sequence[float],
+    shifts: Sequence[float] | np.ndarray,
     per_component: bool = False,
     pick: int = 0,
 ) -> Box:
@@ -206,7 +207,7 @@ def tile_box(image_size: Size, box: Box, patch_size: int | Size = 508, overlap: 
     A box smaller than one patch along an axis is first grown about its centre to one
     patch there (never beyond the image), so every patch keeps the full patch size.
     """
-    patch = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    patch: Size = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
     r0, c0, r1, c1 = (int(v) for v in box)
     if not (0 <= r0 < r1 <= image_size[0] and 0 <= c0 < c1 <= image_size[1]):
         raise ValueError(f"box {tuple(box)} is not a non-empty box inside an image of size {tuple(image_size)}")
@@ -222,10 +223,10 @@ def global_local_sample(
     boxes: np.ndarray,
     label: ImageReader | np.ndarray | None = None,
     global_size: int | Size = 508,
-    normalization: Normalization | None = Normalization(),
+    normalization: Normalization | None = DEFAULT_NORMALIZATION,
     num_classes: int | None = None,
     with_patches: bool = True,
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """One image's GLNet sample: its global view and the patches at ``boxes``.
 
     Args:
@@ -245,7 +246,7 @@ def global_local_sample(
         with a label.
     """
     reader = as_reader(image)
-    size = (global_size, global_size) if isinstance(global_size, int) else tuple(global_size)
+    size: Size = (global_size, global_size) if isinstance(global_size, int) else global_size
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     if normalization is None:
         channels = reader.channels
@@ -270,7 +271,7 @@ def global_local_sample(
     return sample
 
 
-def collate_global_local(samples: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+def collate_global_local(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Batch global-local samples whose patch counts differ (a ``collate_fn`` for DataLoader).
 
     Global images, labels and sizes are stacked (``B×...``); the per-patch keys
@@ -281,7 +282,7 @@ def collate_global_local(samples: Sequence[Mapping[str, Any]]) -> Dict[str, Any]
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    batch: Dict[str, Any] = {}
+    batch: dict[str, Any] = {}
     for key in samples[0]:
         values = [sample[key] for sample in samples]
         if key in CONCATENATED_KEYS:
@@ -301,7 +302,7 @@ def collate_global_local(samples: Sequence[Mapping[str, Any]]) -> Dict[str, Any]
     return batch
 
 
-def _stack_or_list(values: List[Any]) -> Any:
+def _stack_or_list(values: list[Any]) -> Any:
     if all(isinstance(v, (torch.Tensor, np.ndarray)) for v in values):
         tensors = [torch.as_tensor(v) for v in values]
         if len({(t.shape, t.dtype) for t in tensors}) == 1:

@@ -195,7 +195,13 @@ class StageSampler:
         return global_local_sample(image, boxes, label, config.global_size, num_classes=config.num_classes)
 
     def training_box(self, label: ImageReader, rng: np.random.Generator) -> Box | None:
-        """:func:`training_box` with this sampler's config and jitter."""
+        """:func:`training_box` with this sampler's config and jitter.
+
+        Raises:
+            TypeError: when the config is not a coarse-to-fine one, which alone has a box rule.
+        """
         config = self.config
+        if not isinstance(config, CoarseToFineConfig):
+            raise TypeError(f"training boxes need a CoarseToFineConfig (the box rule), got {type(config).__name__}")
         return training_box(label, config.global_size, config.patch_size, config.target_ratio,
                             config.per_component, self.box_jitter, rng)

@@ -42,7 +42,7 @@ from monai.transforms import MapTransform, Randomizable, SpatialCrop, Transform
 from monai.utils.type_conversion import convert_to_dst_type
 
 from glmed.conventions import Size
-from glmed.data.normalize import Normalization
+from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization
 from glmed.data.samples import check_class_map, global_local_sample, tile_box
 from glmed.data.stage_samples import (
     StageSampler,
@@ -55,9 +55,6 @@ from glmed.io.base import ImageReader
 from glmed.models.glnet import GLNetConfig
 
 Array = np.ndarray | torch.Tensor
-
-DEFAULT_NORMALIZATION = Normalization()
-"""The default normalisation: 8-bit pixels, ImageNet mean and standard deviation."""
 
 _SEED_BOUND = np.iinfo(np.int64).max
 
@@ -122,6 +119,7 @@ class ReadImaged(MapTransform):
         self.label_kind = label_kind
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Replace the file paths under the keys by the image (``C×H×W``) and its class map (``1×H×W``)."""
         from glmed.io import mask_to_index, open_image
 
         d = dict(data)
@@ -200,6 +198,7 @@ class LabelToIndexd(MapTransform):
         self.converter = LabelToIndex(values)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Replace each keyed mask by its ``1×H×W`` class map; other keys are left as they are."""
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key], key)
@@ -245,8 +244,8 @@ class GlobalLocal(Transform):
         """``N×4`` patch boxes for an image, inside ``box`` when given."""
         if box is None:
             return patch_grid(image_size, self.patch_size, self.overlap).boxes
-        box = tuple(int(v) for v in np.asarray(box).reshape(-1))
-        return tile_box(image_size, box, self.patch_size, self.overlap).boxes
+        r0, c0, r1, c1 = (int(v) for v in np.asarray(box).reshape(-1))
+        return tile_box(image_size, (r0, c0, r1, c1), self.patch_size, self.overlap).boxes
 
     def __call__(
         self,
@@ -326,6 +325,7 @@ class GlobalLocald(MapTransform):
         return np.arange(count)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Add the sample's keys (tiled inside the ``box_key`` box if any); drop the source unless ``keep_source``."""
         d = dict(data)
         image_key = self.keys[0]
         label_key = self.keys[1] if len(self.keys) == 2 else None
@@ -358,6 +358,7 @@ class RandGlobalLocald(Randomizable, GlobalLocald):
         self._chosen = choose_patches(count, self.num_patches, self.R)
 
     def select(self, count: int) -> np.ndarray:
+        """A fresh random subset of the grid's ``count`` patches, drawn for this sample."""
         self.randomize(count)
         return self._chosen
 
@@ -452,14 +453,17 @@ class RandForegroundBoxd(Randomizable, MapTransform):
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
     ) -> RandForegroundBoxd:
+        """Seed this transform and its inner :class:`RandForegroundBox`, which makes the draws."""
         super().set_random_state(seed, state)
         self.boxer.set_random_state(seed, state)
         return self
 
     def randomize(self, data: Any = None) -> None:
+        """Draw the box's random choices, once per sample (the inner boxer holds the draw)."""
         self.boxer.randomize()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Store the label's training box under ``box_key`` as a ``(row0, col0, row1, col1)`` array."""
         d = dict(data)
         self.randomize()
         for key in self.key_iterator(d):
@@ -520,6 +524,7 @@ class RandStageSampled(Randomizable, MapTransform):
         self._seed = seed_from(self.R)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Add the current stage's training sample; the image and label go unless ``keep_source``."""
         d = dict(data)
         image_key, label_key = self.keys
         missing = [key for key in self.keys if key not in d]
@@ -549,6 +554,7 @@ class CropBoxd(MapTransform):
         self.box_key = box_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Crop every keyed array to the stored box; the box itself stays in the sample."""
         d = dict(data)
         if self.box_key not in d:
             raise KeyError(f"sample has no box under {self.box_key!r}; run RandForegroundBoxd first")

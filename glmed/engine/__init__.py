@@ -13,9 +13,9 @@ import importlib.machinery
 import sys
 import types
 import warnings
-from typing import Dict, Sequence, Tuple
+from collections.abc import Sequence
 
-MOVED: Dict[str, Tuple[str, ...]] = {
+MOVED: dict[str, tuple[str, ...]] = {
     "inferer": ("glmed.inference.inferer", "glmed.io.open"),
     "stitching": ("glmed.inference.merging",),
     "slide": ("glmed.inference.slide",),

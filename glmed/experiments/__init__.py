@@ -1,2 +1,5 @@
-"""The recipe framework: validated run configuration, the staged run with its files, and the
-submission writers the ``recipes/`` scripts call."""
+"""The recipe framework the ``recipes/`` scripts call.
+
+It holds the validated run configuration, the staged run with its files, and the
+submission writers.
+"""

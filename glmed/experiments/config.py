@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Mapping, Tuple
+from typing import Any, ClassVar
 
 from glmed.models.coarse_to_fine import CoarseToFineConfig
 from glmed.models.glnet import GLNetConfig, setting
@@ -22,7 +23,7 @@ from glmed.models.glnet import GLNetConfig, setting
 class ConfigError(ValueError):
     """Config values out of range; lists every problem with the option that sets it."""
 
-    def __init__(self, problems: List[str]) -> None:
+    def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in self.problems))
 
@@ -35,7 +36,7 @@ class RecipeConfig(GLNetConfig):
     and range-checked there once); :meth:`model_config` extracts them for the network.
     """
 
-    model_config_class: ClassVar[type] = GLNetConfig
+    model_config_class: ClassVar[type[GLNetConfig]] = GLNetConfig
     """The network's configuration class; its fields are this config's model settings."""
 
     # data
@@ -45,9 +46,9 @@ class RecipeConfig(GLNetConfig):
     demo: bool = setting(False, "generate a small synthetic dataset of this kind into RUN_DIR/data and "
                                 "train a small model on the CPU in a few minutes", flag=True)
     images: int = setting(30, "with --demo: how many images to generate")
-    image_size: Tuple[int, int] = setting((384, 512), "with --demo: smallest and largest image height",
+    image_size: tuple[int, int] = setting((384, 512), "with --demo: smallest and largest image height",
                                           nargs=2, type=int, metavar=("MIN", "MAX"))
-    split: Tuple[int, int, int] | None = setting(None, "train/val/test counts or proportions (default: the "
+    split: tuple[int, int, int] | None = setting(None, "train/val/test counts or proportions (default: the "
                                                        "paper's for the dataset)", nargs=3, type=int,
                                                  metavar=("TRAIN", "VAL", "TEST"))
     # model: the fields of GLNetConfig (backbone, sharing, fpn_channels, global_size, patch_size, overlap)
@@ -65,7 +66,7 @@ class RecipeConfig(GLNetConfig):
     batch_size: int = setting(6, "images per optimisation step (per process under torchrun)")
     patches_per_image: int = setting(4, "patches drawn per image in the local stage")
     patches_per_step: int = setting(6, "patches given gradients per step in the bidirectional stage")
-    epochs: Tuple[int, ...] = setting((20, 20, 5), "epochs of the global, local and bidirectional stages; one "
+    epochs: tuple[int, ...] = setting((20, 20, 5), "epochs of the global, local and bidirectional stages; one "
                                                    "number sets all three", nargs="+", type=int, metavar="N")
     # inference and the run
     predict_batch_size: int = setting(4, "patches per forward pass at inference")
@@ -83,13 +84,13 @@ class RecipeConfig(GLNetConfig):
                 object.__setattr__(self, name, tuple(value))
 
     @property
-    def stage_epochs(self) -> Tuple[int, int, int]:
+    def stage_epochs(self) -> tuple[int, int, int]:
         """Epochs of the global, local and bidirectional stages."""
         return tuple(self.epochs)  # type: ignore[return-value]
 
-    def problems(self) -> List[str]:
+    def problems(self) -> list[str]:
         """Every out-of-range value, each naming its option, the value and what is allowed."""
-        found: List[str] = [f"--{name.replace('_', '-')} {_shown(getattr(self, name))}: {rule}"
+        found: list[str] = [f"--{name.replace('_', '-')} {_shown(getattr(self, name))}: {rule}"
                              for name, rule in self.model_problems()]
 
         def need(ok: bool, name: str, rule: str) -> None:
@@ -124,11 +125,11 @@ class RecipeConfig(GLNetConfig):
         names = [item.name for item in fields(self.model_config_class)]
         return self.model_config_class(**{name: getattr(self, name) for name in names})
 
-    def sampler_options(self) -> Dict[str, Any]:
+    def sampler_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~glmed.data.stage_samples.StageSampler` set by this config."""
         return {"patches_per_image": self.patches_per_image}
 
-    def check(self) -> "RecipeConfig":
+    def check(self) -> RecipeConfig:
         """Raise :class:`ConfigError` listing every problem; returns ``self`` when there is none."""
         problems = self.problems()
         if problems:
@@ -136,10 +137,11 @@ class RecipeConfig(GLNetConfig):
         return self
 
     def to_json(self) -> str:
+        """Every option as indented JSON: the run folder's ``config.json``, read back by :meth:`from_json`."""
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "RecipeConfig":
+    def from_json(cls, text: str) -> RecipeConfig:
         """The config a run saved; unknown keys (from another recipe or version) are refused."""
         values = json.loads(text)
         unknown = set(values) - {f.name for f in fields(cls)}
@@ -150,19 +152,23 @@ class RecipeConfig(GLNetConfig):
 
 @dataclass(frozen=True)
 class CoarseToFineRecipeConfig(CoarseToFineConfig, RecipeConfig):
-    """:class:`RecipeConfig` plus the coarse-to-fine box rule (from
-    :class:`~glmed.models.coarse_to_fine.CoarseToFineConfig`) and its training jitter."""
+    """:class:`RecipeConfig` plus the coarse-to-fine box rule and its training jitter.
 
-    model_config_class: ClassVar[type] = CoarseToFineConfig
+    The box rule comes from :class:`~glmed.models.coarse_to_fine.CoarseToFineConfig`.
+    """
+
+    model_config_class: ClassVar[type[GLNetConfig]] = CoarseToFineConfig
     box_jitter: float = setting(0.15, "largest move of a training box's edge, as a fraction of its size")
     box_probability_global: float = setting(0.5, "how often the global stage sees a box instead of the "
                                                  "whole image")
 
-    def sampler_options(self) -> Dict[str, Any]:
+    def sampler_options(self) -> dict[str, Any]:
+        """The plain recipe's sampler options plus the box jitter and how often the global stage sees a box."""
         return {**super().sampler_options(), "box_jitter": self.box_jitter,
                 "box_probability_global": self.box_probability_global}
 
-    def problems(self) -> List[str]:
+    def problems(self) -> list[str]:
+        """The plain recipe's problems plus out-of-range box jitter and box probability."""
         found = super().problems()
         if not 0 <= self.box_jitter < 1:
             found.append(f"--box-jitter {self.box_jitter}: must be in [0, 1)")
@@ -172,14 +178,17 @@ class CoarseToFineRecipeConfig(CoarseToFineConfig, RecipeConfig):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[RecipeConfig]) -> None:
-    """One ``--flag`` per field of ``config_class``; unset flags stay out of the parsed namespace,
-    so :func:`config_from_arguments` can tell a value given from a default."""
+    """One ``--flag`` per field of ``config_class``.
+
+    Unset flags stay out of the parsed namespace, so :func:`config_from_arguments` can tell
+    a value given from a default.
+    """
     for item in fields(config_class):
         meta = dict(item.metadata)
         if not meta.pop("command_line", True):  # set by the recipe, not by the user (num_classes)
             continue
         flag = f"--{item.name.replace('_', '-')}"
-        options: Dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS}
+        options: dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS}
         if meta.pop("flag", False):
             parser.add_argument(flag, action="store_true", help=meta["help"], **options)
             continue
@@ -190,7 +199,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[Rec
         parser.add_argument(flag, **options, **meta)
 
 
-def given_values(args: argparse.Namespace, config_class: type[RecipeConfig]) -> Dict[str, Any]:
+def given_values(args: argparse.Namespace, config_class: type[RecipeConfig]) -> dict[str, Any]:
     """The config values set on the command line (flags left out are not included)."""
     names = {item.name for item in fields(config_class)}
     return {name: tuple(value) if isinstance(value, list) else value

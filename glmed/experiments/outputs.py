@@ -15,18 +15,17 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Tuple
 
 import numpy as np
 import pandas as pd
 
 from glmed.data.layouts import isic_mask_name
-from glmed.metrics.validation import MeanIoUMetric, score_table
 from glmed.io.labels import mask_to_index
 from glmed.io.open import open_image
 from glmed.io.writers import atomic_path, write_mask_png
+from glmed.metrics.validation import MeanIoUMetric, score_table
 
-Scores = Tuple[pd.DataFrame, Dict[str, float]]
+Scores = tuple[pd.DataFrame, dict[str, float]]
 """Per-image scores (index ``image_id``) and the summary over the test set."""
 
 
@@ -42,12 +41,15 @@ class IsicSubmission:
     headline = "threshold_jaccard"
 
     def path(self, folder: Path, image_id: str) -> Path:
+        """Where an image's mask goes in ``folder``: the challenge's ``ISIC_XXXXXXX_segmentation.png``."""
         return folder / isic_mask_name(image_id)
 
     def write(self, path: Path, mask: np.ndarray) -> None:
+        """Write a class map as the challenge's 8-bit 0/255 PNG (any non-zero class is lesion)."""
         write_mask_png(path, np.asarray(mask) != 0)
 
     def score(self, run_dir: Path, test: pd.DataFrame, folder: Path) -> Scores:
+        """Score ``folder`` with the ISIC scorer against the test ids' masks, linked into ``run_dir/test_truth``."""
         from glmed.metrics.isic import score_submission
 
         truth_dir = run_dir / "test_truth"
@@ -80,13 +82,16 @@ class ClassMapPredictions:
         self.metric, self.label_kind, self.palette, self.suffix = metric, label_kind, palette, suffix
 
     def path(self, folder: Path, image_id: str) -> Path:
+        """Where an image's class map goes in ``folder``: ``<id><suffix>.png``."""
         return folder / f"{image_id}{self.suffix}.png"
 
     def write(self, path: Path, mask: np.ndarray) -> None:
+        """Write a class map in the palette's colours, or as a 0/255 mask without a palette."""
         mask = np.asarray(mask)
         write_mask_png(path, mask != 0 if self.palette is None else mask, palette=self.palette)
 
     def score(self, run_dir: Path, test: pd.DataFrame, folder: Path) -> Scores:
+        """Read the written maps back and score them against the truth by mean IoU over the test set."""
         counts = [self.metric.measure(_read_classes(row.label_path, self.label_kind),
                                       _read_classes(self.path(folder, row.image_id), self.label_kind))
                   for row in test.itertuples()]

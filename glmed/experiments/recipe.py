@@ -1,6 +1,8 @@
-"""What the three recipes share: the command line, the run directory, the split, training, the
-prediction loop, scoring and the report. A recipe is a :class:`Recipe` (its dataset, model,
-metric and outputs) handed to :func:`main`.
+"""What the three recipes share, from the command line to the report.
+
+That is the command line, the run directory, the split, training, the prediction loop,
+scoring and the report. A recipe is a :class:`Recipe` (its dataset, model, metric and
+outputs) handed to :func:`main`.
 
 The run directory::
 
@@ -21,33 +23,46 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
 import torch
 
-from glmed.data.layouts import DatasetError, LayoutError, discover, make_split, read_manifest, scan_dataset
-from glmed.data.layouts import write_manifest
-from glmed.models.checkpoint import CheckpointError, load_checkpoint
-from glmed.training.distributed import SINGLE, Distributed, close_distributed, init_distributed
-from glmed.inference.inferer import predict
-from glmed.experiments.outputs import ClassMapPredictions, IsicSubmission
-from glmed.experiments.config import ConfigError, RecipeConfig, add_config_arguments, config_from_arguments
-from glmed.experiments.config import given_values
-from glmed.training.runner import RunFiles, StagedRunner, TrainingResult
+from glmed.data.layouts import (
+    DatasetError,
+    LayoutError,
+    discover,
+    make_split,
+    read_manifest,
+    scan_dataset,
+    write_manifest,
+)
 from glmed.data.stage_samples import StageSampler
-from glmed.training.trainer import GLNetTrainer
-from glmed.training.stages import paper_stages
-from glmed.metrics.validation import Metric
+from glmed.experiments.config import (
+    ConfigError,
+    RecipeConfig,
+    add_config_arguments,
+    config_from_arguments,
+    given_values,
+)
+from glmed.experiments.outputs import ClassMapPredictions, IsicSubmission
+from glmed.inference.inferer import predict
 from glmed.io.labels import mask_to_index
 from glmed.io.open import open_image
 from glmed.io.writers import atomic_path
-from glmed.models.glnet import GLNet
 from glmed.metrics.memory import PeakMemory
+from glmed.metrics.validation import Metric
+from glmed.models.checkpoint import CheckpointError, load_checkpoint
+from glmed.models.glnet import GLNet
 from glmed.models.losses import GLNetLoss
+from glmed.training.distributed import SINGLE, Distributed, close_distributed, init_distributed
+from glmed.training.runner import RunFiles, StagedRunner, TrainingResult
+from glmed.training.stages import paper_stages
+from glmed.training.trainer import GLNetTrainer
 
 
 class RecipeError(ValueError):
@@ -76,10 +91,10 @@ class Recipe:
     name: str
     description: str
     dataset: str
-    class_names: Tuple[str, ...]
+    class_names: tuple[str, ...]
     label_kind: str
-    model_class: type
-    config_class: type
+    model_class: type[GLNet]
+    config_class: type[RecipeConfig]
     demo_defaults: Mapping[str, Any]
     write_demo: Callable[[Path, RecipeConfig], Path]
     metric: Metric
@@ -87,8 +102,11 @@ class Recipe:
     ignore_index: int | None = None
 
 
-class LoadedPairs(Sequence):
-    """The images and class-index labels of a manifest's rows, read from disk when indexed."""
+class LoadedPairs(Sequence[tuple[np.ndarray, np.ndarray]]):
+    """The images and class-index labels of a manifest's rows, read from disk when indexed.
+
+    A slice gives the pairs of those rows, still unread.
+    """
 
     def __init__(self, table: pd.DataFrame, label_kind: str) -> None:
         self.table, self.label_kind = table.reset_index(drop=True), label_kind
@@ -96,7 +114,15 @@ class LoadedPairs(Sequence):
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+    @overload
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> LoadedPairs: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[np.ndarray, np.ndarray] | LoadedPairs:
+        if isinstance(index, slice):
+            return LoadedPairs(self.table.iloc[index], self.label_kind)
         row = self.table.iloc[index]
         with open_image(row.image_path) as reader:
             image = reader.read((0, 0) + reader.size)
@@ -139,7 +165,7 @@ def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def resumed_config(config_class: type, out: Path, given: Mapping[str, Any]) -> RecipeConfig:
+def resumed_config(config_class: type[RecipeConfig], out: Path, given: Mapping[str, Any]) -> RecipeConfig:
     """The config saved in ``out``; options given again must agree with it."""
     path = out / "config.json"
     if not path.is_file():
@@ -180,7 +206,8 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
     device = distributed.device(config.device)
     files = RunFiles(out)
     torch.manual_seed(config.seed)
-    model = build_network(recipe, config, pretrained=not files.last.is_file()).to(device)  # a bad weights file stops here
+    # A bad weights file stops the run here, before any data is prepared.
+    model = build_network(recipe, config, pretrained=not files.last.is_file()).to(device)
     splits = prepare_data(recipe, config, out, resume, distributed, log, progress)
     loss = GLNetLoss(config.gamma, config.main_weight, config.local_weight, config.global_weight,
                      config.fmreg_weight, ignore_index=recipe.ignore_index)
@@ -205,7 +232,7 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
 
 
 def prepare_data(recipe: Recipe, config: RecipeConfig, out: Path, resume: bool, distributed: Distributed,
-                 log: Callable[[str], None], progress: bool = True) -> Dict[str, pd.DataFrame]:
+                 log: Callable[[str], None], progress: bool = True) -> dict[str, pd.DataFrame]:
     """Write ``config.json`` and ``manifest.csv`` (rank 0), then read the split back (every rank).
 
     A given ``--data`` folder is checked before anything is written, so a wrong layout
@@ -234,8 +261,11 @@ def prepare_data(recipe: Recipe, config: RecipeConfig, out: Path, resume: bool, 
 
 def _write_manifest(recipe: Recipe, config: RecipeConfig, out: Path, resume: bool, manifest: Path,
                     log: Callable[[str], None], progress: bool) -> None:
-    """A given manifest or ``--data`` folder is read and checked before ``config.json`` is written;
-    demo data is generated after it, inside the run."""
+    """Write the run's manifest: from a given manifest, a ``--data`` folder, or generated demo data.
+
+    A given manifest or ``--data`` folder is read and checked before ``config.json`` is
+    written; demo data is generated after it, inside the run.
+    """
 
     def split(table: pd.DataFrame) -> pd.DataFrame:
         log(f"checking {len(table)} image/mask pairs ...")
@@ -285,7 +315,7 @@ def build_network(recipe: Recipe, config: RecipeConfig, pretrained: bool = True)
 
 
 def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: pd.DataFrame,
-           result: TrainingResult, device: torch.device, progress: bool) -> Dict[str, Any]:
+           result: TrainingResult, device: torch.device, progress: bool) -> dict[str, Any]:
     """Predict every test image into the output folder, score the files, write and print the summary."""
     folder = out / recipe.output.folder
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,25 +14,26 @@ as training, so the loop is written here over :func:`glmed.geometry.patch_grid`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Protocol, Tuple
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from glmed.data.normalize import Normalization, to_model_input
-from glmed.io.open import ImageLike, open_as_reader
+from glmed.conventions import Box
+from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization, to_model_input
 from glmed.data.samples import iter_patch_batches
-from glmed.models.placement import Placement, model_device
-from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
+from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
 from glmed.io.base import ImageReader
+from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.region import RegionReader
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 from glmed.models.fpn import FINAL
-from glmed.models.glnet import GLNet, GLNetConfig, Sharing
+from glmed.models.glnet import GLNet, GLNetConfig, Sharing, spatial_size
+from glmed.models.placement import Placement, model_device
 from glmed.models.sharing import collect_local_context
-from glmed.conventions import Box
 
 
 @dataclass
@@ -52,9 +53,9 @@ class SegmentationResult:
 
     mask: np.ndarray
     coarse: np.ndarray | None = None
-    boxes: List[Box] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
     patches: int = 0
-    notes: List[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 INFERENCE_SETTINGS = ("overlap", "target_ratio", "per_component")
@@ -80,7 +81,7 @@ class GlobalLocalInferer:
         self,
         batch_size: int = 4,
         device: torch.device | str | None = None,
-        normalization: Normalization = Normalization(),
+        normalization: Normalization = DEFAULT_NORMALIZATION,
         progress: bool = False,
         **settings: Any,
     ) -> None:
@@ -88,7 +89,9 @@ class GlobalLocalInferer:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
         if unknown:
-            raise TypeError(f"unknown inference setting(s) {unknown}; a prediction can change {list(INFERENCE_SETTINGS)}")
+            raise TypeError(
+                f"unknown inference setting(s) {unknown}; a prediction can change {list(INFERENCE_SETTINGS)}"
+            )
         self.batch_size = batch_size
         self.device = None if device is None else torch.device(device)
         self.normalization = normalization
@@ -115,6 +118,9 @@ class GlobalLocalInferer:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path.
 
         Args:
+            model: the network; put in evaluation mode and on the inferer's device for the
+                call only.
+            image: the image to segment; a path is opened and closed again here.
             out: an ``H×W`` array to write the mask into (every pixel is written), e.g. a
                 :class:`numpy.memmap` for a slide larger than memory; a new array by default.
             with_coarse: also return the global branch's own mask at full size (in memory).
@@ -162,29 +168,35 @@ class GlobalLocalInferer:
         ledger: RowLedger | None,
         region: Box,
     ) -> SegmentationResult:
-        """Plain GLNet over a whole image (or a region's view) into ``out``; ``with_coarse`` also
-        upsamples the global branch's own mask to full size. ``region`` names the part of the
-        original image this is, for the ledger."""
+        """Plain GLNet over a whole image (or a region's view) into ``out``.
+
+        ``with_coarse`` also upsamples the global branch's own mask to full size. ``region``
+        names the part of the original image this is, for the ledger.
+        """
         mode = model.sharing
         size = reader.size
         grid = patch_grid(size, config.patch_size, config.overlap)
         done = ledger.rows_done(region) if ledger is not None and mode is not Sharing.GLOBAL_ONLY else 0
         if done >= size[0] and not with_coarse:
             return SegmentationResult(mask=out)  # finished by an earlier run
-        global_image = global_maps = None
-        if mode.has_global:
-            global_image = self._global_input(reader, config.global_size, placement)
-            global_maps = model.global_features(global_image)
-        if mode is Sharing.BIDIRECTIONAL:
-            batches = ((patches, boxes, torch.zeros(len(boxes), dtype=torch.long, device=placement.device))
-                       for _, boxes, patches in self._patch_batches(reader, grid, placement, "collecting local features"))
-            global_maps = model.global_features(global_image, collect_local_context(model, global_maps, batches))
-        if mode is Sharing.GLOBAL_ONLY:
-            global_logits = model.global_logits(global_maps, global_image.shape[-2:])[0]
-            return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse))
+        global_maps: dict[str, torch.Tensor] | None = None
         coarse = None
-        if global_maps is not None and with_coarse:
-            coarse = upsample_to_labels(model.global_logits(global_maps, global_image.shape[-2:])[0], size)
+        if mode.has_global:  # every mode but local_only, so bidirectional and global_only too
+            global_image = self._global_input(reader, config.global_size, placement)
+            global_size = spatial_size(global_image)
+            global_maps = model.global_features(global_image)
+            if mode is Sharing.BIDIRECTIONAL:
+                collecting = self._patch_batches(reader, grid, placement, "collecting local features")
+                batches = (
+                    (patches, boxes, torch.zeros(len(boxes), dtype=torch.long, device=placement.device))
+                    for _, boxes, patches in collecting
+                )
+                global_maps = model.global_features(global_image, collect_local_context(model, global_maps, batches))
+            if mode is Sharing.GLOBAL_ONLY:
+                global_logits = model.global_logits(global_maps, global_size)[0]
+                return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse))
+            if with_coarse:
+                coarse = upsample_to_labels(model.global_logits(global_maps, global_size)[0], size)
         # Resume at the start of the batch that held the first unfinished patch, so every patch is
         # batched as in an uninterrupted run (batch shape can change results in the last bits).
         unfinished = np.flatnonzero(grid.boxes[:, 2] > done)
@@ -206,7 +218,7 @@ class GlobalLocalInferer:
     ) -> SegmentationResult:
         """Coarse mask from the global branch; GLNet passes over the relaxed boxes only."""
         global_image = self._global_input(reader, config.global_size, placement)
-        global_logits = model.global_logits(model.global_features(global_image), global_image.shape[-2:])[0]
+        global_logits = model.global_logits(model.global_features(global_image), spatial_size(global_image))[0]
         foreground = global_logits.argmax(0).cpu().numpy() != 0
         min_size = patch_size_for(reader.size, (config.patch_size, config.patch_size))
         boxes = coarse_to_fine_boxes(foreground, reader.size, config.target_ratio, min_size, config.per_component)
@@ -223,14 +235,16 @@ class GlobalLocalInferer:
         return SegmentationResult(mask=out, coarse=coarse, boxes=boxes, patches=patches)
 
     def _stitch_patches(
-        self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: Dict[str, torch.Tensor] | None,
+        self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: dict[str, torch.Tensor] | None,
         placement: Placement,
         out: np.ndarray,
         start_row: int = 0,
         on_rows_written: Callable[[int], None] | None = None,
     ) -> None:
-        """Run the local (and aggregation) heads on every patch of ``grid`` and average their
-        probabilities into the rows of ``out`` from ``start_row`` down."""
+        """Run the local (and aggregation) heads on every patch of ``grid``, averaged into ``out``.
+
+        The patches' probabilities are averaged into the rows of ``out`` from ``start_row`` down.
+        """
         if not len(grid):
             return
         merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0], start_row, on_rows_written)
@@ -242,10 +256,10 @@ class GlobalLocalInferer:
                 logits = model.local_logits(local_maps, patch_size)
             else:
                 local_final = local_maps[FINAL]
-                crop = model.crop_global(global_maps, FINAL, boxes, index, tuple(local_final.shape[-2:]))
+                crop = model.crop_global(global_maps, FINAL, boxes, index, spatial_size(local_final))
                 logits = model.aggregated_logits(local_final, crop, patch_size)
             probabilities = logits.float().softmax(dim=1).cpu()
-            for probs, box in zip(probabilities, pixel_boxes.tolist()):
+            for probs, box in zip(probabilities, pixel_boxes.tolist(), strict=True):
                 merger.add(probs, box)
         merger.finish()
 
@@ -255,7 +269,7 @@ class GlobalLocalInferer:
 
     def _patch_batches(
         self, reader: ImageReader, grid: PatchGrid, placement: Placement, what: str
-    ) -> Iterator[Tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Yield ``(pixel boxes, boxes as fractions, normalised patches)``, one batch at a time.
 
         The fractions and patches are placed like the model; each patch region is read once per call.
@@ -278,7 +292,7 @@ def predict(
     *,
     batch_size: int = 4,
     device: torch.device | str | None = None,
-    normalization: Normalization = Normalization(),
+    normalization: Normalization = DEFAULT_NORMALIZATION,
     progress: bool = False,
     out: np.ndarray | None = None,
     with_coarse: bool = True,
@@ -302,8 +316,11 @@ def predict(
             mask would not fit in memory (see :func:`glmed.inference.slide.predict_to_tiff`).
         with_coarse: also return the global branch's own mask at full size (in memory).
         overlap: minimum overlap between patches for this prediction (the model's by default).
-        target_ratio, per_component: coarse-to-fine's box rule for this prediction (the
-            model's by default; see :class:`~glmed.models.coarse_to_fine.CoarseToFineConfig`).
+        target_ratio: coarse-to-fine's foreground : background wanted in a box, for this
+            prediction (the model's by default; see
+            :class:`~glmed.models.coarse_to_fine.CoarseToFineConfig`).
+        per_component: coarse-to-fine's box per connected component rather than one box,
+            for this prediction (the model's by default).
 
     The model is left in the mode and on the device it was in.
     """
@@ -332,12 +349,14 @@ class RowLedger(Protocol):
         """``rows`` rows of ``region`` are now written."""
 
 
-def _fill_outside(out: np.ndarray, boxes: List[Box], value: int, rows_per_chunk: int = 1024) -> None:
-    """Set every pixel of ``out`` outside ``boxes`` (which do not overlap) to ``value``, a band of
-    rows at a time (``out`` may be on disk); pixels inside the boxes are left as they are."""
+def _fill_outside(out: np.ndarray, boxes: list[Box], value: int, rows_per_chunk: int = 1024) -> None:
+    """Set every pixel of ``out`` outside ``boxes`` (which do not overlap) to ``value``.
+
+    A band of rows at a time (``out`` may be on disk); pixels inside the boxes are left as they are.
+    """
     height = out.shape[0]
     cuts = sorted({0, height, *range(0, height, rows_per_chunk), *(b[0] for b in boxes), *(b[2] for b in boxes)})
-    for top, bottom in zip(cuts[:-1], cuts[1:]):
+    for top, bottom in zip(cuts[:-1], cuts[1:], strict=True):
         column = 0
         for c0, c1 in sorted((b[1], b[3]) for b in boxes if b[0] <= top and bottom <= b[2]):
             out[top:bottom, column:c0] = value

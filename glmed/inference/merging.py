@@ -1,12 +1,13 @@
-"""Turning low-resolution or per-patch network outputs into full-resolution label masks
-without ever holding a full-resolution float tensor.
+"""Turning low-resolution or per-patch network outputs into full-resolution label masks.
 
-Both write class indices into an ``H×W`` array the caller provides, a band of rows at a time, so
-that array may be a :class:`numpy.memmap` on disk for a whole slide larger than memory."""
+Neither ever holds a full-resolution float tensor: both write class indices into an ``H×W``
+array the caller provides, a band of rows at a time, so that array may be a
+:class:`numpy.memmap` on disk for a whole slide larger than memory.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ def upsample_to_labels(
     the full-size ``K×H×W`` scores never exist at once: memory is one band of rows.
 
     Args:
+        logits: ``K×h×w`` class scores (any float type; they are compared in float32).
+        size: ``(height, width)`` of the mask, ``H×W``.
+        rows_per_chunk: output rows computed at once; bounds memory at ``K×rows_per_chunk×W``.
         out: an ``H×W`` array to write into (e.g. a memory-mapped file); a new one by default.
 
     Returns:

@@ -24,20 +24,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import torch
 
-from glmed.data.normalize import Normalization
-from glmed.models.placement import Placement
+from glmed.conventions import Box, Size
+from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization
 from glmed.inference.inferer import GlobalLocalInferer
-from glmed.io.open import ImageLike, open_as_reader
 from glmed.inference.merging import label_dtype
 from glmed.io.base import ImageReader
+from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.writers import atomic_path, check_tile, write_pyramidal_tiff
 from glmed.models.glnet import GLNet
-from glmed.conventions import Box, Size
+from glmed.models.placement import Placement
 
 __all__ = ["SlidePrediction", "predict_to_tiff"]
 
@@ -56,9 +55,9 @@ class SlidePrediction:
 
     path: Path
     size: Size
-    boxes: List[Box] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
     patches: int = 0
-    notes: List[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def predict_to_tiff(
@@ -68,7 +67,7 @@ def predict_to_tiff(
     *,
     batch_size: int = 4,
     device: torch.device | str | None = None,
-    normalization: Normalization = Normalization(),
+    normalization: Normalization = DEFAULT_NORMALIZATION,
     progress: bool = False,
     tile: int = 512,
     compression: str | None = "zlib",
@@ -95,7 +94,9 @@ def predict_to_tiff(
             would alter class indices.
         resume: continue an interrupted run for the same output when the model, the slide file
             and these settings are unchanged (slides given as paths only); False starts afresh.
-        overlap, target_ratio, per_component: as for :func:`glmed.predict`.
+        overlap: minimum overlap between patches for this prediction, as for :func:`glmed.predict`.
+        target_ratio: coarse-to-fine's foreground : background in a box, as for :func:`glmed.predict`.
+        per_component: coarse-to-fine's box per connected component, as for :func:`glmed.predict`.
 
     Raises:
         ValueError: a lossy compression, a bad tile side, or a ``path`` that is a folder or
@@ -127,12 +128,14 @@ def predict_to_tiff(
     notes = list(result.notes)
     if scratch.resumed:
         notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
-    return SlidePrediction(path, tuple(reader.size), result.boxes, result.patches, notes)
+    return SlidePrediction(path, (reader.size[0], reader.size[1]), result.boxes, result.patches, notes)
 
 
 class ScratchMask:
-    """The ``H×W`` mask memory-mapped from ``.NAME.partial`` beside the output, and the ledger of
-    finished rows per region in ``.NAME.partial.json`` (a :class:`~glmed.inference.inferer.RowLedger`).
+    """The ``H×W`` mask memory-mapped from ``.NAME.partial`` beside the output, with a ledger of rows done.
+
+    The ledger of finished rows per region is kept in ``.NAME.partial.json`` (a
+    :class:`~glmed.inference.inferer.RowLedger`).
 
     With an ``identity`` (what the result depends on) an earlier run's files with the same
     identity are reopened and kept if this run stops early; without one the run starts afresh
@@ -152,7 +155,7 @@ class ScratchMask:
     def resumed(self) -> bool:
         return self.rows_resumed > 0
 
-    def __enter__(self) -> "ScratchMask":
+    def __enter__(self) -> ScratchMask:
         if self.identity is not None and self._load_ledger():
             self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
             self.rows_resumed = sum(self._regions.values())
@@ -224,10 +227,18 @@ def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: Globa
     digest = hashlib.sha256()
     stat = slide.stat()
     placement = Placement.of(model, inferer.device)
-    settings = {"model": type(model).__name__, "config": inferer.config_for(model).to_dict(), "slide": str(slide.resolve()),
-                "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns, "size": list(reader.size),
-                "batch_size": inferer.batch_size, "normalization": repr(inferer.normalization),
-                "device": placement.device.type, "dtype": str(placement.dtype)}
+    settings = {
+        "model": type(model).__name__,
+        "config": inferer.config_for(model).to_dict(),
+        "slide": str(slide.resolve()),
+        "bytes": stat.st_size,
+        "modified_ns": stat.st_mtime_ns,
+        "size": list(reader.size),
+        "batch_size": inferer.batch_size,
+        "normalization": repr(inferer.normalization),
+        "device": placement.device.type,
+        "dtype": str(placement.dtype),
+    }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())

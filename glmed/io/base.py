@@ -16,13 +16,14 @@ import struct
 import threading
 import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence, Tuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
-from glmed.geometry import footprint
 from glmed.conventions import Box, Size
+from glmed.geometry import footprint
 
 DEFAULT_MAX_PIXELS = 2**30
 """The most pixels (height x width) one array read from a file may hold: about 1.07e9,
@@ -34,7 +35,17 @@ slide is never decoded whole by accident. Raise it with ``open_image(path, max_p
 STRIPE_BYTES = 16 * 2**20
 """Bytes of source pixels :meth:`ImageReader.resized` reads at a time when it streams."""
 
-DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, RuntimeError, IndexError, KeyError, struct.error, zlib.error)
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    SyntaxError,
+    RuntimeError,
+    IndexError,
+    KeyError,
+    struct.error,
+    zlib.error,
+)
 """What the decoding libraries raise on corrupt or truncated files; turned into :class:`ImageFormatError`."""
 
 
@@ -101,12 +112,12 @@ class ImageReader(ABC):
         """The dtype of every array this reader returns."""
 
     @property
-    def level_sizes(self) -> Tuple[Size, ...]:
+    def level_sizes(self) -> tuple[Size, ...]:
         """``(height, width)`` of each pyramid level, largest first."""
         return (self.size,)
 
     @property
-    def level_downsamples(self) -> Tuple[float, ...]:
+    def level_downsamples(self) -> tuple[float, ...]:
         """Downsample factor of each level relative to level 0 (``(1.0,)`` if flat).
 
         The mean of the two axes' ratios, as OpenSlide defines it.
@@ -121,7 +132,8 @@ class ImageReader(ABC):
         """
         self._check_level(level)
         if level == 0:
-            return tuple(int(v) for v in box)
+            r0, c0, r1, c1 = box
+            return (int(r0), int(c0), int(r1), int(c1))
         return footprint(box, self.size, self.level_sizes[level])
 
     def read(self, box: Box, level: int = 0) -> np.ndarray:
@@ -181,7 +193,7 @@ class ImageReader(ABC):
             # Row sums one block at a time: a reduction with a dtype casts in small buffers,
             # where reduceat would first cast the whole stripe to float64 (8x its bytes).
             edges = row_edges[first : last + 1] - top
-            rows = [stripe[a:b].sum(axis=0, dtype=np.float64) for a, b in zip(edges[:-1], edges[1:])]
+            rows = [stripe[a:b].sum(axis=0, dtype=np.float64) for a, b in zip(edges[:-1], edges[1:], strict=True)]
             sums = np.add.reduceat(np.stack(rows), col_starts, axis=1)
             counts = np.diff(row_edges[first : last + 1])[:, None, None] * col_counts[None, :, None]
             out[first:last] = _cast_like(sums / counts, self.dtype)
@@ -195,7 +207,7 @@ class ImageReader(ABC):
                 best = index
         return best
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook with a default: readers that hold nothing need not override it
         """Release file handles and caches; a closed reader must not be used again."""
 
     def _check_level(self, level: int) -> None:
@@ -203,14 +215,17 @@ class ImageReader(ABC):
         if not (isinstance(level, (int, np.integer)) and 0 <= level < count):
             raise ValueError(f"{self.name}: level {level!r} does not exist, the image has levels 0..{count - 1}")
 
-    def __enter__(self) -> "ImageReader":
+    def __enter__(self) -> ImageReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, size={self.size}, channels={self.channels}, levels={len(self.level_sizes)})"
+        return (
+            f"{type(self).__name__}({self.name!r}, size={self.size}, channels={self.channels}, "
+            f"levels={len(self.level_sizes)})"
+        )
 
 
 class DecodedReader(ImageReader):
@@ -220,7 +235,7 @@ class DecodedReader(ImageReader):
     Subclasses pass the header's size, channels and dtype and implement :meth:`_decode`.
     """
 
-    def __init__(self, name: str, size: Size, channels: int, dtype: np.dtype, max_pixels: int | None) -> None:
+    def __init__(self, name: str, size: Size, channels: int, dtype: DTypeLike, max_pixels: int | None) -> None:
         self.name = name
         self.max_pixels = max_pixels
         self._size = (int(size[0]), int(size[1]))
@@ -234,14 +249,17 @@ class DecodedReader(ImageReader):
 
     @property
     def size(self) -> Size:
+        """``(height, width)`` from the header, known before anything is decoded."""
         return self._size
 
     @property
     def channels(self) -> int:
+        """Channels from the header; the decoded array is checked against it."""
         return self._channels
 
     @property
     def dtype(self) -> np.dtype:
+        """Dtype from the header; the decoded array is checked against it."""
         return self._dtype
 
     @abstractmethod
@@ -257,7 +275,8 @@ class DecodedReader(ImageReader):
                 expected = self._size + (self._channels,)
                 if array.shape != expected or array.dtype != self._dtype:
                     raise ImageFormatError(
-                        f"{self.name}: decoded to {array.shape} {array.dtype} but its header says {expected} {self._dtype}"
+                        f"{self.name}: decoded to {array.shape} {array.dtype} "
+                        f"but its header says {expected} {self._dtype}"
                     )
                 array = array.view()
                 array.flags.writeable = False
@@ -269,6 +288,7 @@ class DecodedReader(ImageReader):
         return self.pixels()[r0:r1, c0:c1].copy()
 
     def close(self) -> None:
+        """Drop the decoded pixels so their memory can be freed."""
         self._pixels = None
 
 

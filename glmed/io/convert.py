@@ -16,7 +16,7 @@ they read. The rules, applied in this order:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

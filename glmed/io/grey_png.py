@@ -97,7 +97,7 @@ def _chunks(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
         position = end + 4
 
 
-def _inflate(stream: bytes, size: int) -> bytes | None:
+def _inflate(stream: bytes, size: int) -> bytes | bytearray | None:
     """The inflated zlib ``stream`` when it is complete, valid and exactly ``size`` bytes."""
     import imagecodecs
 
@@ -179,8 +179,10 @@ def _sum_sub_rows(rows: np.ndarray) -> np.ndarray | None:
 
 
 def _walk_row(paeth: bool, filtered: np.ndarray, above: np.ndarray, out: np.ndarray, budget: float) -> int | None:
-    """Undo an Average or Paeth filter into ``out``; returns the number of positions computed,
-    or None (``out`` untouched) when the row has more changes than ``budget`` allows.
+    """Undo an Average or Paeth filter into ``out``, giving up on rows with too many changes.
+
+    Returns the number of positions computed, or None (``out`` untouched) when the row has
+    more changes than ``budget`` allows.
 
     Between positions where the filtered byte is non-zero or the row above changes, both
     predictors only depend on the previous output pixel: Paeth then repeats it, Average halves
@@ -199,7 +201,7 @@ def _walk_row(paeth: bool, filtered: np.ndarray, above: np.ndarray, out: np.ndar
     up_lefts = np.where(events > 0, above[np.maximum(events - 1, 0)], 0).tolist()
     ends = events_list[1:] + [width]
     starts, values, left = [], [], 0
-    for position, end, residual, up, up_left in zip(events_list, ends, residuals, ups, up_lefts):
+    for position, end, residual, up, up_left in zip(events_list, ends, residuals, ups, up_lefts, strict=True):
         left = (residual + (_paeth(left, up, up_left) if paeth else (left + up) >> 1)) & 0xFF
         starts.append(position)
         values.append(left)

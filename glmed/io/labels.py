@@ -11,11 +11,9 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 
-DEEPGLOBE_CLASSES: Tuple[str, ...] = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
+DEEPGLOBE_CLASSES: tuple[str, ...] = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
 """DeepGlobe land-cover classes, in class-index order."""
 
 DEEPGLOBE_PALETTE = np.array(
@@ -67,17 +65,23 @@ def deepglobe_to_index(mask: np.ndarray, name: str = "<array>", threshold: int =
     if mask.ndim != 3 or mask.shape[2] not in (3, 4):
         raise LabelError(f"{name}: a DeepGlobe mask is colour-coded RGB, got shape {mask.shape}")
     bits = mask[..., :3] >= threshold
-    codes = (bits[..., 0].astype(np.uint8) << 2) | (bits[..., 1].astype(np.uint8) << 1) | bits[..., 2].astype(np.uint8)
-    palette_codes = (DEEPGLOBE_PALETTE[:, 0] // 255) * 4 + (DEEPGLOBE_PALETTE[:, 1] // 255) * 2 + DEEPGLOBE_PALETTE[:, 2] // 255
+    codes = (
+        (bits[..., 0].astype(np.uint8) << 2) | (bits[..., 1].astype(np.uint8) << 1) | bits[..., 2].astype(np.uint8)
+    )
+    palette_codes = (
+        (DEEPGLOBE_PALETTE[:, 0] // 255) * 4 + (DEEPGLOBE_PALETTE[:, 1] // 255) * 2 + DEEPGLOBE_PALETTE[:, 2] // 255
+    )
     lookup = np.full(8, 255, dtype=np.uint8)
     lookup[palette_codes] = np.arange(len(DEEPGLOBE_PALETTE), dtype=np.uint8)
     counts = np.bincount(codes.ravel(), minlength=8)
     stray = [code for code in range(8) if counts[code] and lookup[code] == 255]
     if stray:
-        colours = ", ".join(f"{((c >> 2) & 1) * 255, ((c >> 1) & 1) * 255, (c & 1) * 255} ({counts[c]} px)" for c in stray)
+        colours = ", ".join(
+            f"{((c >> 2) & 1) * 255, ((c >> 1) & 1) * 255, (c & 1) * 255} ({counts[c]} px)" for c in stray
+        )
         raise LabelError(
             f"{name}: colours outside the DeepGlobe palette after thresholding at {threshold}: {colours}; "
-            f"expected {dict(zip(DEEPGLOBE_CLASSES, map(tuple, DEEPGLOBE_PALETTE.tolist())))}"
+            f"expected {dict(zip(DEEPGLOBE_CLASSES, map(tuple, DEEPGLOBE_PALETTE.tolist()), strict=True))}"
         )
     return lookup[codes]
 
@@ -86,7 +90,9 @@ def index_to_deepglobe(index: np.ndarray) -> np.ndarray:
     """DeepGlobe class indices (``H x W``) back to the colour-coded ``H x W x 3`` uint8 mask."""
     index = np.asarray(index)
     if index.size and (index.min() < 0 or index.max() >= len(DEEPGLOBE_PALETTE)):
-        raise ValueError(f"DeepGlobe class indices are 0..{len(DEEPGLOBE_PALETTE) - 1}, got {index.min()}..{index.max()}")
+        raise ValueError(
+            f"DeepGlobe class indices are 0..{len(DEEPGLOBE_PALETTE) - 1}, got {index.min()}..{index.max()}"
+        )
     return DEEPGLOBE_PALETTE[index]
 
 
@@ -105,7 +111,7 @@ def _grey(mask: np.ndarray, name: str) -> np.ndarray:
     return mask
 
 
-def _value_counts(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _value_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if mask.dtype in (np.uint8, np.bool_):
         counts = np.bincount(mask.ravel().view(np.uint8) if mask.dtype == np.bool_ else mask.ravel(), minlength=1)
         values = np.flatnonzero(counts)
@@ -114,5 +120,5 @@ def _value_counts(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _describe(values: np.ndarray, counts: np.ndarray, limit: int = 10) -> str:
-    shown = ", ".join(f"{v} ({c} px)" for v, c in zip(values[:limit].tolist(), counts[:limit].tolist()))
+    shown = ", ".join(f"{v} ({c} px)" for v, c in zip(values[:limit].tolist(), counts[:limit].tolist(), strict=True))
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")

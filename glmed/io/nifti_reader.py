@@ -16,11 +16,14 @@ RGBA32 data types. Anything else is a volume and is refused. Scaled data
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from glmed.io.base import DEFAULT_MAX_PIXELS, DecodedReader, ImageFormatError, decoding
+
+if TYPE_CHECKING:
+    from nibabel.nifti1 import Nifti1Image
 
 
 class NiftiReader(DecodedReader):
@@ -32,7 +35,9 @@ class NiftiReader(DecodedReader):
         self.path = os.fspath(path)
         try:
             with decoding(self.path, "open"):
-                self._image = nibabel.load(self.path)
+                # nibabel.load is typed as returning any file-based image; a NIfTI-1 or NIfTI-2
+                # file loads as a Nifti1Image (Nifti2Image is a subclass), with shape and dataobj.
+                self._image = cast("Nifti1Image", nibabel.load(self.path))
         except nibabel.filebasedimages.ImageFileError as error:
             raise ImageFormatError(f"{self.path}: not a NIfTI file nibabel reads ({error})") from error
         (height, width), channels = _layout(self.path, self._image.shape, self._image.get_data_dtype())
@@ -50,7 +55,9 @@ class NiftiReader(DecodedReader):
         needed = int(header.get_data_offset()) + int(np.prod(self._image.shape)) * header.get_data_dtype().itemsize
         actual = os.path.getsize(self.path)
         if actual < needed:
-            raise ImageFormatError(f"{self.path}: the file is truncated, its header needs {needed} bytes but it has {actual}")
+            raise ImageFormatError(
+                f"{self.path}: the file is truncated, its header needs {needed} bytes but it has {actual}"
+            )
 
     def _decode(self) -> np.ndarray:
         array = np.asanyarray(self._image.dataobj)
@@ -59,11 +66,12 @@ class NiftiReader(DecodedReader):
         return np.ascontiguousarray(array.reshape(self.size + (self.channels,)))
 
     def close(self) -> None:
+        """Drop the decoded pixels and nibabel's cached copy of the data."""
         super().close()
         self._image.uncache()
 
 
-def _layout(path: str, shape: Tuple[int, ...], dtype: np.dtype) -> Tuple[Tuple[int, int], int]:
+def _layout(path: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[tuple[int, int], int]:
     """``((height, width), channels)`` of a NIfTI shape, or an error for a volume."""
     if len(shape) < 2:
         raise ImageFormatError(f"{path}: a {len(shape)}-D NIfTI is not an image")

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Dict, Tuple, Union
 
 import numpy as np
 
 from glmed.io.base import DEFAULT_MAX_PIXELS, ArrayReader, ImageFormatError, ImageReader
 
-ImageLike = Union[ImageReader, np.ndarray, str, os.PathLike]
+ImageLike = ImageReader | np.ndarray | str | os.PathLike
 """What glmed accepts as an image: an open reader, an ``H×W(×C)`` array, or a file path."""
 
-BACKENDS: Dict[str, Tuple[str, str]] = {
+BACKENDS: dict[str, tuple[str, str]] = {
     "pillow": ("glmed.io.pillow_reader", "PillowReader"),
     "tifffile": ("glmed.io.tiff_reader", "TiffReader"),
     "openslide": ("glmed.io.slide_reader", "SlideReader"),
@@ -119,7 +118,7 @@ def as_reader(image: ImageReader | np.ndarray, name: str = "<array>") -> ImageRe
     return image if isinstance(image, ImageReader) else ArrayReader(np.asarray(image), name=name)
 
 
-def open_as_reader(image: ImageLike) -> Tuple[ImageReader, bool]:
+def open_as_reader(image: ImageLike) -> tuple[ImageReader, bool]:
     """A reader for ``image`` and whether this call opened it (and so must close it)."""
     if isinstance(image, (str, os.PathLike)):
         return open_image(image), True

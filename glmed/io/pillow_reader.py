@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Tuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from glmed.io.base import DEFAULT_MAX_PIXELS, DecodedReader, ImageFormatError, decoding
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
 
 _PIL_LOCK = threading.Lock()
 
@@ -28,11 +32,19 @@ _TRAILERS = {"JPEG": (b"\xff\xd9", 4096), "PNG": (b"IEND", 64)}
 """Marker that ends a complete file of the format, and how far from the end to look for it."""
 
 _CONVERT = {
-    "1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB",
+    "1": "L",
+    "PA": "RGBA",
+    "La": "LA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
 }
 """Pillow modes converted on decoding, to the mode they become."""
 
-_LAYOUT = {
+_LAYOUT: dict[str, tuple[int, type[np.generic]]] = {
     "L": (1, np.uint8),
     "LA": (2, np.uint8),
     "RGB": (3, np.uint8),
@@ -48,7 +60,7 @@ _LAYOUT = {
 
 
 @contextmanager
-def _pil_open(path: str) -> Iterator["object"]:
+def _pil_open(path: str) -> Iterator[PILImage.Image]:
     """Open ``path`` with Pillow's own pixel limit lifted (glmed applies its own, configurable one).
 
     Pillow raises ``DecompressionBombError`` on opening anything above about 179 Mpx, a
@@ -69,7 +81,7 @@ def _pil_open(path: str) -> Iterator["object"]:
         image.close()
 
 
-def _decoded_mode(image: "object") -> str:
+def _decoded_mode(image: PILImage.Image) -> str:
     mode = image.mode
     if mode == "P":
         return "RGBA" if "transparency" in image.info else "RGB"
@@ -105,7 +117,7 @@ class PillowReader(DecodedReader):
 
 def _check_trailer(path: str, fmt: str | None) -> None:
     """Refuse a JPEG or PNG whose end marker is missing: the cheap check for a truncated download."""
-    trailer: Tuple[bytes, int] | None = _TRAILERS.get(fmt or "")
+    trailer: tuple[bytes, int] | None = _TRAILERS.get(fmt or "")
     if trailer is None:
         return
     marker, window = trailer

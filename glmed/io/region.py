@@ -7,13 +7,11 @@ region's downsampled view comes from the coarsest pyramid level still fine enoug
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 
+from glmed.conventions import Box, Size
 from glmed.geometry import footprint
 from glmed.io.base import ImageReader, check_box
-from glmed.conventions import Box, Size
 
 
 class RegionReader(ImageReader):
@@ -27,7 +25,8 @@ class RegionReader(ImageReader):
     def __init__(self, reader: ImageReader, region: Box) -> None:
         check_box(region, reader.size, reader.name)
         self.reader = reader
-        self.region: Box = tuple(int(v) for v in region)  # type: ignore[assignment]
+        r0, c0, r1, c1 = (int(v) for v in region)
+        self.region: Box = (r0, c0, r1, c1)
         self.max_pixels = reader.max_pixels
         self.name = f"{reader.name}[{self.region[0]}:{self.region[2]}, {self.region[1]}:{self.region[3]}]"
         # The region's place on each of the reader's levels; level 0 is the region itself.
@@ -38,19 +37,23 @@ class RegionReader(ImageReader):
 
     @property
     def size(self) -> Size:
+        """``(height, width)`` of the region at full resolution."""
         r0, c0, r1, c1 = self.region
         return (r1 - r0, c1 - c0)
 
     @property
     def channels(self) -> int:
+        """The underlying reader's channels: a region is read as is."""
         return self.reader.channels
 
     @property
     def dtype(self) -> np.dtype:
+        """The underlying reader's dtype: a region is read as is."""
         return self.reader.dtype
 
     @property
-    def level_sizes(self) -> Tuple[Size, ...]:
+    def level_sizes(self) -> tuple[Size, ...]:
+        """The region's footprint on each of the reader's levels, so its pyramid is the reader's."""
         return tuple((r1 - r0, c1 - c0) for r0, c0, r1, c1 in self._level_regions)
 
     def _read_level(self, level: int, box: Box) -> np.ndarray:

@@ -16,16 +16,20 @@ reads of that slide: open it again.
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from glmed.conventions import Box, Size
 from glmed.io.base import DEFAULT_MAX_PIXELS, ImageFormatError, ImageReader
 from glmed.io.convert import flatten_alpha
-from glmed.conventions import Box, Size
+
+if TYPE_CHECKING:
+    from openslide import OpenSlide
 
 
-def _openslide() -> "object":
+def _openslide() -> ModuleType:
     try:
         import openslide
     except ImportError as error:  # the wheel or its native library is missing
@@ -45,7 +49,7 @@ class SlideReader(ImageReader):
         self.max_pixels = max_pixels
         self._errors = (openslide.OpenSlideError,)
         try:
-            self._slide = openslide.OpenSlide(self.path)
+            self._slide: OpenSlide = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError as error:
             raise ImageFormatError(f"{self.path}: not a slide format OpenSlide reads") from error
         except (openslide.OpenSlideError, OSError) as error:
@@ -56,22 +60,27 @@ class SlideReader(ImageReader):
 
     @property
     def size(self) -> Size:
+        """``(height, width)`` of level 0."""
         return self.level_sizes[0]
 
     @property
     def channels(self) -> int:
+        """Always 3: OpenSlide's RGBA is composited over the background colour to RGB."""
         return 3
 
     @property
     def dtype(self) -> np.dtype:
+        """Always uint8, the only sample type OpenSlide returns."""
         return np.dtype(np.uint8)
 
     @property
-    def level_sizes(self) -> Tuple[Size, ...]:
+    def level_sizes(self) -> tuple[Size, ...]:
+        """OpenSlide's level dimensions, turned from ``(width, height)`` into ``(height, width)``."""
         return tuple((int(h), int(w)) for w, h in self._slide.level_dimensions)
 
     @property
-    def level_downsamples(self) -> Tuple[float, ...]:
+    def level_downsamples(self) -> tuple[float, ...]:
+        """OpenSlide's own downsample factors, which reads at ``level`` use to place the region."""
         return tuple(float(d) for d in self._slide.level_downsamples)
 
     @property
@@ -86,8 +95,11 @@ class SlideReader(ImageReader):
         try:
             region = self._slide.read_region(location, level, (c1 - c0, r1 - r0))
         except self._errors as error:
-            raise ImageFormatError(f"{self.path}: OpenSlide cannot read level {level}, the file is corrupt ({error})") from error
+            raise ImageFormatError(
+                f"{self.path}: OpenSlide cannot read level {level}, the file is corrupt ({error})"
+            ) from error
         return flatten_alpha(np.asarray(region), self._background)
 
     def close(self) -> None:
+        """Close the slide in OpenSlide; it refuses reads after this."""
         self._slide.close()

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import List, Tuple
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from glmed.conventions import Box, Size
 from glmed.io.base import (
     DEFAULT_MAX_PIXELS,
     ImageFormatError,
@@ -28,7 +29,9 @@ from glmed.io.base import (
     check_pixels,
     decoding,
 )
-from glmed.conventions import Box, Size
+
+if TYPE_CHECKING:
+    from tifffile import TiffFile, TiffPage
 
 
 class TiffReader(ImageReader):
@@ -59,7 +62,9 @@ class TiffReader(ImageReader):
         file_size = self._tiff.filehandle.size
         for level, page in enumerate(self._pages):
             check_pixels(self.path, _segment_shape(page), self.max_pixels, f"one tile or strip of level {level}")
-            ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts) if count > 0]
+            # Two separate tags that a corrupt file may give different lengths: check the pairs there are.
+            pairs = zip(page.dataoffsets, page.databytecounts, strict=False)
+            ends = [offset + count for offset, count in pairs if count > 0]
             if ends and max(ends) > file_size:
                 raise ImageFormatError(
                     f"{self.path}: the file is truncated, level {level}'s data ends at byte {max(ends)} "
@@ -68,19 +73,23 @@ class TiffReader(ImageReader):
 
     @property
     def size(self) -> Size:
+        """``(height, width)`` of the first series' full-resolution page."""
         return self.level_sizes[0]
 
     @property
     def channels(self) -> int:
+        """Samples per pixel of the full-resolution page (every level has the same)."""
         return int(self._pages[0].samplesperpixel)
 
     @property
     def dtype(self) -> np.dtype:
+        """The stored sample type, with 1-bit images reported as uint8 (they are read as 0/255)."""
         dtype = np.dtype(self._pages[0].dtype)
         return np.dtype(np.uint8) if dtype == np.bool_ else dtype
 
     @property
-    def level_sizes(self) -> Tuple[Size, ...]:
+    def level_sizes(self) -> tuple[Size, ...]:
+        """``(height, width)`` of each level's page, largest first."""
         return tuple((int(page.imagelength), int(page.imagewidth)) for page in self._pages)
 
     def _read_level(self, level: int, box: Box) -> np.ndarray:
@@ -107,10 +116,11 @@ class TiffReader(ImageReader):
         return bilevel_to_uint8(out)
 
     def close(self) -> None:
+        """Close the TIFF file handle."""
         self._tiff.close()
 
 
-def _segment_shape(page: "object") -> Size:
+def _segment_shape(page: TiffPage) -> Size:
     """``(height, width)`` of one tile, or of one strip (full width) for a stripped page."""
     if page.is_tiled:
         return (int(page.tilelength), int(page.tilewidth))
@@ -118,7 +128,10 @@ def _segment_shape(page: "object") -> Size:
 
 
 def _paste(out: np.ndarray, segment: np.ndarray, top: int, left: int, channel: int) -> None:
-    """Copy the part of a decoded ``h x w x s`` segment placed at ``(top, left)`` (relative to ``out``) that overlaps it."""
+    """Copy the part of a decoded ``h x w x s`` segment that overlaps ``out``.
+
+    ``(top, left)`` is where the segment's corner lies relative to ``out``'s.
+    """
     rows = slice(max(top, 0), min(top + segment.shape[0], out.shape[0]))
     cols = slice(max(left, 0), min(left + segment.shape[1], out.shape[1]))
     out[rows, cols, channel : channel + segment.shape[2]] = segment[
@@ -126,7 +139,7 @@ def _paste(out: np.ndarray, segment: np.ndarray, top: int, left: int, channel: i
     ]
 
 
-def _level_pages(tiff: "object", path: str) -> List["object"]:
+def _level_pages(tiff: TiffFile, path: str) -> list[TiffPage]:
     """The page of each pyramid level, largest first."""
     if not tiff.series:
         raise ImageFormatError(f"{path}: the TIFF holds no image")
@@ -142,15 +155,16 @@ def _level_pages(tiff: "object", path: str) -> List["object"]:
     return pages
 
 
-def _chain_levels(tiff: "object", base: "object") -> List["object"]:
+def _chain_levels(tiff: TiffFile, base: TiffPage) -> list[TiffPage]:
     """Other tiled pages of the main chain that look like reduced levels of ``base``.
 
     Same samples and dtype, smaller on both axes, and scaled by one factor (within a
     pixel of rounding), which leaves out slide labels and macro photographs.
     """
     height, width = int(base.imagelength), int(base.imagewidth)
-    found = {}
-    for page in tiff.pages[1:]:
+    found: dict[Size, TiffPage] = {}
+    # The main chain comes as TiffPage objects, whose tags (tiling, samples, size) are read below.
+    for page in cast("list[TiffPage]", tiff.pages[1:]):
         if not (page.is_tiled and page.samplesperpixel == base.samplesperpixel and page.dtype == base.dtype):
             continue
         lh, lw = int(page.imagelength), int(page.imagewidth)

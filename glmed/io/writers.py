@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, List
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,9 @@ def write_mask_png(
         Image.fromarray(pixels, mode=mode).save(temporary, format="PNG")
 
 
-def pyramid(image: np.ndarray, levels: int | None = None, tile: int = 256, resampling: str = "area") -> List[np.ndarray]:
+def pyramid(
+    image: np.ndarray, levels: int | None = None, tile: int = 256, resampling: str = "area"
+) -> list[np.ndarray]:
     """Level 0 and its successive halvings (``ceil(size / 2)`` each), as ``H x W x C`` arrays.
 
     Args:
@@ -194,9 +197,11 @@ def write_pyramidal_tiff(
 
 
 def _tiles(level: np.ndarray, tile: int, bar: Any = None) -> Iterator[np.ndarray]:
-    """The level's tiles in row-major order, copied one at a time: a memory-mapped or strided
-    level (a mask's nearest-neighbour levels are views) is never copied whole. ``bar`` (tqdm)
-    counts them."""
+    """The level's tiles in row-major order, copied one at a time.
+
+    A memory-mapped or strided level (a mask's nearest-neighbour levels are views) is never
+    copied whole. ``bar`` (tqdm) counts them.
+    """
     for row in range(0, level.shape[0], tile):
         for col in range(0, level.shape[1], tile):
             if bar is not None:

@@ -35,10 +35,10 @@ import io
 import os
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -263,7 +263,7 @@ def _count_pair(truth_path: Path, prediction_path: Path) -> _PairResult:
         return result
     histograms = truth.histogram(), prediction.histogram()
     positives, predicted = (_foreground(h) for h in histograms)
-    for path, histogram, fg in zip((truth_path, prediction_path), histograms, (positives, predicted)):
+    for path, histogram, fg in zip((truth_path, prediction_path), histograms, (positives, predicted), strict=True):
         top = max((value for value, n in enumerate(histogram) if n), default=0)
         if fg == 0 and top > 0:
             result.faint.append((path, top))
@@ -283,7 +283,7 @@ def _count_pair(truth_path: Path, prediction_path: Path) -> _PairResult:
     return result
 
 
-def _check(results: Sequence[_PairResult], prediction_dir: Path | str) -> None:
+def _check(results: Sequence[_PairResult], prediction_dir: str | os.PathLike) -> None:
     """Raise for every problem found while decoding; warn once about masks read as empty."""
     truth_problems = [p for r in results for p in r.truth_problems]
     if truth_problems:
@@ -304,7 +304,7 @@ def _table(image_ids: Sequence[str], results: Sequence[_PairResult]) -> pd.DataF
     """Per-image metrics and counts, indexed by ``image_id``."""
     counts = np.array([r.counts for r in results], dtype=np.int64).reshape(-1, 4)
     columns = binary_metrics(BinaryCounts(*counts.T))
-    columns.update(zip(BinaryCounts._fields, counts.T))
+    columns.update(zip(BinaryCounts._fields, counts.T, strict=True))
     return pd.DataFrame(columns, index=pd.Index(list(image_ids), name="image_id"))
 
 

@@ -20,7 +20,7 @@ class PeakMemory:
         self.device = torch.device(device)
         self.megabytes, self.kind = float("nan"), ""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind = "torch.cuda.max_memory_allocated"

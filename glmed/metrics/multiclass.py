@@ -45,22 +45,22 @@ class ConfusionMatrix:
         Raises:
             ValueError: shapes differ, or a value is outside the class range.
         """
-        truth = np.asarray(truth).ravel()
-        prediction = np.asarray(prediction).ravel()
-        if truth.shape != prediction.shape:
-            raise ValueError(f"truth has {truth.size} pixels but prediction has {prediction.size}; "
+        true_values: np.ndarray = np.asarray(truth).ravel()
+        predicted_values: np.ndarray = np.asarray(prediction).ravel()
+        if true_values.shape != predicted_values.shape:
+            raise ValueError(f"truth has {true_values.size} pixels but prediction has {predicted_values.size}; "
                              "they must have the same shape")
         if self.ignore_index is not None:
-            keep = truth != self.ignore_index
-            truth, prediction = truth[keep], prediction[keep]
-        for name, values in (("truth", truth), ("prediction", prediction)):
+            keep = true_values != self.ignore_index
+            true_values, predicted_values = true_values[keep], predicted_values[keep]
+        for name, values in (("truth", true_values), ("prediction", predicted_values)):
             if values.size and (values.min() < 0 or values.max() >= self.num_classes):
                 raise ValueError(
                     f"{name} holds values from {values.min()} to {values.max()}, outside the "
                     f"{self.num_classes} classes [0, {self.num_classes - 1}]"
                     + ("" if name == "prediction" or self.ignore_index is not None
                        else "; pass ignore_index for a label that marks unlabelled pixels"))
-        codes = truth.astype(np.int64) * self.num_classes + prediction.astype(np.int64)
+        codes = true_values.astype(np.int64) * self.num_classes + predicted_values.astype(np.int64)
         self.matrix += np.bincount(codes, minlength=self.num_classes**2).reshape(
             self.num_classes, self.num_classes)
 

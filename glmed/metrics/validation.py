@@ -10,7 +10,8 @@ scoring in one place (:func:`score_table`).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Protocol, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ class Metric(Protocol):
     def measure(self, truth: np.ndarray, prediction: np.ndarray) -> Any:
         """One image's counts (``H×W`` class indices each)."""
 
-    def reduce(self, stats: Sequence[Any]) -> Dict[str, float]:
+    def reduce(self, stats: Sequence[Any]) -> dict[str, float]:
         """Named scores of many images' counts."""
 
 
@@ -41,12 +42,15 @@ class IsicMetric:
 
     name = "threshold_jaccard"
 
-    def measure(self, truth: np.ndarray, prediction: np.ndarray) -> Tuple[int, int, int, int]:
+    def measure(self, truth: np.ndarray, prediction: np.ndarray) -> tuple[int, int, int, int]:
+        """One image's ``(tp, fp, fn, tn)`` pixel counts, foreground being any non-zero class."""
         counts = binary_counts((np.asarray(truth) != 0).view(np.uint8) * 255,
                                (np.asarray(prediction) != 0).view(np.uint8) * 255)
-        return tuple(counts)
+        # One image's counts are Python ints; BinaryCounts' fields are typed for arrays of them too.
+        return cast("tuple[int, int, int, int]", tuple(counts))
 
-    def reduce(self, stats: Sequence[Tuple[int, int, int, int]]) -> Dict[str, float]:
+    def reduce(self, stats: Sequence[tuple[int, int, int, int]]) -> dict[str, float]:
+        """Each ISIC metric averaged over the images (the challenge scores images, then means them)."""
         if not stats:
             raise ValueError("no images to score")
         counts = BinaryCounts(*np.asarray(stats, dtype=np.int64).T)
@@ -54,8 +58,9 @@ class IsicMetric:
 
 
 class MeanIoUMetric:
-    """Mean IoU over classes from one confusion matrix summed over all images (the paper's
-    DeepGlobe and Inria metric); also reports each class's IoU as ``iou_<class>``.
+    """Mean IoU over classes from one confusion matrix summed over all images.
+
+    The paper's DeepGlobe and Inria metric; also reports each class's IoU as ``iou_<class>``.
 
     Args:
         class_names: one name per class, in class-index order.
@@ -70,25 +75,29 @@ class MeanIoUMetric:
         self.ignore_index = ignore_index
 
     def measure(self, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+        """One image's ``K×K`` confusion matrix (``ignore_index`` truth pixels left out)."""
         matrix = ConfusionMatrix(len(self.class_names), self.ignore_index)
         matrix.update(truth, prediction)
         return matrix.matrix
 
-    def reduce(self, stats: Sequence[np.ndarray]) -> Dict[str, float]:
+    def reduce(self, stats: Sequence[np.ndarray]) -> dict[str, float]:
+        """Mean and per-class IoU of the images' matrices summed (not per-image IoUs averaged)."""
         if not len(stats):
             raise ValueError("no images to score")
         total = ConfusionMatrix(len(self.class_names), self.ignore_index)
         total.matrix = np.sum(stats, axis=0)
         scores = {"miou": total.mean_iou()}
-        for index, (name, iou) in enumerate(zip(self.class_names, total.iou())):
+        for index, (name, iou) in enumerate(zip(self.class_names, total.iou(), strict=True)):
             if index != self.ignore_index:
                 scores[f"iou_{name}"] = float(iou)
         return scores
 
 
 def score_table(metric: Metric, stats: Sequence[Any], index: Sequence[Any] | None = None) -> pd.DataFrame:
-    """One row of ``metric``'s scores per image's counts, and in ``attrs["summary"]`` the scores
-    of all of them together (a mean over images for ISIC, one summed confusion matrix for mIoU).
+    """One row of ``metric``'s scores per image's counts, and the scores of all of them together.
+
+    The latter are in ``attrs["summary"]`` (a mean over images for ISIC, one summed
+    confusion matrix for mIoU).
 
     Args:
         metric: what to score with.

@@ -27,8 +27,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the reason."""
 
 
-def model_record(model: GLNet) -> Dict[str, Any]:
+def model_record(model: GLNet) -> dict[str, Any]:
     """The part of a checkpoint that rebuilds ``model``: class name, config JSON, weights (on the CPU)."""
     name = type(model).__name__
     if name not in MODEL_CLASSES:
@@ -74,7 +75,7 @@ def save_checkpoint(path: str | os.PathLike, model: GLNet, **fields: Any) -> Non
         torch.save(record, temporary)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
@@ -116,7 +117,7 @@ def save_model(model: GLNet, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> List[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files a killed atomic write left under ``folder``; returns them.
 
     Only names of :func:`~glmed.io.writers.atomic_path`'s pattern (``.NAME.RANDOM.tmp.EXT``)

@@ -17,7 +17,6 @@ which the paper credits for part of the improvement. The inference order lives i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
 
 from glmed.models.glnet import GLNet, GLNetConfig, Sharing, setting
 
@@ -35,7 +34,8 @@ class CoarseToFineConfig(GLNetConfig):
     target_ratio: float = setting(1.0, "foreground:background wanted inside the relaxed box (paper: 1:1)")
     per_component: bool = setting(False, "one box per connected lesion instead of one around all", flag=True)
 
-    def model_problems(self) -> List[Tuple[str, str]]:
+    def model_problems(self) -> list[tuple[str, str]]:
+        """The GLNet checks, plus: both branches (the box needs the global one) and a positive ratio."""
         found = super().model_problems()
         if self.sharing in (Sharing.GLOBAL_ONLY.value, Sharing.LOCAL_ONLY.value):
             found.append(("sharing", "coarse-to-fine needs both branches; choose one of none, g2l_shallow, g2l, "

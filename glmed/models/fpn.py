@@ -12,14 +12,15 @@ same as an all-zero one without allocating it.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmed.models.resnet import BACKBONES, ResNetEncoder
 from glmed.conventions import Size
+from glmed.models.resnet import BACKBONES, ResNetEncoder
 
 LEVELS = (2, 3, 4, 5)
 ENCODER_POINTS = tuple(f"c{k}" for k in LEVELS)
@@ -29,7 +30,7 @@ SHARED_POINTS = ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS
 FINAL = "final"
 """The branch's last map: the four pyramid outputs upsampled to 1/4 and concatenated."""
 
-PartnerFn = Callable[[str, Size], Optional[torch.Tensor]]
+PartnerFn = Callable[[str, Size], torch.Tensor | None]
 """Given a shared point's name and the spatial size of this branch's map there, return the
 partner branch's map at that size (or None where nothing is shared)."""
 
@@ -49,9 +50,14 @@ class FusedConv(nn.Module):
 
     @property
     def takes_partner(self) -> bool:
+        """Whether this convolution was built with a partner input (a kernel half for it)."""
         return self.partner_conv is not None
 
     def forward(self, own: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
+        """``conv(own) + partner_conv(partner)``: the convolution of their channel concatenation.
+
+        Without ``partner`` it is ``conv(own)``, what an all-zero partner map would give.
+        """
         out = self.conv(own)
         if partner is not None:
             if self.partner_conv is None:
@@ -89,63 +95,77 @@ class FPNBranch(nn.Module):
         width, half = fpn_channels, fpn_channels // 2
         self.lateral = nn.ModuleList(
             FusedConv(c, width, 1, partner_channels.get(f"c{k}", 0))
-            for k, c in zip(LEVELS, self.encoder.out_channels)
+            for k, c in zip(LEVELS, self.encoder.out_channels, strict=True)
         )
         self.smooth = nn.ModuleList(FusedConv(width, width, 3, partner_channels.get(f"p{k}", 0)) for k in LEVELS)
         self.refine = nn.ModuleList(FusedConv(width, half, 3, partner_channels.get(f"s{k}", 0)) for k in LEVELS)
         self.map_channels = map_channels(backbone, fpn_channels)
 
     @property
-    def partner_points(self) -> Tuple[str, ...]:
+    def partner_points(self) -> tuple[str, ...]:
         """The shared points where this branch takes the partner's map."""
         return tuple(point for point, conv in self._fused() if conv.takes_partner)
 
-    def partner_convs(self) -> List[nn.Conv2d]:
+    def partner_convs(self) -> list[nn.Conv2d]:
         """The convolutions that read the partner's maps (empty when the branch takes none)."""
         return [conv.partner_conv for _, conv in self._fused() if conv.partner_conv is not None]
 
-    def _fused(self) -> List[Tuple[str, FusedConv]]:
-        convs = list(self.lateral) + list(self.smooth) + list(self.refine)
-        return list(zip(ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS, convs))
+    def _stages(self) -> tuple[list[FusedConv], list[FusedConv], list[FusedConv]]:
+        """The lateral, smoothing and refining convolutions, one per level each.
 
-    def forward(self, image: torch.Tensor, partner: PartnerFn | None = None) -> Dict[str, torch.Tensor]:
+        The ModuleLists hold nothing but FusedConv (built in ``__init__``); torch types their
+        items as plain modules.
+        """
+        return (
+            cast("list[FusedConv]", list(self.lateral)),
+            cast("list[FusedConv]", list(self.smooth)),
+            cast("list[FusedConv]", list(self.refine)),
+        )
+
+    def _fused(self) -> list[tuple[str, FusedConv]]:
+        lateral, smooth, refine = self._stages()
+        return list(zip(ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS, lateral + smooth + refine, strict=True))
+
+    def forward(self, image: torch.Tensor, partner: PartnerFn | None = None) -> dict[str, torch.Tensor]:
         """``B×C×H×W`` image → dict of the twelve shared maps and ``final`` (``B×2F×H/4×W/4``)."""
-        encoded = dict(zip(ENCODER_POINTS, self.encoder(image)))
-        maps: Dict[str, torch.Tensor] = dict(encoded)
+        encoded = dict(zip(ENCODER_POINTS, self.encoder(image), strict=True))
+        maps: dict[str, torch.Tensor] = dict(encoded)
+        lateral_convs, smooth_convs, refine_convs = self._stages()
 
         def fused(conv: FusedConv, point: str, own: torch.Tensor) -> torch.Tensor:
-            other = partner(point, tuple(own.shape[-2:])) if (partner is not None and conv.takes_partner) else None
-            return conv(own, other)
+            if partner is None or not conv.takes_partner:
+                return conv(own, None)
+            return conv(own, partner(point, (int(own.shape[-2]), int(own.shape[-1]))))
 
         topdown: torch.Tensor | None = None
         for index in reversed(range(len(LEVELS))):
             k = LEVELS[index]
-            lateral = fused(self.lateral[index], f"c{k}", encoded[f"c{k}"])
+            lateral = fused(lateral_convs[index], f"c{k}", encoded[f"c{k}"])
             topdown = lateral if topdown is None else lateral + _resize(topdown, lateral.shape[-2:])
             maps[f"p{k}"] = topdown
         outputs = []
         for index, k in enumerate(LEVELS):
-            smoothed = F.relu(fused(self.smooth[index], f"p{k}", maps[f"p{k}"]))
+            smoothed = F.relu(fused(smooth_convs[index], f"p{k}", maps[f"p{k}"]))
             maps[f"s{k}"] = smoothed
-            outputs.append(F.relu(fused(self.refine[index], f"s{k}", smoothed)))
+            outputs.append(F.relu(fused(refine_convs[index], f"s{k}", smoothed)))
         size = outputs[0].shape[-2:]
         maps[FINAL] = torch.cat([_resize(o, size) for o in outputs], dim=1)
         return maps
 
 
-def map_channels(backbone: str, fpn_channels: int) -> Dict[str, int]:
+def map_channels(backbone: str, fpn_channels: int) -> dict[str, int]:
     """Channel count of every shared map and of ``final`` for a branch of this shape."""
     block, _ = BACKBONES[backbone]
     encoder_channels = [w * block.expansion for w in (64, 128, 256, 512)]
     return {
-        **{f"c{k}": c for k, c in zip(LEVELS, encoder_channels)},
+        **{f"c{k}": c for k, c in zip(LEVELS, encoder_channels, strict=True)},
         **{f"p{k}": fpn_channels for k in LEVELS},
         **{f"s{k}": fpn_channels for k in LEVELS},
         FINAL: fpn_channels // 2 * len(LEVELS),
     }
 
 
-def _resize(x: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
+def _resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

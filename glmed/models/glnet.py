@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any, ClassVar, Dict, List, Tuple
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glmed.conventions import Size
 from glmed.models.fpn import FINAL, SHARED_POINTS, SMOOTH_POINTS, FPNBranch, PartnerFn, map_channels
 from glmed.models.resnet import BACKBONES, load_pretrained
 from glmed.models.sharing import crop_to_patches
-from glmed.conventions import Size
 
 
 class Sharing(str, Enum):
@@ -43,14 +43,16 @@ class Sharing(str, Enum):
 
     @property
     def has_global(self) -> bool:
+        """Whether the mode has a global branch (every mode but ``local_only``)."""
         return self is not Sharing.LOCAL_ONLY
 
     @property
     def has_local(self) -> bool:
+        """Whether the mode has a local branch (every mode but ``global_only``)."""
         return self is not Sharing.GLOBAL_ONLY
 
     @property
-    def global_to_local_points(self) -> Tuple[str, ...]:
+    def global_to_local_points(self) -> tuple[str, ...]:
         """Shared points where the local branch takes the global branch's maps."""
         if self is Sharing.G2L_SHALLOW:
             return SMOOTH_POINTS
@@ -59,14 +61,17 @@ class Sharing(str, Enum):
         return ()
 
     @property
-    def local_to_global_points(self) -> Tuple[str, ...]:
+    def local_to_global_points(self) -> tuple[str, ...]:
         """Shared points where the global branch takes the stitched local maps."""
         return SHARED_POINTS if self is Sharing.BIDIRECTIONAL else ()
 
 
 def setting(default: Any, help: str, **command_line: Any) -> Any:
-    """A config field with its one-line help (and argparse options), so the recipes' command
-    lines are built from the config itself and each setting is described once."""
+    """A config field with its one-line help (and argparse options).
+
+    The recipes' command lines are built from the config itself, so each setting is
+    described once.
+    """
     return field(default=default, metadata={"help": help, **command_line})
 
 
@@ -95,9 +100,9 @@ class GLNetConfig:
         if problems:
             raise ValueError("; ".join(f"{name} {getattr(self, name)!r}: {rule}" for name, rule in problems))
 
-    def model_problems(self) -> List[Tuple[str, str]]:
+    def model_problems(self) -> list[tuple[str, str]]:
         """Every out-of-range setting as ``(field name, what is allowed)``; empty when all are valid."""
-        found: List[Tuple[str, str]] = []
+        found: list[tuple[str, str]] = []
         if self.num_classes < 2:
             found.append(("num_classes", "num_classes must be at least 2 (background included)"))
         if self.backbone not in BACKBONES:
@@ -117,9 +122,11 @@ class GLNetConfig:
 
     @property
     def mode(self) -> Sharing:
+        """The sharing mode as a :class:`Sharing` (the field holds its name, for JSON)."""
         return Sharing(self.sharing)
 
-    def to_dict(self) -> Dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
+        """Every field by name: what checkpoints and run folders store (JSON-friendly values)."""
         return asdict(self)
 
 
@@ -168,7 +175,7 @@ class GLNet(nn.Module):
     :meth:`heads`, and :meth:`forward` which composes them for a training step.
     """
 
-    config_class: ClassVar[type] = GLNetConfig
+    config_class: ClassVar[type[GLNetConfig]] = GLNetConfig
     """The configuration this class builds from its arguments (a subclass adds settings)."""
 
     def __init__(
@@ -221,16 +228,19 @@ class GLNet(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: GLNetConfig | Dict[str, object], pretrained_backbone: str | os.PathLike | None = None
-    ) -> "GLNet":
-        """Build a model from a :class:`GLNetConfig` or its dict (e.g. from a checkpoint); only
-        the fields of this class's :attr:`config_class` are read."""
-        values = config.to_dict() if isinstance(config, GLNetConfig) else dict(config)
+        cls, config: GLNetConfig | dict[str, object], pretrained_backbone: str | os.PathLike | None = None
+    ) -> GLNet:
+        """Build a model from a :class:`GLNetConfig` or its dict (e.g. from a checkpoint).
+
+        Only the fields of this class's :attr:`config_class` are read.
+        """
+        values: dict[str, Any] = config.to_dict() if isinstance(config, GLNetConfig) else dict(config)
         names = {item.name for item in fields(cls.config_class)}
         return cls(**{k: v for k, v in values.items() if k in names}, pretrained_backbone=pretrained_backbone)
 
     @property
     def sharing(self) -> Sharing:
+        """The model's sharing mode, from its config."""
         return self.config.mode
 
     @property
@@ -247,11 +257,12 @@ class GLNet(nn.Module):
     # -- branches ---------------------------------------------------------------------
 
     def global_features(
-        self, image: torch.Tensor, local_context: Dict[str, torch.Tensor] | None = None
-    ) -> Dict[str, torch.Tensor]:
+        self, image: torch.Tensor, local_context: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Run the global branch on ``B×C×g×g`` downsampled images.
 
         Args:
+            image: ``B×C×g×g`` normalised global images.
             local_context: for ``bidirectional``, the stitched local maps at each shared
                 point (from :class:`glmed.models.sharing.LocalToGlobalCanvas`); None runs the
                 branch without them (the first, collect-free pass).
@@ -267,13 +278,14 @@ class GLNet(nn.Module):
     def local_features(
         self,
         patches: torch.Tensor,
-        global_maps: Dict[str, torch.Tensor] | None = None,
+        global_maps: dict[str, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
         image_index: torch.Tensor | None = None,
-    ) -> Dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
         """Run the local branch on ``N×C×p×p`` patches, taking global maps where the mode shares.
 
         Args:
+            patches: ``N×C×p×p`` normalised full-resolution patches.
             global_maps: output of :meth:`global_features` for the patches' images.
             boxes: ``N×4`` patch boxes as fractions of their image.
             image_index: ``N`` index of each patch's image in ``global_maps``.
@@ -290,7 +302,7 @@ class GLNet(nn.Module):
 
     @staticmethod
     def crop_global(
-        global_maps: Dict[str, torch.Tensor],
+        global_maps: dict[str, torch.Tensor],
         point: str,
         boxes: torch.Tensor,
         image_index: torch.Tensor,
@@ -301,17 +313,19 @@ class GLNet(nn.Module):
 
     # -- heads ------------------------------------------------------------------------
 
-    def global_logits(self, global_maps: Dict[str, torch.Tensor], size: Size) -> torch.Tensor:
+    def global_logits(self, global_maps: dict[str, torch.Tensor], size: Size) -> torch.Tensor:
         """The global branch's own prediction, upsampled to ``size``."""
         head = self._require(self.global_head, "global")
         return _upsample(head(global_maps[FINAL]), size)
 
-    def local_logits(self, local_maps: Dict[str, torch.Tensor], size: Size) -> torch.Tensor:
+    def local_logits(self, local_maps: dict[str, torch.Tensor], size: Size) -> torch.Tensor:
         """The local branch's own prediction per patch, upsampled to ``size``."""
         head = self._require(self.local_head, "local")
         return _upsample(head(local_maps[FINAL]), size)
 
-    def aggregated_logits(self, local_final: torch.Tensor, global_final_crop: torch.Tensor, size: Size) -> torch.Tensor:
+    def aggregated_logits(
+        self, local_final: torch.Tensor, global_final_crop: torch.Tensor, size: Size
+    ) -> torch.Tensor:
         """The main output per patch: the aggregation conv over both branches' last maps."""
         head = self._require(self.aggregate, "aggregation")
         return _upsample(head(torch.cat([local_final, global_final_crop], dim=1)), size)
@@ -324,7 +338,7 @@ class GLNet(nn.Module):
         patches: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         image_index: torch.Tensor | None = None,
-        local_context: Dict[str, torch.Tensor] | None = None,
+        local_context: dict[str, torch.Tensor] | None = None,
         train_global: bool = True,
     ) -> GLNetOutput:
         """Both branches on a mini-batch: downsampled images plus some of their patches.
@@ -342,7 +356,7 @@ class GLNet(nn.Module):
                 the global maps the local branch consumed.
         """
         mode = self.sharing
-        global_size = tuple(global_image.shape[-2:])
+        global_size = spatial_size(global_image)
         if mode is Sharing.GLOBAL_ONLY:
             if not train_global:
                 raise ValueError("a global_only model has nothing to train without its global branch")
@@ -351,7 +365,7 @@ class GLNet(nn.Module):
             return GLNetOutput(logits, None, logits, None, None)
         if patches is None:
             raise ValueError(f"sharing mode {mode.value!r} needs patches")
-        patch_size = tuple(patches.shape[-2:])
+        patch_size = spatial_size(patches)
         if mode is Sharing.LOCAL_ONLY:
             local_maps = self.local_features(patches)
             logits = self.local_logits(local_maps, patch_size)
@@ -363,7 +377,7 @@ class GLNet(nn.Module):
             global_logits = self.global_logits(global_maps, global_size)
         local_maps = self.local_features(patches, global_maps, boxes, image_index)
         local_final = local_maps[FINAL]
-        global_crop = self.crop_global(global_maps, FINAL, boxes, image_index, tuple(local_final.shape[-2:]))
+        global_crop = self.crop_global(global_maps, FINAL, boxes, image_index, spatial_size(local_final))
         return GLNetOutput(
             logits=self.aggregated_logits(local_final, global_crop, patch_size),
             local_logits=self.local_logits(local_maps, patch_size),
@@ -378,7 +392,12 @@ class GLNet(nn.Module):
         return part
 
 
-def _checked_map(maps: Dict[str, torch.Tensor], point: str, size: Size) -> torch.Tensor:
+def spatial_size(tensor: torch.Tensor) -> Size:
+    """``(height, width)`` of a ``...×H×W`` tensor (its last two axes), as a :data:`Size`."""
+    return (int(tensor.shape[-2]), int(tensor.shape[-1]))
+
+
+def _checked_map(maps: dict[str, torch.Tensor], point: str, size: Size) -> torch.Tensor:
     if point not in maps:
         raise ValueError(f"local context lacks the shared map {point!r}")
     found = maps[point]

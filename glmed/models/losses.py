@@ -7,8 +7,10 @@ regulariser λ=0.15 (the original code used γ=3; it is one argument away).
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Dict, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +62,7 @@ class LossTerms:
     """The total loss and each weighted term, for logging."""
 
     total: torch.Tensor
-    terms: Dict[str, torch.Tensor]
+    terms: dict[str, torch.Tensor]
 
 
 class GLNetLoss(nn.Module):
@@ -113,7 +115,7 @@ class GLNetLoss(nn.Module):
                 gradient would only reach frozen parts or, through them, the wrong branch.
         """
         skip = set(skip)
-        terms: Dict[str, torch.Tensor] = {}
+        terms: dict[str, torch.Tensor] = {}
         if output.logits_per_image:
             terms["main"] = self.focal(output.logits, _need(global_labels, "global labels"))
         else:
@@ -125,9 +127,13 @@ class GLNetLoss(nn.Module):
                 if "global" not in skip:
                     terms["global"] = self.focal(output.global_logits, _need(global_labels, "global labels"))
                 if "fmreg" not in skip:
-                    terms["fmreg"] = F.mse_loss(output.local_final, output.global_final_crop.detach())
+                    local_final = _need(output.local_final, "the local branch's final map")
+                    global_crop = _need(output.global_final_crop, "the global branch's cropped final map")
+                    terms["fmreg"] = F.mse_loss(local_final, global_crop.detach())
         weighted = {name: self.weights[name] * value for name, value in terms.items()}
-        return LossTerms(total=sum(weighted.values()), terms=weighted)
+        # "main" is always there, so the sum starts from a tensor (no ``0 +`` needed).
+        total = functools.reduce(operator.add, weighted.values())
+        return LossTerms(total=total, terms=weighted)
 
 
 def _need(value: torch.Tensor | None, what: str) -> torch.Tensor:

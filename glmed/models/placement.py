@@ -1,5 +1,7 @@
-"""Where and in which floating-point type a model computes, so the engine follows the model
-instead of assuming CUDA and float32."""
+"""Where and in which floating-point type a model computes.
+
+The engine follows the model instead of assuming CUDA and float32.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ class Placement:
     dtype: torch.dtype
 
     @classmethod
-    def of(cls, model: torch.nn.Module, device: torch.device | None = None) -> "Placement":
+    def of(cls, model: torch.nn.Module, device: torch.device | None = None) -> Placement:
         """The model's placement, or ``device`` with the model's type when one is named."""
         return cls(device or model_device(model), model_dtype(model))
 

@@ -9,7 +9,6 @@ Nothing is downloaded: :func:`load_pretrained` reads a path the user gives.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Tuple, Type
 
 import torch
 from torch import nn
@@ -31,6 +30,7 @@ class BasicBlock(nn.Module):
         self.downsample = _shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B×C×H×W`` → ``B×width×H/stride×W/stride``: two 3×3 convolutions plus the shortcut."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -55,6 +55,7 @@ class Bottleneck(nn.Module):
         self.downsample = _shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B×C×H×W`` → ``B×4·width×H/stride×W/stride``: reduce, convolve, expand, plus the shortcut."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -71,7 +72,7 @@ def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential
     )
 
 
-BACKBONES: Dict[str, Tuple[Type[nn.Module], Tuple[int, int, int, int]]] = {
+BACKBONES: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
@@ -100,8 +101,8 @@ class ResNetEncoder(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         channels = 64
-        stages: List[nn.Sequential] = []
-        for index, (width, depth) in enumerate(zip((64, 128, 256, 512), depths)):
+        stages: list[nn.Sequential] = []
+        for index, (width, depth) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
             stride = 1 if index == 0 else 2
             blocks = []
             for block_index in range(depth):
@@ -109,10 +110,10 @@ class ResNetEncoder(nn.Module):
                 channels = width * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.out_channels: Tuple[int, ...] = tuple(w * block.expansion for w in (64, 128, 256, 512))
+        self.out_channels: tuple[int, ...] = tuple(w * block.expansion for w in (64, 128, 256, 512))
         _init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``B×C×H×W`` image → ``[c2, c3, c4, c5]`` feature maps."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)

@@ -7,13 +7,14 @@ the image each patch belongs to, so one batch may mix patches of several images.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, Tuple
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from glmed.geometry import footprint
 from glmed.conventions import Size
+from glmed.geometry import footprint
 
 
 def crop_to_patches(
@@ -90,7 +91,7 @@ class LocalToGlobalCanvas:
             counts = self._counts[name]
             grid_size = (canvas.shape[2], canvas.shape[3])
             local = local_maps[name].to(canvas.dtype)
-            for patch, (box, image) in enumerate(zip(boxes_list, index_list)):
+            for patch, (box, image) in enumerate(zip(boxes_list, index_list, strict=True)):
                 r0, c0, r1, c1 = footprint(box, (1.0, 1.0), grid_size)
                 resized = F.interpolate(
                     local[patch : patch + 1], size=(r1 - r0, c1 - c0), mode="bilinear", antialias=True,
@@ -99,12 +100,12 @@ class LocalToGlobalCanvas:
                 canvas[image, :, r0:r1, c0:c1] += resized[0]
                 counts[image, :, r0:r1, c0:c1] += 1
 
-    def maps(self) -> Dict[str, torch.Tensor]:
+    def maps(self) -> dict[str, torch.Tensor]:
         """The stitched maps: average of the patches covering each cell (0 where none did)."""
         return {name: (total / self._counts[name].clamp(min=1)).to(self._dtype) for name, total in self._sums.items()}
 
     @classmethod
-    def like(cls, global_maps: Mapping[str, torch.Tensor], points: Iterable[str]) -> "LocalToGlobalCanvas":
+    def like(cls, global_maps: Mapping[str, torch.Tensor], points: Iterable[str]) -> LocalToGlobalCanvas:
         """Empty canvases shaped like the given global maps at ``points``."""
         points = list(points)
         reference = global_maps[points[0]]
@@ -112,10 +113,13 @@ class LocalToGlobalCanvas:
 
 
 def collect_local_context(
-    model: Any, global_maps: Mapping[str, torch.Tensor], batches: Iterable[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-) -> Dict[str, torch.Tensor]:
-    """Bidirectional sharing's collect pass: every patch's local maps stitched onto its image's
-    global grid, the global branch's local→global input.
+    model: Any,
+    global_maps: Mapping[str, torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """Bidirectional sharing's collect pass: every patch's local maps stitched onto its image's global grid.
+
+    The result is the global branch's local→global input.
 
     The one implementation, used by the inferer (patches read batch by batch from an image)
     and the trainer (a collated batch's patches in device-sized chunks).

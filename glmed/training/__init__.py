@@ -1,2 +1,4 @@
-"""Training: stages as data, the trainer's step, the one epoch loop (``fit``), the staged runner,
-validation and multi-process training."""
+"""Training: stages as data, the trainer's step, the one epoch loop (``fit``) and the staged runner.
+
+Also validation and multi-process training.
+"""

@@ -24,8 +24,9 @@ Only rank 0 writes files; :data:`SINGLE` stands for a run without ``torchrun``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -56,8 +57,10 @@ class Distributed:
         return self.rank == 0
 
     def device(self, requested: str) -> torch.device:
-        """The device this process trains on: ``requested`` (``auto`` picks CUDA when present),
-        with each process of a multi-GPU run on its own GPU (``cuda:LOCAL_RANK``)."""
+        """The device this process trains on: ``requested``, ``auto`` picking CUDA when present.
+
+        Each process of a multi-GPU run gets its own GPU (``cuda:LOCAL_RANK``).
+        """
         if requested == "auto":
             requested = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(requested)
@@ -65,7 +68,7 @@ class Distributed:
             device = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
         return device
 
-    def shard(self, order: Sequence[int]) -> List[int]:
+    def shard(self, order: Sequence[int]) -> list[int]:
         """This process's part of ``order``: every ``world_size``-th item from ``rank``.
 
         The order is first padded by repeating its beginning to a multiple of the world
@@ -103,7 +106,8 @@ class Distributed:
             if params:
                 used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
                 dist.all_reduce(used, op=dist.ReduceOp.MAX)
-                params = [p for p, flag in zip(params, used.tolist()) if flag]  # no process used it: stays None
+                # A parameter no process used stays None.
+                params = [p for p, flag in zip(params, used.tolist(), strict=True) if flag]
             if params:
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
                 flat = torch.cat([g.reshape(-1) for g in grads])
@@ -118,7 +122,7 @@ class Distributed:
 
         return average
 
-    def mean(self, values: Dict[str, float]) -> Dict[str, float]:
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
         """Each value averaged over processes (e.g. an epoch's mean losses)."""
         if not self.enabled or not values:
             return dict(values)
@@ -126,13 +130,13 @@ class Distributed:
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
         tensor = torch.tensor([values[name] for name in names], dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
-        return {name: float(value) / self.world_size for name, value in zip(names, tensor.tolist())}
+        return {name: float(value) / self.world_size for name, value in zip(names, tensor.tolist(), strict=True)}
 
-    def gather(self, item: Any) -> List[Any]:
+    def gather(self, item: Any) -> list[Any]:
         """Every process's ``item`` (any picklable value), in rank order, on every process."""
         if not self.enabled:
             return [item]
-        items: List[Any] = [None] * self.world_size
+        items: list[Any] = [None] * self.world_size
         dist.all_gather_object(items, item)
         return items
 

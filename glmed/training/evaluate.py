@@ -7,7 +7,8 @@ metric counts through :func:`glmed.metrics.validation.score_table`.
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from glmed.training.distributed import SINGLE, Distributed
 
 def evaluate(
     model: GLNet,
-    pairs: Sequence[Tuple[ImageLike, np.ndarray]],
+    pairs: Sequence[tuple[ImageLike, np.ndarray]],
     metric: Metric | None = None,
     *,
     batch_size: int = 4,
@@ -57,7 +58,7 @@ def evaluate(
         from tqdm.auto import tqdm
 
         indices = tqdm(indices, desc=description, unit="image", leave=False)
-    mine: List[Tuple[int, Any, Any, int]] = []
+    mine: list[tuple[int, Any, Any, int]] = []
     for index in indices:
         image, truth = pairs[index]
         result = predict(model, image, batch_size=batch_size)

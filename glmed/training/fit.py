@@ -7,8 +7,8 @@ epoch, validation when validation pairs are given, and the history as a table.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -27,6 +27,8 @@ def fit(
     *,
     stages: Sequence[Stage] | None = None,
     metric: Metric | None = None,
+    global_lr: float = 1e-4,
+    local_lr: float = 2e-5,
     trainer: GLNetTrainer | None = None,
     sampler: StageSampler | None = None,
     images_per_step: int = 2,
@@ -46,7 +48,10 @@ def fit(
         stages: the schedule; the paper's for the model's sharing mode, one epoch each, by default
             (:func:`glmed.paper_stages`).
         metric: validation metric (ISIC 2018 Task 1 by default).
-        trainer: optimisation settings (the paper's by default).
+        global_lr: Adam learning rate of the global parts (the paper's 1e-4; small models on
+            small data like more).
+        local_lr: Adam learning rate of the local parts and aggregation head (the paper's 2e-5).
+        trainer: all optimisation settings at once (then ``global_lr``/``local_lr`` are not used).
         sampler: what each stage sees of an image (:class:`StageSampler` defaults).
         images_per_step: images per mini-batch.
         seed: drives image order, patch choice, box jitter and PyTorch's generator, per epoch.
@@ -65,7 +70,7 @@ def fit(
     if not train:
         raise ValueError("fit needs at least one training image")
     runner = StagedRunner(
-        trainer or GLNetTrainer(model), sampler or StageSampler(model.config),
+        trainer or GLNetTrainer(model, global_lr=global_lr, local_lr=local_lr), sampler or StageSampler(model.config),
         paper_stages(model.sharing) if stages is None else stages, train, val, metric, out_dir,
         images_per_step=images_per_step, seed=seed, predict_batch_size=predict_batch_size,
         progress=progress, log=log or (lambda _: None), on_step=on_step,

@@ -25,29 +25,31 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from glmed.data.samples import collate_global_local
-from glmed.models.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from glmed.training.distributed import SINGLE, Distributed
-from glmed.io.open import ImageLike, open_as_reader
 from glmed.data.stage_samples import StageSampler
-from glmed.training.trainer import GLNetTrainer
-from glmed.training.stages import Stage
-from glmed.metrics.validation import IsicMetric, Metric
-from glmed.training.evaluate import evaluate
+from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.writers import atomic_path
+from glmed.metrics.validation import IsicMetric, Metric
+from glmed.models.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from glmed.models.glnet import GLNet
+from glmed.training.distributed import SINGLE, Distributed
+from glmed.training.evaluate import evaluate
+from glmed.training.stages import Stage
+from glmed.training.trainer import GLNetTrainer
 
-Pair = Tuple[ImageLike, np.ndarray]
+Pair = tuple[ImageLike, np.ndarray]
 """An image (array, path or reader) and its ``H×W`` class-index label."""
 
-StepCallback = Callable[[Stage, int, Dict[str, float]], None]
+StepCallback = Callable[[Stage, int, dict[str, float]], None]
 """Called after every step with the stage, the step number within the epoch and its losses."""
 
 
@@ -69,10 +71,12 @@ class RunFiles:
 
     @property
     def metrics(self) -> Path:
+        """One row per epoch (losses, validation scores, timings), rewritten after every epoch."""
         return self.root / "metrics.csv"
 
     @property
     def curves(self) -> Path:
+        """Training loss and validation headline per epoch, drawn from ``metrics.csv``."""
         return self.root / "curves.png"
 
 
@@ -88,7 +92,7 @@ class TrainingResult:
     """
 
     history: pd.DataFrame
-    best: Dict[str, object]
+    best: dict[str, object]
     files: RunFiles | None
 
 
@@ -145,15 +149,16 @@ class StagedRunner:
         self.distributed, self.progress, self.log = distributed, progress, log
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> GLNet:
+        """The trainer's model, the one being trained, validated and checkpointed."""
         return self.trainer.model
 
     def run(self, resume: bool = False) -> TrainingResult:
         """Train every unfinished epoch; with ``resume``, continue from ``checkpoints/last.pt``."""
         if resume and self.files is None:
             raise ValueError("resume needs a run folder (out_dir) to resume from")
-        history: List[Dict[str, object]] = []
-        best: Dict[str, object] = {"score": -math.inf, "metric": self.metric.name, "stage": None, "epoch": None}
+        history: list[dict[str, object]] = []
+        best: dict[str, Any] = {"score": -math.inf, "metric": self.metric.name, "stage": None, "epoch": None}
         position, optimizer_state = (-1, 0), None
         if resume and self.files is not None and self.files.last.is_file():
             record = self._load_last()
@@ -192,7 +197,7 @@ class StagedRunner:
     # -- one epoch -----------------------------------------------------------------------
 
     def _epoch(self, index: int, stage: Stage, epoch: int, optimizer: torch.optim.Optimizer,
-               number: int) -> Dict[str, object]:
+               number: int) -> dict[str, object]:
         """Train one epoch and validate; returns its row of ``metrics.csv``."""
         rank = self.distributed.rank
         torch.manual_seed(int(_generator(self.seed, index, epoch, rank, 0).integers(2**62)))
@@ -203,12 +208,12 @@ class StagedRunner:
         label = f"{stage.name} epoch {epoch}/{stage.epochs}"
         bar = self._bar(steps, label, "step")
 
-        def batches() -> Iterator[Dict[str, Any]]:
+        def batches() -> Iterator[dict[str, Any]]:
             for start in range(0, len(mine), self.images_per_step):
                 chosen = mine[start : start + self.images_per_step]
                 yield collate_global_local([self._sample(stage, self.train[i], sample_rng) for i in chosen])
 
-        def on_step(step: int, terms: Dict[str, float]) -> None:
+        def on_step(step: int, terms: dict[str, float]) -> None:
             if bar is not None:
                 bar.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
                 bar.update()
@@ -222,7 +227,7 @@ class StagedRunner:
             if bar is not None:
                 bar.close()
         trained = time.perf_counter() - started
-        scores: Dict[str, float] = {}
+        scores: dict[str, float] = {}
         if self.val is not None:
             scores = evaluate(self.model, self.val, self.metric, batch_size=self.predict_batch_size,
                               distributed=self.distributed, progress=self._show_progress,
@@ -231,7 +236,7 @@ class StagedRunner:
                 **{f"val_{name}": value for name, value in scores.items()},
                 "train_seconds": round(trained, 3), "total_seconds": round(time.perf_counter() - started, 3)}
 
-    def _sample(self, stage: Stage, pair: Pair, rng: np.random.Generator) -> Dict[str, Any]:
+    def _sample(self, stage: Stage, pair: Pair, rng: np.random.Generator) -> dict[str, Any]:
         """One training sample of ``pair``; an image given as a path is opened for it and closed again."""
         image, label = pair
         reader, opened = open_as_reader(image)
@@ -252,7 +257,7 @@ class StagedRunner:
 
         return tqdm(total=total, desc=description, unit=unit, leave=False)
 
-    def _summary(self, row: Dict[str, object], best: Dict[str, object]) -> str:
+    def _summary(self, row: dict[str, object], best: dict[str, object]) -> str:
         total = sum(stage.epochs for stage in self.stages)
         name = self.metric.name
         head = f"epoch {row['epoch']}/{total} | stage {row['stage']} {row['stage_epoch']} | loss {row['loss']:.4f}"
@@ -264,7 +269,7 @@ class StagedRunner:
 
     # -- files ---------------------------------------------------------------------------
 
-    def _save(self, which: str, *, position: Tuple[int, str, int], **fields: object) -> None:
+    def _save(self, which: str, *, position: tuple[int, str, int], **fields: object) -> None:
         """Write the ``"best"`` or ``"last"`` checkpoint (rank 0, with a run folder only)."""
         if self.files is None or not self.distributed.is_main:
             return
@@ -274,7 +279,7 @@ class StagedRunner:
                         seed=self.seed, world_size=self.distributed.world_size,
                         stages=[stage.to_dict() for stage in self.stages], **fields)
 
-    def _load_last(self) -> Dict[str, object]:
+    def _load_last(self) -> dict[str, Any]:
         """Read ``last.pt``, check it belongs to this schedule and seed, load its weights."""
         assert self.files is not None  # run() resumes only with a folder
         if self.distributed.is_main:
@@ -298,7 +303,7 @@ class StagedRunner:
                      f"({len(record['history'])} epoch(s) done)")
         return record
 
-    def _write_metrics(self, history: Sequence[Dict[str, object]]) -> None:
+    def _write_metrics(self, history: Sequence[dict[str, object]]) -> None:
         """Rewrite ``metrics.csv`` and ``curves.png`` from the whole history (rank 0, with a folder)."""
         if self.files is None or not self.distributed.is_main:
             return
@@ -314,7 +319,7 @@ def _generator(seed: int, *position: int) -> np.random.Generator:
     return np.random.default_rng([seed, *position])
 
 
-def _normalised(stages: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
+def _normalised(stages: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     return [{key: list(value) if isinstance(value, tuple) else value for key, value in stage.items()}
             for stage in stages]
 
@@ -330,7 +335,7 @@ def _plot_curves(table: pd.DataFrame, metric: str, path: Path) -> None:
         panels.append((f"val_{metric}", f"validation {metric}"))
     figure = Figure(figsize=(5 * len(panels), 3.6))  # no pyplot: leaves a notebook's backend alone
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for axis, (column, title) in zip(axes, panels):
+    for axis, (column, title) in zip(axes, panels, strict=True):
         for stage, part in table.groupby("stage", sort=False):
             axis.plot(part["epoch"], part[column], marker="o", label=str(stage))
         axis.set_xlabel("epoch")

@@ -9,9 +9,9 @@ of these, so a schedule is a list and can be saved, printed or changed without c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Sequence, Tuple
-
+from typing import Any
 
 from glmed.models.glnet import Sharing
 
@@ -37,7 +37,7 @@ class Stage:
     """
 
     name: str
-    trainable: Tuple[str, ...]
+    trainable: tuple[str, ...]
     epochs: int = 1
     collect_local: bool = False
 
@@ -54,11 +54,12 @@ class Stage:
         """True when only global parts learn: the step then runs the global branch alone."""
         return set(self.trainable) <= set(GLOBAL_PARTS)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The stage's fields by name, as checkpoints record the schedule (to refuse a mismatched resume)."""
         return asdict(self)
 
 
-def paper_stages(sharing: str | Sharing, epochs: Sequence[int] = (1, 1, 1)) -> List[Stage]:
+def paper_stages(sharing: str | Sharing, epochs: Sequence[int] = (1, 1, 1)) -> list[Stage]:
     """The paper's schedule for a sharing mode: global, then local, then bidirectional.
 
     ``epochs`` gives each stage's epochs in that order; stages a mode lacks are skipped.

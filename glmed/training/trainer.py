@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ class GLNetTrainer:
         self.collect_batch_size = collect_batch_size
         self.after_backward = after_backward
 
-    def parts(self, names: Iterable[str]) -> List[torch.nn.Module]:
+    def parts(self, names: Iterable[str]) -> list[torch.nn.Module]:
         """The model's modules for ``names`` that this sharing mode has."""
         return [getattr(self.model, name) for name in names if getattr(self.model, name, None) is not None]
 
@@ -79,7 +80,7 @@ class GLNetTrainer:
             part.requires_grad_(True)
             part.train(True)
 
-    def step(self, stage: Stage, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> Dict[str, float]:
+    def step(self, stage: Stage, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """One optimisation step on a collated batch; returns the loss terms as floats.
 
         The batch holds ``global_image`` (B×C×g×g), ``global_label`` (B×g×g) and, for
@@ -123,9 +124,11 @@ class GLNetTrainer:
     @torch.no_grad()
     def collect_local_context(
         self, global_image: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor, image_index: torch.Tensor
-    ) -> Dict[str, torch.Tensor]:
-        """Every patch's local maps stitched onto its image's global grid (the L→G input), the
-        patches sent to the device :attr:`collect_batch_size` at a time."""
+    ) -> dict[str, torch.Tensor]:
+        """Every patch's local maps stitched onto its image's global grid (the L→G input).
+
+        The patches are sent to the device :attr:`collect_batch_size` at a time.
+        """
         device = global_image.device
         global_maps = self.model.global_features(global_image)
         chunks = (
@@ -145,14 +148,14 @@ class GLNetTrainer:
         stage: Stage,
         batches: Iterable[Mapping[str, Any]],
         optimizer: torch.optim.Optimizer,
-        on_step: Callable[[int, Dict[str, float]], None] | None = None,
-    ) -> Dict[str, float]:
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> dict[str, float]:
         """One pass over ``batches``; returns the mean of each loss term.
 
         ``on_step(step, terms)`` is called after every step (1-based), e.g. for a progress bar.
         """
         self.prepare(stage)
-        sums: Dict[str, float] = {}
+        sums: dict[str, float] = {}
         count = 0
         for batch in batches:
             terms = self.step(stage, batch, optimizer)

@@ -7,8 +7,8 @@ from PIL import Image
 
 import glmed
 from glmed.cli import main
-from glmed.models.checkpoint import save_checkpoint
 from glmed.io import open_image
+from glmed.models.checkpoint import save_checkpoint
 from glmed.models.glnet import GLNet
 
 SIZES = dict(fpn_channels=16, global_size=64, patch_size=64, overlap=8)
@@ -88,7 +88,10 @@ def test_a_folder_run_reports_bad_images_and_finishes_the_others(tmp_path, train
     Image.fromarray(np.zeros((70, 70, 3), np.uint8)).save(images / "a.png")
     (images / "b.png").write_bytes(b"truncated")
     out = tmp_path / "masks"
-    assert main(["predict", str(checkpoint), str(images), str(out), "--quiet", "--device", "cpu", "--format", "tif"]) == 1
+    assert (
+        main(["predict", str(checkpoint), str(images), str(out), "--quiet", "--device", "cpu", "--format", "tif"])
+        == 1
+    )
     error = capsys.readouterr().err
     assert "1 of 2 image(s) failed" in error and "b.png" in error
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.tif"]

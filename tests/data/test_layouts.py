@@ -116,7 +116,9 @@ def test_deepglobe_colour_masks(tmp_path):
     red = index_to_deepglobe(index)
     red[0, 0] = (255, 0, 0)
     Image.fromarray(red).save(folder / "855_mask.png")
-    with pytest.raises(DatasetError, match=r"855_mask.png: colours outside the DeepGlobe palette.*\(255, 0, 0\) \(1 px\)"):
+    with pytest.raises(
+        DatasetError, match=r"855_mask.png: colours outside the DeepGlobe palette.*\(255, 0, 0\) \(1 px\)"
+    ):
         scan_dataset(table, "deepglobe")
 
 

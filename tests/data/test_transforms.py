@@ -173,7 +173,9 @@ def test_rand_global_locald_draws_a_sorted_subset_of_the_grid():
         torch.testing.assert_close(again["boxes"], sample["boxes"])
         subsets.append(tuple(rows))
     assert len(set(subsets)) > 1
-    assert len(RandGlobalLocald(num_patches=999, **SMALL)({"image": image, "label": label})["boxes"]) == len(full["boxes"])
+    assert len(RandGlobalLocald(num_patches=999, **SMALL)({"image": image, "label": label})["boxes"]) == len(
+        full["boxes"]
+    )
 
 
 # -- coarse-to-fine -------------------------------------------------------------------
@@ -203,7 +205,9 @@ def test_coarse_to_fine_pipeline_tiles_inside_the_box_or_crops_to_it():
     box = np.array([100, 90, 170, 200])
     sample = GlobalLocald(box_key="box", **SMALL)({"image": image, "label": label, "box": box})
     boxes = sample["boxes"].numpy()
-    assert boxes[:, 0].min() == 100 and boxes[:, 2].max() == 170 and boxes[:, 1].min() == 90 and boxes[:, 3].max() == 200
+    assert (
+        boxes[:, 0].min() == 100 and boxes[:, 2].max() == 170 and boxes[:, 1].min() == 90 and boxes[:, 3].max() == 200
+    )
     cropped = CropBoxd(("image", "label"))({"image": image, "label": label, "box": box})
     np.testing.assert_array_equal(np.asarray(cropped["image"]), image[:, 100:170, 90:200])
     np.testing.assert_array_equal(np.asarray(cropped["label"]), label[:, 100:170, 90:200])

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 import glmed
 from glmed.data.normalize import to_model_input
-from glmed.inference.merging import upsample_to_labels
 from glmed.geometry import patch_grid
+from glmed.inference.merging import upsample_to_labels
 from glmed.models.glnet import GLNet, Sharing
 
 

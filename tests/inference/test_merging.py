@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from glmed.inference.merging import RowBandMerger
 from glmed.geometry import patch_grid
+from glmed.inference.merging import RowBandMerger
 
 
 def canvas_average(size, boxes, probabilities, num_classes):

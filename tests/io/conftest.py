@@ -1,6 +1,6 @@
 """Fixtures for the reader tests: small deterministic images that make misplaced pixels visible."""
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from glmed.io import LabelError, binary_to_index, deepglobe_to_index, flatten_alpha, index_to_deepglobe, mask_to_index, to_rgb8
+from glmed.io import (
+    LabelError,
+    binary_to_index,
+    deepglobe_to_index,
+    flatten_alpha,
+    index_to_deepglobe,
+    mask_to_index,
+    to_rgb8,
+)
 from glmed.io.labels import DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE
 
 
@@ -68,7 +76,9 @@ def test_unknown_label_kind_lists_the_choices():
 def test_to_rgb8_conversions():
     grey = np.array([[0, 200]], np.uint8)
     np.testing.assert_array_equal(to_rgb8(grey), [[[0, 0, 0], [200, 200, 200]]])
-    np.testing.assert_array_equal(to_rgb8(np.array([[0, 65535, 257 * 100]], np.uint16)), [[[0] * 3, [255] * 3, [100] * 3]])
+    np.testing.assert_array_equal(
+        to_rgb8(np.array([[0, 65535, 257 * 100]], np.uint16)), [[[0] * 3, [255] * 3, [100] * 3]]
+    )
     np.testing.assert_array_equal(to_rgb8(np.array([[0.0, 1.0, 0.5]], np.float32))[0, :, 0], [0, 255, 128])
     np.testing.assert_array_equal(to_rgb8(np.array([[True, False]]))[0, :, 0], [255, 0])
     rgba = np.array([[[10, 20, 30, 255], [10, 20, 30, 0], [0, 0, 0, 51]]], np.uint8)

@@ -43,9 +43,27 @@ def test_jpeg_reads_as_pillow_decodes_it_and_is_decoded_once(tmp_path, make_imag
         ("L", lambda a: Image.fromarray(a[..., 0]), 1, np.uint8, lambda a: a[..., :1]),
         ("1", lambda a: Image.fromarray(a[..., 0] > 127), 1, np.uint8, lambda a: (a[..., :1] > 127) * np.uint8(255)),
         ("LA", lambda a: Image.fromarray(a[..., :2]), 2, np.uint8, lambda a: a[..., :2]),
-        ("RGBA", lambda a: Image.fromarray(np.dstack([a, a[..., :1]])), 4, np.uint8, lambda a: np.dstack([a, a[..., :1]])),
-        ("I;16", lambda a: Image.fromarray(a[..., 0] * np.uint16(257)), 1, np.uint16, lambda a: a[..., :1] * np.uint16(257)),
-        ("P", lambda a: Image.fromarray(a[..., 0] & 0xC0).convert("P"), 3, np.uint8, lambda a: (a[..., :1] & 0xC0).repeat(3, 2)),
+        (
+            "RGBA",
+            lambda a: Image.fromarray(np.dstack([a, a[..., :1]])),
+            4,
+            np.uint8,
+            lambda a: np.dstack([a, a[..., :1]]),
+        ),
+        (
+            "I;16",
+            lambda a: Image.fromarray(a[..., 0] * np.uint16(257)),
+            1,
+            np.uint16,
+            lambda a: a[..., :1] * np.uint16(257),
+        ),
+        (
+            "P",
+            lambda a: Image.fromarray(a[..., 0] & 0xC0).convert("P"),
+            3,
+            np.uint8,
+            lambda a: (a[..., :1] & 0xC0).repeat(3, 2),
+        ),
     ],
 )
 def test_modes_decode_to_the_documented_layout(tmp_path, make_image, mode, make, channels, dtype, expected):

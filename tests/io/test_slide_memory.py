@@ -66,7 +66,9 @@ def slides(tmp_path_factory):
 
 
 def _probe(path, backend, what):
-    result = subprocess.run([sys.executable, "-c", PROBE, str(path), backend, what], check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(path), backend, what], check=True, capture_output=True, text=True
+    )
     return json.loads(result.stdout)
 
 

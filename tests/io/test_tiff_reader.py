@@ -35,7 +35,9 @@ def test_every_layout_reads_pixel_exact(tmp_path, make_image, options):
         np.testing.assert_array_equal(reader.read((r0, c0, r1, c1)), image[r0:r1, c0:c1])
 
 
-@pytest.mark.parametrize("dtype, channels", [(np.uint16, 1), (np.uint8, 1), (np.uint8, 2), (np.uint8, 4), (np.float32, 1)])
+@pytest.mark.parametrize(
+    "dtype, channels", [(np.uint16, 1), (np.uint8, 1), (np.uint8, 2), (np.uint8, 4), (np.float32, 1)]
+)
 def test_grey_16bit_alpha_and_float_keep_their_channels_and_dtype(tmp_path, make_image, dtype, channels):
     image = make_image(90, 70, channels, dtype)
     data = image[..., 0] if channels == 1 else image
@@ -47,7 +49,9 @@ def test_grey_16bit_alpha_and_float_keep_their_channels_and_dtype(tmp_path, make
 
 def test_planar_separate_samples_are_interleaved(tmp_path, make_image):
     image = make_image(100, 120)
-    path = _write(tmp_path / "planar.tif", np.moveaxis(image, 2, 0), planarconfig="separate", photometric="rgb", tile=(32, 32))
+    path = _write(
+        tmp_path / "planar.tif", np.moveaxis(image, 2, 0), planarconfig="separate", photometric="rgb", tile=(32, 32)
+    )
     np.testing.assert_array_equal(open_image(path).read((10, 40, 90, 100)), image[10:90, 40:100])
 
 

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from glmed.io.writers import atomic_path
 from glmed.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -10,11 +11,10 @@ from glmed.models.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from glmed.training.trainer import GLNetTrainer
-from glmed.training.stages import paper_stages
-from glmed.io.writers import atomic_path
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 from glmed.models.glnet import GLNet
+from glmed.training.stages import paper_stages
+from glmed.training.trainer import GLNetTrainer
 
 SIZES = dict(fpn_channels=8, global_size=32, patch_size=32, overlap=4)
 

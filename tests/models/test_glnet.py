@@ -1,10 +1,9 @@
 import pytest
 import torch
+from conftest import GLOBAL, PATCH, tiny_glnet
 
 from glmed.models.glnet import GLNet, GLNetConfig, Sharing
 from glmed.models.sharing import LocalToGlobalCanvas
-
-from conftest import GLOBAL, PATCH, tiny_glnet
 
 
 def local_context(model, batch):

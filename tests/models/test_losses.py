@@ -1,10 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import GLOBAL, PATCH, tiny_glnet
 
 from glmed.models.losses import FocalLoss, GLNetLoss
-
-from conftest import GLOBAL, PATCH, tiny_glnet
 
 
 def test_focal_loss_with_gamma_zero_is_cross_entropy():

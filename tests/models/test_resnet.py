@@ -6,7 +6,8 @@ from glmed.models.resnet import ResNetEncoder, load_pretrained
 
 # A sample of the keys and shapes of the standard ImageNet ResNet state dicts.
 STANDARD_KEYS = {
-    "resnet50": {"conv1.weight": (64, 3, 7, 7), "bn1.running_mean": (64,), "layer1.0.downsample.0.weight": (256, 64, 1, 1),
+    "resnet50": {"conv1.weight": (64, 3, 7, 7), "bn1.running_mean": (64,),
+                 "layer1.0.downsample.0.weight": (256, 64, 1, 1),
                  "layer1.0.conv3.weight": (256, 64, 1, 1), "layer3.5.bn2.num_batches_tracked": (),
                  "layer4.2.bn3.running_var": (2048,), "layer4.0.downsample.1.weight": (2048,)},
     "resnet18": {"layer1.1.conv2.weight": (64, 64, 3, 3), "layer2.0.downsample.0.weight": (128, 64, 1, 1),

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from glmed.data.layouts import read_manifest
-from glmed.models.checkpoint import load_checkpoint
 from glmed.io.labels import DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE, mask_to_index
 from glmed.io.open import open_image
 from glmed.metrics.multiclass import ConfusionMatrix
+from glmed.models.checkpoint import load_checkpoint
 
 CASES = {
     # recipe, sharing (a Table 2 row), label kind, prediction file suffix, classes, ignored class

@@ -11,15 +11,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from glmed.data.stage_samples import StageSampler
 from glmed.data.synthetic import make_dermoscopy_image
+from glmed.metrics.validation import IsicMetric
 from glmed.models.checkpoint import load_checkpoint
+from glmed.models.glnet import GLNet
 from glmed.training.distributed import SINGLE, Distributed, close_distributed, init_distributed
 from glmed.training.runner import StagedRunner
-from glmed.data.stage_samples import StageSampler
-from glmed.training.trainer import GLNetTrainer
 from glmed.training.stages import paper_stages
-from glmed.metrics.validation import IsicMetric
-from glmed.models.glnet import GLNet
+from glmed.training.trainer import GLNetTrainer
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES = dict(fpn_channels=8, global_size=64, patch_size=64, overlap=8)

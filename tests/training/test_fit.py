@@ -1,12 +1,12 @@
 import numpy as np
 
 from glmed.data.synthetic import make_dermoscopy_image
-from glmed.training.evaluate import evaluate
-from glmed.training.fit import fit
-from glmed.training.trainer import GLNetTrainer
-from glmed.training.stages import paper_stages
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 from glmed.models.glnet import GLNet
+from glmed.training.evaluate import evaluate
+from glmed.training.fit import fit
+from glmed.training.stages import paper_stages
+from glmed.training.trainer import GLNetTrainer
 
 SIZES = dict(fpn_channels=16, global_size=64, patch_size=64, overlap=8)
 
@@ -69,8 +69,9 @@ def test_fit_takes_image_files(tmp_path):
 
 
 def test_fit_closes_every_image_file_it_opens(tmp_path, monkeypatch):
-    import glmed.io
     from PIL import Image
+
+    import glmed.io
 
     opened = []
     real_open = glmed.io.open_image

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from glmed.data.samples import collate_global_local, global_local_sample
+from glmed.geometry import patch_grid
+from glmed.models.glnet import GLNet
 from glmed.training.stages import GLOBAL_PARTS, Stage, paper_stages
 from glmed.training.trainer import GLNetTrainer
-from glmed.geometry import patch_grid
-from glmed.models.glnet import GLNet, Sharing
 
 
 def tiny(sharing):

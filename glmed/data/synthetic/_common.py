@@ -29,7 +29,9 @@ def resize_field(field: np.ndarray, size: Size, mode: str = "bilinear") -> np.nd
     return out[0].numpy() if field.ndim == 2 else out.numpy()
 
 
-def fractal_noise(rng: np.random.Generator, size: Size, coarsest: float, finest: float, persistence: float = 0.5) -> np.ndarray:
+def fractal_noise(
+    rng: np.random.Generator, size: Size, coarsest: float, finest: float, persistence: float = 0.5
+) -> np.ndarray:
     """Fractal noise over ``size`` with detail from ``coarsest`` down to ``finest`` pixels.
 
     Built as a pyramid: a coarse random grid is upsampled by 2 and gets new random detail
@@ -55,7 +57,9 @@ def low_res_size(size: Size, longest: int = 256) -> Size:
     return (max(2, round(size[0] * scale)), max(2, round(size[1] * scale)))
 
 
-def random_curve(rng: np.random.Generator, start: np.ndarray, length: float, bend: float, steps: int = 40) -> np.ndarray:
+def random_curve(
+    rng: np.random.Generator, start: np.ndarray, length: float, bend: float, steps: int = 40
+) -> np.ndarray:
     """Points along a randomly bending path: a thin hair, a river, a road."""
     angle = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0.0, bend, steps))
     step = length / steps
@@ -110,7 +114,7 @@ def write_all(
     for index in range(n_images):
         rng = np.random.default_rng([seed, index])
         height = int(rng.integers(size_range[0], size_range[1] + 1))
-        size = tuple(sizes[index]) if sizes is not None else (height, round(height * rng.choice(aspects)))
+        size: Size = sizes[index] if sizes is not None else (height, round(height * rng.choice(aspects)))
         write(index, rng, size)
 
 

@@ -53,7 +53,9 @@ def make_landcover_image(size: Size, seed: int) -> tuple[np.ndarray, np.ndarray]
     classes = scores.argmax(axis=0).astype(np.uint8)
     for water, count in ((4, rng.choice([0, 1, 2], p=[0.5, 0.35, 0.15])), (0, rng.integers(0, 4))):
         for _ in range(count):
-            line = random_curve(rng, rng.uniform(0, 1, 2) * work, rng.uniform(0.5, 1.2) * max(work), 0.04 if water else 0.01)
+            line = random_curve(
+                rng, rng.uniform(0, 1, 2) * work, rng.uniform(0.5, 1.2) * max(work), 0.04 if water else 0.01
+            )
             classes[stroke_pixels(line, max(work) * (0.012 if water else 0.004), work)] = water
     classes = resize_field(classes.astype(np.float32), (height, width), mode="nearest").astype(np.uint8)
     return _paint_landcover(rng, classes), classes
@@ -94,9 +96,11 @@ def make_aerial_image(size: Size, seed: int) -> tuple[np.ndarray, np.ndarray]:
         turn = rng.uniform(0, np.pi / 2)
         corners = np.array([(-1, -1), (-1, 1), (1, 1), (1, -1)]) * half
         corners = corners @ np.array([[math.cos(turn), math.sin(turn)], [-math.sin(turn), math.cos(turn)]]) + centre
-        shadow = polygon(*(corners + side * 0.15).T, shape=(height, width))
+        rows, cols = (corners + side * 0.15).T
+        shadow = polygon(rows, cols, shape=(height, width))
         image[shadow] = image[shadow] // 2
-        roof = polygon(*corners.T, shape=(height, width))
+        rows, cols = corners.T
+        roof = polygon(rows, cols, shape=(height, width))
         image[roof] = np.clip(rng.uniform(60, 200) * rng.uniform(0.85, 1.15, 3), 0, 255).astype(np.uint8)
         mask[roof] = 1
     return image, mask
@@ -125,7 +129,7 @@ def write_deepglobe_dataset(
         save_image(root / "train" / f"{100 + index}_mask.png", DEEPGLOBE_PALETTE[classes])
 
     write_all(n_images, sizes, size_range, seed, write, (1.0, 1.0))
-    rows = "".join(f"{name},{r},{g},{b}\n" for name, (r, g, b) in zip(CLASS_DICT_NAMES, DEEPGLOBE_PALETTE))
+    rows = "".join(f"{name},{r},{g},{b}\n" for name, (r, g, b) in zip(CLASS_DICT_NAMES, DEEPGLOBE_PALETTE, strict=True))
     save_text(root / "class_dict.csv", "name,r,g,b\n" + rows)
     return root
 

@@ -87,7 +87,9 @@ def _vignette(rng: np.random.Generator, low: Size) -> np.ndarray:
     return shading
 
 
-def _paint_lesion(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, centre: np.ndarray, area: float) -> None:
+def _paint_lesion(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, centre: np.ndarray, area: float
+) -> None:
     """Blend one lesion into ``image`` (in place) and mark it in ``mask``.
 
     The border is a level set: distance in a rotated ellipse over a radius with several
@@ -173,6 +175,7 @@ def write_isic_dataset(
         sizes: ``(height, width)`` of each image; else drawn per image: the height (the
             shorter side) in ``size_range``, landscape 4:3 or 3:2 as ISIC images mostly are.
             The default keeps every side above the 508-pixel patch, as in ISIC 2018.
+        size_range: ``(smallest, largest)`` height drawn when ``sizes`` is not given (at least 16).
         seed: the same seed writes the same bytes.
         split: ``Training``, ``Validation`` or ``Test``, as in the real folder names.
 
