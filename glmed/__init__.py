@@ -16,7 +16,7 @@ _EXPORTS = {
     "Sharing": "glmed.models.glnet",
     "CoarseToFineGLNet": "glmed.models.coarse_to_fine",
     "GlobalLocalInferer": "glmed.inference.inferer",
-    "SegmentationResult": "glmed.inference.inferer",
+    "SegmentationResult": "glmed.inference.result",
     "predict": "glmed.inference.inferer",
     "load_model": "glmed.models.checkpoint",
     "save_model": "glmed.models.checkpoint",

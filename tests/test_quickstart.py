@@ -32,3 +32,6 @@ def test_the_notebook_code_runs_from_top_to_bottom(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "quickstart ran" in done.stdout and "mask levels: ((768, 1024), (384, 512), (192, 256))" in done.stdout
+    # the notebook shows a working tool: a mean thresholded Jaccard of at least 0.8 on its test images
+    headline = float(done.stdout.split("headline, mean thresholded Jaccard:")[1].split()[0])
+    assert headline >= 0.8, done.stdout

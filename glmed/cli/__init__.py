@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment ultra-high-resolution medical images with GLNet, and score ISIC submissions.",
         epilog="Run 'glmed COMMAND --help' for a command's options.",
     )
+    from glmed import __version__
+
+    parser.add_argument("--version", action="version", version=f"glmed {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)

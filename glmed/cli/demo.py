@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         from glmed.plotting import save_result_figure
 
         save_result_figure(args.out / "overlay.png", test_image, result, test_mask,
-                           title="truth (green) and GLNet prediction (red)")
+                           title="truth (sky blue) and GLNet prediction (vermillion)")
     except ImportError:
         print("matplotlib is not installed: no overlay.png (pip install 'glmed[plot]')")
     print(f"held-out image: IoU {scores.jaccard:.3f}, ISIC thresholded IoU {scores.threshold_jaccard:.3f}, "

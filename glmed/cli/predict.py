@@ -5,9 +5,14 @@
 ``.png`` writes it in memory, as 0/255 for a two-class model (the ISIC format) or as class
 indices otherwise. With a folder of images, ``OUT`` is a folder: each image gets a mask named for
 the ISIC scorer (``ISIC_0000000.jpg`` → ``ISIC_0000000_segmentation.png``, others
-``NAME_mask.png``); masks already there are kept, so a stopped run resumes, and an unreadable
-image is reported at the end without stopping the others. Exit status 1 and the reasons when
-anything failed.
+``NAME_mask.png``). Hidden files (``.DS_Store``) and files named like masks
+(``*_segmentation.png``, ``*_mask.png``) are skipped, and the run says how many. The folder
+keeps a record (``OUT/.glmed-run.json``, :mod:`glmed.inference.provenance`) of the checkpoint
+and options that made its masks: run again with the same ones and the masks already made are
+kept, so a stopped run resumes; with another checkpoint or other options every mask is
+recomputed, and the run says what changed. An unreadable image is reported at the end, by
+name, without stopping the others. Options are checked before any work. Exit status 1 and
+the reasons when anything failed.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from glmed.inference.inferer import SegmentationResult
+    from glmed.inference.provenance import RunRecord
+    from glmed.inference.result import SegmentationResult
     from glmed.inference.slide import SlidePrediction
 
 EXIT_FAILED = 1
@@ -27,6 +33,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 #: Files a folder run segments; anything else in the folder (licences, CSVs) is left alone.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".nii", ".nii.gz")
 _ISIC_ID = re.compile(r"^ISIC_[0-9]{7}$")
+#: Names (without extension) of masks, not images: ISIC truth masks and the masks glmed writes.
+_MASK_NAME = re.compile(r"(_segmentation|_mask|_attribute_[a-z_]+)$", re.IGNORECASE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,10 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the network, segment the image(s) and write the mask(s); returns the exit status."""
-    if args.image.is_dir():
-        jobs = _folder_jobs(args.image, args.out, args.format)
-        if isinstance(jobs, str):
-            return _fail(jobs)
+    problem = _option_problem(args)
+    if problem is not None:
+        return _fail(problem)
+    folder_run = args.image.is_dir()
+    notes: list[str] = []
+    if folder_run:
+        found = _folder_jobs(args.image, args.out, args.format)
+        if isinstance(found, str):
+            return _fail(found)
+        jobs, notes = found
     elif args.out.suffix.lower() not in TIFF_SUFFIXES + (".png",):
         return _fail(f"{args.out}: the output must end in .tif, .tiff or .png")
     elif not args.out.parent.is_dir():
@@ -68,19 +82,92 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, map_location=device)
     except (OSError, ValueError) as error:
         return _fail(str(error))
-    folder_run = args.image.is_dir()
-    todo = [(image, out) for image, out in jobs if not folder_run or args.no_resume or not out.exists()]
-    if len(todo) < len(jobs):
-        print(f"kept {len(jobs) - len(todo)} mask(s) already written in {args.out} (--no-resume recomputes them)")
+    for note in notes:
+        print(note)
+    record = None
+    todo = jobs
+    if folder_run:
+        record, todo = _resume(args, jobs, torch.device(device).type)
     failures = []
     for image, out in _progress(todo, args, folder_run):
         try:
             print(_predict_one(model, image, out, device, args, progress=not folder_run and not args.quiet))
-        except (OSError, ValueError) as error:  # missing/bad files, unreadable images, bad options
-            failures.append(str(error))
+        # missing/bad files, unreadable images, images the network cannot take (RuntimeError from torch)
+        except (OSError, ValueError, RuntimeError) as error:
+            failures.append(_failure_line(image, error))
+            if record is not None and out.exists() and out.name not in record.finished:
+                out.unlink()  # another run's mask: it must not pass for this checkpoint's
+                failures[-1] += f" (removed {out.name}, which an earlier run had left)"
+            continue
+        if record is not None:
+            record.finished.append(out.name)
+            record.save(args.out)  # after each mask, so a killed run resumes with what is done
+    if failures and not folder_run:
+        return _fail(failures[0])
     if failures:
         return _fail(f"{len(failures)} of {len(todo)} image(s) failed:\n  " + "\n  ".join(failures))
     return 0
+
+
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """The first option out of range, as the line to print, or None; checked before any work."""
+    if args.batch_size < 1:
+        return f"--batch-size must be at least 1, got {args.batch_size}"
+    if args.tile < 16 or args.tile % 16:
+        return f"--tile must be a positive multiple of 16, got {args.tile}"
+    if args.device is not None:
+        from glmed.models.checkpoint import device_problem
+
+        problem = device_problem(args.device)
+        if problem is not None:
+            return f"--device {args.device}: {problem}"
+    return None
+
+
+def _resume(args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type: str) -> tuple[RunRecord, list]:
+    """This run's record, and the jobs to do: all of them unless the folder's record is this very run's.
+
+    Prints one line saying which masks are kept, or why the masks already there are recomputed.
+    The record is saved before the first mask, so a run stopped early never leaves another
+    run's record beside its own masks.
+    """
+    from glmed.inference.provenance import RECORD_NAME, RunRecord, file_digest
+
+    options: dict[str, object] = {"batch_size": args.batch_size, "format": args.format, "device": device_type}
+    if args.format == "tif":
+        options["tile"] = args.tile
+    record = RunRecord(checkpoint=file_digest(args.checkpoint), checkpoint_path=str(args.checkpoint),
+                       options=options)
+    earlier = None if args.no_resume else RunRecord.load(args.out)
+    existing = [out for _, out in jobs if out.exists()]
+    todo = jobs
+    if earlier is not None and earlier.same_run(record):
+        record.finished = [name for name in dict.fromkeys(earlier.finished) if (args.out / name).is_file()]
+        kept = set(record.finished)
+        todo = [(image, out) for image, out in jobs if out.name not in kept]
+        if len(todo) < len(jobs):
+            print(f"kept {len(jobs) - len(todo)} mask(s) made by this checkpoint with these options in {args.out} "
+                  "(--no-resume recomputes them)")
+        unlisted = [out for out in existing if out.name not in kept]
+        if unlisted:
+            print(f"recomputing {len(unlisted)} mask(s) in {args.out} that its {RECORD_NAME} does not list as "
+                  "made by this checkpoint with these options")
+    elif existing and args.no_resume:
+        print(f"recomputing the {len(existing)} mask(s) already in {args.out} (--no-resume)")
+    elif existing and earlier is None:
+        print(f"recomputing the {len(existing)} mask(s) already in {args.out}: no {RECORD_NAME} there records "
+              "which checkpoint and options made them")
+    elif existing and earlier is not None:
+        print(f"recomputing the {len(existing)} mask(s) already in {args.out}, made by another run: "
+              + "; ".join(record.differences(earlier)))
+    record.save(args.out)
+    return record, todo
+
+
+def _failure_line(image: Path, error: BaseException) -> str:
+    """One line naming the image and what went wrong with it."""
+    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return message if image.name in message else f"{image}: {message}"
 
 
 def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Namespace, progress: bool) -> str:
@@ -103,28 +190,53 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
     return f"wrote {out}: {image.name} segmented with {patches}{refined}{notes}"
 
 
-def _folder_jobs(folder: Path, out: Path, mask_format: str) -> list[tuple[Path, Path]] | str:
-    """``(image, mask)`` for every image in ``folder``, or the reason there is nothing to do."""
+def _folder_jobs(folder: Path, out: Path, mask_format: str) -> tuple[list[tuple[Path, Path]], list[str]] | str:
+    """``(image, mask)`` for every image in ``folder`` and lines on what was skipped, or why there is nothing to do.
+
+    Hidden files (``.DS_Store``, macOS's ``._NAME`` copies) and files named like masks
+    (``*_segmentation.*``, ``*_mask.*``: a truth mask left beside its image) are skipped.
+    """
+    from glmed.inference.provenance import RECORD_NAME
+
     if out.exists() and not out.is_dir():
         return f"{out}: with a folder of images, OUT must be a folder"
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    hidden = [p for p in folder.iterdir() if p.name.startswith(".") and p.name != RECORD_NAME]
+    images = [p for p in files if not p.name.startswith(".") and not _MASK_NAME.search(_stem(p))]
+    masks = [p for p in files if not p.name.startswith(".") and _MASK_NAME.search(_stem(p))]
+    notes = []
+    if hidden:
+        notes.append(f"skipped {len(hidden)} hidden file(s) in {folder}: {_names(hidden)}")
+    if masks:
+        notes.append(f"skipped {len(masks)} file(s) in {folder} named like masks, not images: {_names(masks)} "
+                     "(rename a file to segment it)")
     if not images:
-        return f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"
+        skipped = f" (skipped: {'; '.join(notes)})" if notes else ""
+        return f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder{skipped}"
     out.mkdir(parents=True, exist_ok=True)
     jobs = []
     for image in images:
-        stem = image.name[: -len(".nii.gz")] if image.name.lower().endswith(".nii.gz") else image.stem
+        stem = _stem(image)
         name = f"{stem}_segmentation" if _ISIC_ID.match(stem) else f"{stem}_mask"
         jobs.append((image, out / f"{name}.{mask_format}"))
-    return jobs
+    return jobs, notes
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+
+
+def _names(paths: list[Path], most: int = 5) -> str:
+    names = sorted(p.name for p in paths)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _progress(jobs: list, args: argparse.Namespace, show: bool):
     if not show or args.quiet:
         return jobs
-    from tqdm.auto import tqdm
+    from glmed.progress import progress_bar
 
-    return tqdm(jobs, desc=f"segmenting {args.image}", unit="image")
+    return progress_bar(jobs, desc=f"segmenting {args.image}", unit="image")
 
 
 def _fail(message: str) -> int:

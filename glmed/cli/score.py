@@ -48,21 +48,27 @@ def run(args: argparse.Namespace) -> int:
     from glmed.io.writers import atomic_path
     from glmed.metrics.isic import (
         EmptyMaskWarning,
+        HiddenFilesWarning,
         IgnoredPredictionsWarning,
         ScoringError,
         score_submission,
     )
 
+    if args.workers is not None and args.workers < 1:
+        print(f"glmed score: error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return EXIT_REJECTED
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EmptyMaskWarning)
         warnings.simplefilter("always", IgnoredPredictionsWarning)
+        warnings.simplefilter("always", HiddenFilesWarning)
         try:
             per_image = score_submission(args.truth_dir, args.prediction_dir, workers=args.workers)
         except ScoringError as error:
             print(f"glmed score: error: {error}", file=sys.stderr)
             return EXIT_REJECTED
     for warning in caught:
-        print(f"glmed score: WARNING: {warning.message}", file=sys.stderr)
+        kind = "note" if issubclass(warning.category, HiddenFilesWarning) else "WARNING"
+        print(f"glmed score: {kind}: {warning.message}", file=sys.stderr)
 
     summary = per_image.attrs["summary"]
     if args.json:

@@ -25,8 +25,8 @@ _EXPORTS = {
         "glmed.data.transforms",
     ),
     **dict.fromkeys(
-        ("make_aerial_image", "make_dermoscopy_image", "make_landcover_image", "write_deepglobe_dataset",
-         "write_inria_dataset", "write_isic_dataset"),
+        ("make_aerial_image", "make_dermoscopy_image", "make_landcover_image", "make_slide_image",
+         "write_deepglobe_dataset", "write_inria_dataset", "write_isic_dataset"),
         "glmed.data.synthetic",
     ),
 }

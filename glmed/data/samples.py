@@ -252,13 +252,13 @@ def global_local_sample(
         channels = reader.channels
         normalization = Normalization((0.0,) * channels, (1.0,) * channels, 1.0, channels)
     sample = {
-        "global_image": normalization(reader.resized(size)),
+        "global_image": normalization(reader.resized(size), name=reader.name),
         "boxes": torch.from_numpy(boxes.copy()),
         "boxes_normalized": torch.from_numpy(normalize_boxes(boxes, reader.size)),
         "image_size": torch.tensor(reader.size, dtype=torch.int64),
     }
     if with_patches:
-        sample["patches"] = normalization(read_patches(reader, boxes))
+        sample["patches"] = normalization(read_patches(reader, boxes), name=reader.name)
     if label is not None:
         label_reader = as_reader(label, name="label")
         if label_reader.size != reader.size:

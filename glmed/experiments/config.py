@@ -78,7 +78,7 @@ class RecipeConfig(GLNetConfig):
         # every problem at once, each with the option that sets it.
         if len(self.epochs) == 1:  # one number sets all three stages
             object.__setattr__(self, "epochs", tuple(self.epochs) * 3)
-        for name in ("image_size", "split", "epochs"):
+        for name in ("image_size", "split", "epochs", "trained_image_size"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
@@ -118,6 +118,11 @@ class RecipeConfig(GLNetConfig):
         need(self.manifest is None or Path(self.manifest).is_file(), "manifest", "no such file")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
              "cpu, cuda, cuda:N or auto")
+        if self.device != "auto" and self.device.split(":")[0] in ("cpu", "cuda", "mps"):
+            from glmed.models.checkpoint import device_problem
+
+            problem = device_problem(self.device)
+            need(problem is None, "device", str(problem))  # e.g. cuda on a machine without it
         return found
 
     def model_config(self) -> GLNetConfig:
@@ -177,12 +182,17 @@ class CoarseToFineRecipeConfig(CoarseToFineConfig, RecipeConfig):
         return found
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[RecipeConfig]) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[RecipeConfig],
+                         demo_defaults: Mapping[str, Any] | None = None) -> None:
     """One ``--flag`` per field of ``config_class``.
 
     Unset flags stay out of the parsed namespace, so :func:`config_from_arguments` can tell
-    a value given from a default.
+    a value given from a default. Each help text ends with the default, and, where
+    ``demo_defaults`` (the recipe's ``--demo`` values) changes it, the demo's too:
+    ``(default: 508; with --demo: 192)``; an option that only matters with ``--demo`` shows
+    the demo's value alone.
     """
+    demo_defaults = demo_defaults or {}
     for item in fields(config_class):
         meta = dict(item.metadata)
         if not meta.pop("command_line", True):  # set by the recipe, not by the user (num_classes)
@@ -194,8 +204,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[Rec
             continue
         default = item.default if item.default is not MISSING else None
         meta.setdefault("type", type(default) if isinstance(default, (int, float, str)) else str)
-        default_text = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        meta["help"] = f"{meta['help']} (default: {default_text})"
+        shown = [] if "(default:" in meta["help"] else [f"default: {_shown(default)}"]  # or the help says it
+        if item.name in demo_defaults:
+            demo = demo_defaults[item.name]
+            if meta["help"].startswith("with --demo"):  # the paper's default never applies
+                shown = [f"default: {_shown(demo)}"]
+            elif _shown(demo) != _shown(default):
+                shown.append(f"with --demo: {_shown(demo)}")
+        meta["help"] = (f"{meta['help']} ({'; '.join(shown)})" if shown else meta["help"]).replace("%", "%%")
         parser.add_argument(flag, **options, **meta)
 
 

@@ -133,12 +133,15 @@ class LoadedPairs(Sequence[tuple[np.ndarray, np.ndarray]]):
 
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     """The recipe's command line: the run options, then one flag per config field."""
-    parser = argparse.ArgumentParser(prog=f"{recipe.name}.py", description=recipe.description)
+    parser = argparse.ArgumentParser(
+        prog=f"{recipe.name}.py", description=recipe.description,
+        epilog="Defaults are the paper's; with --demo the values marked 'with --demo' replace them, and any "
+               "option given on the command line overrides both.")
     parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="the run's folder")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in RUN_DIR from its last checkpoint, with its config.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(parser, recipe.config_class)
+    add_config_arguments(parser, recipe.config_class, recipe.demo_defaults)
     return parser
 
 
@@ -289,9 +292,9 @@ def _scan(table: pd.DataFrame, label_kind: str, progress: bool, chunk: int = 32)
     """:func:`scan_dataset` in chunks under a progress bar; every problem is still reported at once."""
     starts = range(0, len(table), chunk)
     if progress:
-        from tqdm.auto import tqdm
+        from glmed.progress import progress_bar
 
-        starts = tqdm(starts, desc=f"checking {len(table)} image/mask pairs", unit=f"×{chunk}", leave=False)
+        starts = progress_bar(starts, desc=f"checking {len(table)} image/mask pairs", unit=f"×{chunk}", leave=False)
     parts, problems = [], []
     for start in starts:
         try:
@@ -321,9 +324,9 @@ def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: 
     folder.mkdir(parents=True, exist_ok=True)
     rows = test.itertuples()
     if progress:
-        from tqdm.auto import tqdm
+        from glmed.progress import progress_bar
 
-        rows = tqdm(rows, total=len(test), desc="predicting the test split", unit="image", leave=False)
+        rows = progress_bar(rows, total=len(test), desc="predicting the test split", unit="image", leave=False)
     seconds = []
     with PeakMemory(device) as peak:
         for row in rows:

@@ -15,7 +15,7 @@ as training, so the loop is written here over :func:`glmed.geometry.patch_grid`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +26,8 @@ from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization, to_model_
 from glmed.data.samples import iter_patch_batches
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
 from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
+from glmed.inference.notes import box_edge_notes, cover_notes, foreground_fraction, size_notes
+from glmed.inference.result import SegmentationResult, thumbnail_size
 from glmed.io.base import ImageReader
 from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.region import RegionReader
@@ -34,29 +36,6 @@ from glmed.models.fpn import FINAL
 from glmed.models.glnet import GLNet, GLNetConfig, Sharing, spatial_size
 from glmed.models.placement import Placement, model_device
 from glmed.models.sharing import collect_local_context
-
-
-@dataclass
-class SegmentationResult:
-    """What :func:`predict` returns for one image.
-
-    Attributes:
-        mask: ``H×W`` full-resolution class indices (uint8).
-        coarse: ``H×W`` mask from the global branch alone (None for ``local_only``, or when
-            not asked for).
-        boxes: regions refined at full resolution by coarse-to-fine models,
-            ``(row0, col0, row1, col1)`` end-exclusive; empty for plain GLNet.
-        patches: how many full-resolution patches the local branch processed (a
-            bidirectional pass runs each twice and counts it once).
-        notes: plain-language remarks about this prediction.
-    """
-
-    mask: np.ndarray
-    coarse: np.ndarray | None = None
-    boxes: list[Box] = field(default_factory=list)
-    patches: int = 0
-    notes: list[str] = field(default_factory=list)
-
 
 INFERENCE_SETTINGS = ("overlap", "target_ratio", "per_component")
 """Config fields a prediction may change without rebuilding the network: the patch overlap and
@@ -138,6 +117,7 @@ class GlobalLocalInferer:
         model.eval().to(placement.device)
         try:
             dtype = label_dtype(config.num_classes)
+            in_memory = out is None
             if out is None:
                 out = np.empty(reader.size, dtype=dtype)
             elif out.shape != tuple(reader.size):
@@ -147,9 +127,16 @@ class GlobalLocalInferer:
                                  f"use {dtype}")
             with torch.inference_mode():
                 if isinstance(model, CoarseToFineGLNet):
-                    return self._segment_coarse_to_fine(model, config, reader, placement, out, with_coarse, ledger)
-                whole = (0, 0, *reader.size)
-                return self._segment(model, config, reader, placement, out, with_coarse, ledger, whole)
+                    result = self._segment_coarse_to_fine(model, config, reader, placement, out, with_coarse, ledger)
+                else:
+                    whole = (0, 0, *reader.size)
+                    result = self._segment(model, config, reader, placement, out, with_coarse, ledger, whole)
+            result.notes += (cover_notes(foreground_fraction(result.mask))
+                             + box_edge_notes(result.mask, result.boxes, reader.size)
+                             + size_notes(reader.size, config.trained_image_size))
+            if in_memory:
+                result.thumbnail = reader.resized(thumbnail_size(reader.size))
+            return result
         finally:
             model.to(home)
             for module, training in modes.items():
@@ -265,7 +252,7 @@ class GlobalLocalInferer:
 
     def _global_input(self, reader: ImageReader, side: int, placement: Placement) -> torch.Tensor:
         view = reader.resized((side, side))
-        return placement.put(to_model_input(view, self.normalization)[None])
+        return placement.put(to_model_input(view, self.normalization, name=reader.name)[None])
 
     def _patch_batches(
         self, reader: ImageReader, grid: PatchGrid, placement: Placement, what: str
@@ -277,12 +264,12 @@ class GlobalLocalInferer:
         normalized = torch.tensor(grid.normalized(), dtype=torch.float32)
         batches = iter_patch_batches(reader, grid.boxes, self.batch_size)
         if self.progress:
-            from tqdm.auto import tqdm
+            from glmed.progress import progress_bar
 
             total = -(-len(grid) // self.batch_size)
-            batches = tqdm(batches, total=total, desc=f"{reader.name}: {what}", unit="batch", leave=False)
+            batches = progress_bar(batches, total=total, desc=f"{reader.name}: {what}", unit="batch", leave=False)
         for batch in batches:
-            patches = placement.put(to_model_input(batch.pixels, self.normalization))
+            patches = placement.put(to_model_input(batch.pixels, self.normalization, name=reader.name))
             yield batch.boxes, placement.put(normalized[batch.start : batch.start + len(batch.boxes)]), patches
 
 

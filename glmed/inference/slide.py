@@ -99,8 +99,8 @@ def predict_to_tiff(
         per_component: coarse-to-fine's box per connected component, as for :func:`glmed.predict`.
 
     Raises:
-        ValueError: a lossy compression, a bad tile side, or a ``path`` that is a folder or
-            whose folder does not exist (all checked before any inference).
+        ValueError: a lossy compression, a bad tile side, or a ``path`` that is a folder, does not
+            end in ``.tif``/``.tiff``, or whose folder does not exist (all checked before any inference).
     """
     if compression not in ("zlib", "lzw", None):
         raise ValueError(f"{path}: masks need lossless compression: 'zlib', 'lzw' or None, got {compression!r}")
@@ -109,6 +109,9 @@ def predict_to_tiff(
         raise ValueError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; name the .tif file to write")
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"{path}: predict_to_tiff writes a pyramidal TIFF, so the name must end in .tif or .tiff "
+                         "(for a PNG, use glmed.predict and glmed.io.writers.write_mask_png)")
     check_tile(path, tile)  # now, not after hours of inference
     reader, opened = open_as_reader(image)
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,

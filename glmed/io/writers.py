@@ -175,10 +175,10 @@ def write_pyramidal_tiff(
     levels_written = [level if channels > 1 else level[..., 0] for level in pyramid(image, levels, tile, resampling)]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from glmed.progress import progress_bar
 
         total = sum(-(-level.shape[0] // tile) * -(-level.shape[1] // tile) for level in levels_written)
-        bar = tqdm(total=total, desc=f"writing {os.path.basename(path)}", unit="tile", leave=False)
+        bar = progress_bar(total=total, desc=f"writing {os.path.basename(path)}", unit="tile", leave=False)
     try:
         with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=image.nbytes > 2**31) as writer:
             for index, level in enumerate(levels_written):
@@ -200,7 +200,7 @@ def _tiles(level: np.ndarray, tile: int, bar: Any = None) -> Iterator[np.ndarray
     """The level's tiles in row-major order, copied one at a time.
 
     A memory-mapped or strided level (a mask's nearest-neighbour levels are views) is never
-    copied whole. ``bar`` (tqdm) counts them.
+    copied whole. ``bar`` (a progress bar) counts them.
     """
     for row in range(0, level.shape[0], tile):
         for col in range(0, level.shape[1], tile):

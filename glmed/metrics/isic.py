@@ -18,11 +18,15 @@ masks and returns one row per image. The rules are those of the official
   unweighted mean over images; the headline is the mean thresholded Jaccard.
 
 Where glmed differs, it is to be clearer, never to give other numbers: every rejected input
-raises :class:`SubmissionError` or :class:`GroundTruthError` naming all offending files at once
-(the official scorer stops at the first, and crashes with a traceback on a stray truth file, an
-empty truth folder, a folder in place of a prediction or a truncated image), and a mask that is
-not blank but has no value above 128 (a 0/1 mask) raises an :class:`EmptyMaskWarning`, because
-it silently scores as empty.
+raises :class:`SubmissionError` or :class:`GroundTruthError` naming all offending files at once,
+missing and duplicate predictions together with undecodable or wrongly sized files (the official
+scorer stops at the first, and crashes with a traceback on a stray truth file, an empty truth
+folder, a folder in place of a prediction or a truncated image), and a mask that is not blank
+but has no value above 128 (a 0/1 mask) raises an :class:`EmptyMaskWarning`, because it
+silently scores as empty. Hidden entries (names starting with ``.``: ``.DS_Store``, macOS's
+``._ISIC_0000000_segmentation.png`` copies, ``.ipynb_checkpoints``, glmed's own
+``.glmed-run.json``) are left out of both folders, with a :class:`HiddenFilesWarning` naming
+them; the official scorer refuses such a folder or crashes on it.
 
 Speed: plain 8-bit greyscale PNGs are decoded by :mod:`glmed.io.grey_png` (zlib-ng and
 NumPy, pixels identical to Pillow's; anything else is decoded by Pillow), pairs are decoded on a
@@ -51,6 +55,7 @@ __all__ = [
     "HEADLINE",
     "EmptyMaskWarning",
     "GroundTruthError",
+    "HiddenFilesWarning",
     "IgnoredPredictionsWarning",
     "ImagePair",
     "Matching",
@@ -116,6 +121,10 @@ class IgnoredPredictionsWarning(UserWarning):
     """Files in the prediction folder that no ground-truth image claims; they are not scored."""
 
 
+class HiddenFilesWarning(UserWarning):
+    """Hidden entries (names starting with ``.``, such as ``.DS_Store``) left out of either folder."""
+
+
 @dataclass(frozen=True)
 class ImagePair:
     """A ground-truth file and the one prediction file that matches it."""
@@ -127,25 +136,59 @@ class ImagePair:
 
 @dataclass(frozen=True)
 class Matching:
-    """The outcome of matching a prediction folder to a ground-truth folder."""
+    """The outcome of matching a prediction folder to a ground-truth folder.
+
+    Attributes:
+        pairs: each truth file with its prediction.
+        ignored: prediction files no truth file claims (not scored).
+        hidden: entries of either folder whose names start with ``.`` (left out of both).
+    """
 
     pairs: tuple[ImagePair, ...]
     ignored: tuple[Path, ...]
+    hidden: tuple[Path, ...] = ()
 
 
-def _list_folder(folder: Path, error: type[ScoringError], role: str) -> list[Path]:
-    """The entries of ``folder``, or ``error`` naming it when it is not a readable folder."""
+def _list_folder(folder: Path, error: type[ScoringError], role: str) -> tuple[list[Path], list[Path]]:
+    """The visible and the hidden (dot-named) entries of ``folder``, or ``error`` naming it when unreadable."""
     try:
-        return list(folder.iterdir())
+        entries = list(folder.iterdir())
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise error(f"cannot list the {role} folder", [ScoringProblem((folder,), reason)]) from None
+    return ([entry for entry in entries if not entry.name.startswith(".")],
+            sorted(entry for entry in entries if entry.name.startswith(".")))
 
 
-def _truth_files(truth_dir: Path) -> list[tuple[str, Path]]:
-    """``(image_id, path)`` of every ground-truth mask, in the official (sorted) order."""
+@dataclass
+class _Matched:
+    """Everything matching found, problems included, for one error that lists them all."""
+
+    truth_dir: Path
+    prediction_dir: Path
+    truths: list[tuple[str, Path]]  # (image_id, path) in the official order
+    outcome: list[ImagePair | ScoringProblem]  # one per truth file: its pair, or why there is none
+    truth_problems: list[ScoringProblem]  # stray entries of the truth folder
+    ignored: tuple[Path, ...]
+    hidden: tuple[Path, ...]
+
+    @property
+    def pairs(self) -> tuple[ImagePair, ...]:
+        return tuple(item for item in self.outcome if isinstance(item, ImagePair))
+
+    def matching(self) -> Matching:
+        return Matching(self.pairs, self.ignored, self.hidden)
+
+
+def _truth_files(truth_dir: Path) -> tuple[list[tuple[str, Path]], list[ScoringProblem], list[Path]]:
+    """The ground-truth masks, the stray entries of the folder, and its hidden entries.
+
+    Returns ``(image_id, path)`` of every mask in the official (sorted) order, the stray entries
+    as problems, and the hidden entries; raises when there is not a single mask.
+    """
+    visible, hidden = _list_folder(truth_dir, GroundTruthError, "ground-truth")
     found, problems = [], []
-    for entry in sorted(_list_folder(truth_dir, GroundTruthError, "ground-truth")):
+    for entry in sorted(visible):
         if entry.name in _TRUTH_NOTICES:
             continue
         match = _IMAGE_ID.search(entry.stem)
@@ -156,47 +199,69 @@ def _truth_files(truth_dir: Path) -> list[tuple[str, Path]]:
             problems.append(ScoringProblem((entry,), "is a folder, not a ground-truth mask file"))
         else:
             found.append((match.group(0), entry))
-    if problems:
+    if problems and not found:
         raise GroundTruthError(f"the ground-truth folder {truth_dir} holds files that are not "
                                "ISIC masks", problems)
     if not found:
         raise GroundTruthError(f"no ground-truth masks in {truth_dir}", [ScoringProblem(
             (truth_dir,), "contains no ISIC_<7 digits> mask files; point at the folder of masks")])
-    return found
+    return found, problems, hidden
 
 
-def match_submission(truth_dir: str | os.PathLike, prediction_dir: str | os.PathLike) -> Matching:
-    """Pair every ground-truth mask with its prediction by the official matching rule.
-
-    Raises:
-        GroundTruthError: the truth folder is missing, empty or holds non-ISIC entries.
-        SubmissionError: a truth image has no prediction or several, or a folder stands where a
-            prediction file should be; every such image is listed.
-    """
-    truth_dir, prediction_dir = Path(truth_dir), Path(prediction_dir)
-    truths = _truth_files(truth_dir)
-    predictions = _list_folder(prediction_dir, SubmissionError, "prediction")
-    pairs, problems, claimed = [], [], set()
+def _match(truth_dir: Path, prediction_dir: Path) -> _Matched:
+    """Match by the official rule, collecting every problem instead of stopping at the first."""
+    truths, truth_problems, hidden = _truth_files(truth_dir)
+    predictions, hidden_predictions = _list_folder(prediction_dir, SubmissionError, "prediction")
+    outcome: list[ImagePair | ScoringProblem] = []
+    claimed: set[Path] = set()
     for image_id, truth in truths:
         attribute = _ATTRIBUTE.search(truth.stem)
         required = [image_id[len("ISIC_"):]] + ([attribute.group(1)] if attribute else [])
         candidates = [p for p in predictions if all(part in p.stem for part in required)]
         claimed.update(candidates)
         if not candidates:
-            problems.append(ScoringProblem((truth,), f"no prediction for {image_id}; expected a file "
+            outcome.append(ScoringProblem((truth,), f"no prediction for {image_id}; expected a file "
                                     f"such as {prediction_dir / (image_id + '_segmentation.png')}"))
         elif len(candidates) > 1:
-            problems.append(ScoringProblem(tuple(sorted(candidates)), f"{len(candidates)} predictions "
+            outcome.append(ScoringProblem(tuple(sorted(candidates)), f"{len(candidates)} predictions "
                                     f"match {image_id}; keep exactly one"))
         elif candidates[0].is_dir():
-            problems.append(ScoringProblem((candidates[0],), "is a folder where the prediction mask "
+            outcome.append(ScoringProblem((candidates[0],), "is a folder where the prediction mask "
                                     f"file for {image_id} should be"))
         else:
-            pairs.append(ImagePair(image_id, truth, candidates[0]))
-    if problems:
-        raise SubmissionError(f"submission {prediction_dir} rejected", problems)
+            outcome.append(ImagePair(image_id, truth, candidates[0]))
     ignored = tuple(sorted(p for p in predictions if p not in claimed))
-    return Matching(tuple(pairs), ignored)
+    return _Matched(truth_dir, prediction_dir, truths, outcome, truth_problems, ignored,
+                    tuple(hidden + hidden_predictions))
+
+
+def _raise_problems(truth_dir: Path, prediction_dir: Path, truth_problems: Sequence[ScoringProblem],
+                    prediction_problems: Sequence[ScoringProblem]) -> None:
+    """One error listing every problem: :class:`GroundTruthError` when the truth side has any."""
+    if truth_problems:
+        also = f"; submission {prediction_dir} is rejected too" if prediction_problems else ""
+        raise GroundTruthError(f"the ground-truth folder {truth_dir} cannot be used{also}",
+                               [*truth_problems, *prediction_problems])
+    if prediction_problems:
+        raise SubmissionError(f"submission {prediction_dir} rejected", prediction_problems)
+
+
+def match_submission(truth_dir: str | os.PathLike, prediction_dir: str | os.PathLike) -> Matching:
+    """Pair every ground-truth mask with its prediction by the official matching rule.
+
+    Hidden entries (names starting with ``.``) of either folder are left out and listed in
+    ``Matching.hidden``.
+
+    Raises:
+        GroundTruthError: the truth folder is missing, empty or holds non-ISIC entries (any
+            matching problems are listed with them).
+        SubmissionError: a truth image has no prediction or several, or a folder stands where a
+            prediction file should be; every such image is listed.
+    """
+    matched = _match(Path(truth_dir), Path(prediction_dir))
+    _raise_problems(matched.truth_dir, matched.prediction_dir, matched.truth_problems,
+                    [item for item in matched.outcome if isinstance(item, ScoringProblem)])
+    return matched.matching()
 
 
 class _BadMask(Exception):
@@ -283,6 +348,18 @@ def _count_pair(truth_path: Path, prediction_path: Path) -> _PairResult:
     return result
 
 
+def _examine(truth_path: Path, prediction_path: Path | None) -> _PairResult:
+    """Count a pair, or decode a truth file alone when it has no usable prediction (to list its problems)."""
+    if prediction_path is not None:
+        return _count_pair(truth_path, prediction_path)
+    result = _PairResult()
+    try:
+        _open_mask(truth_path)
+    except _BadMask as bad:
+        result.truth_problems.append(ScoringProblem((truth_path,), str(bad)))
+    return result
+
+
 def _check(results: Sequence[_PairResult], prediction_dir: str | os.PathLike) -> None:
     """Raise for every problem found while decoding; warn once about masks read as empty."""
     truth_problems = [p for r in results for p in r.truth_problems]
@@ -291,13 +368,28 @@ def _check(results: Sequence[_PairResult], prediction_dir: str | os.PathLike) ->
     prediction_problems = [p for r in results for p in r.prediction_problems]
     if prediction_problems:
         raise SubmissionError(f"submission {prediction_dir} rejected", prediction_problems)
+    _warn_faint(results, stacklevel=4)
+
+
+def _warn_faint(results: Sequence[_PairResult], stacklevel: int = 3) -> None:
     faint = [f"{path} (largest value {top})" for r in results for path, top in r.faint]
     if faint:
         listed = "\n  ".join(faint[:_MAX_LISTED] + (["..."] if len(faint) > _MAX_LISTED else []))
         warnings.warn(
             f"{len(faint)} mask(s) are NOT blank but have no value above 128, so they score as "
             f"EMPTY masks (a 0/1 mask loses its whole score); {_MASK_FIX}:\n  {listed}",
-            EmptyMaskWarning, stacklevel=3)
+            EmptyMaskWarning, stacklevel=stacklevel)
+
+
+def _warn_hidden(hidden: Sequence[Path]) -> None:
+    """Name the hidden entries left out of the folders; glmed's own run record goes unmentioned."""
+    from glmed.inference.provenance import RECORD_NAME
+
+    shown = [path for path in hidden if path.name != RECORD_NAME]
+    if shown:
+        names = ", ".join(str(path) for path in shown[:_MAX_LISTED]) + (", ..." if len(shown) > _MAX_LISTED else "")
+        warnings.warn(f"ignored {len(shown)} hidden file(s) (names starting with '.'): {names}",
+                      HiddenFilesWarning, stacklevel=3)
 
 
 def _table(image_ids: Sequence[str], results: Sequence[_PairResult]) -> pd.DataFrame:
@@ -366,30 +458,44 @@ def score_submission(
     Returns:
         One row per image (index ``image_id``, in sorted truth-file order) with columns
         ``jaccard, threshold_jaccard, dice, sensitivity, specificity, accuracy, tp, fp, fn, tn``.
-        ``attrs["summary"]`` holds the means (as :func:`summarize` gives them) and
-        ``attrs["ignored_predictions"]`` the names of unscored prediction files.
+        ``attrs["summary"]`` holds the means (as :func:`summarize` gives them),
+        ``attrs["ignored_predictions"]`` the names of unscored prediction files and
+        ``attrs["hidden_files"]`` the hidden entries (``.DS_Store``, ...) left out of either folder.
 
     Raises:
-        SubmissionError: the official scorer would reject the submission; lists every bad file.
-        GroundTruthError: the ground-truth folder cannot be scored against.
+        SubmissionError: the official scorer would reject the submission; lists every bad file:
+            missing and duplicate predictions, undecodable files and wrong sizes, all at once.
+        GroundTruthError: the ground-truth folder cannot be scored against (any submission
+            problems are listed with its own).
 
     Warns:
         EmptyMaskWarning: masks that are not blank but read as empty (0/1 masks).
         IgnoredPredictionsWarning: prediction files that no truth image claims.
+        HiddenFilesWarning: hidden entries (``.DS_Store``, ...) left out of either folder.
     """
-    matching = match_submission(truth_dir, prediction_dir)
-    if matching.ignored:
-        names = ", ".join(p.name for p in matching.ignored[:_MAX_LISTED])
-        more = ", ..." if len(matching.ignored) > _MAX_LISTED else ""
-        warnings.warn(f"{len(matching.ignored)} file(s) in {prediction_dir} match no ground-truth "
+    matched = _match(Path(truth_dir), Path(prediction_dir))
+    # Every file that exists is decoded even when some predictions are missing, so that one error
+    # lists every problem: missing and duplicate files, undecodable ones and wrong sizes.
+    tasks = [(truth, item.prediction if isinstance(item, ImagePair) else None)
+             for item, (_, truth) in zip(matched.outcome, matched.truths, strict=True)]
+    outcomes = _map(_examine, tasks, workers or _usable_cpus())
+    truth_problems = list(matched.truth_problems) + [p for r in outcomes for p in r.truth_problems]
+    prediction_problems: list[ScoringProblem] = []
+    for item, result in zip(matched.outcome, outcomes, strict=True):  # in truth order
+        prediction_problems += [item] if isinstance(item, ScoringProblem) else result.prediction_problems
+    _raise_problems(matched.truth_dir, matched.prediction_dir, truth_problems, prediction_problems)
+    if matched.ignored:
+        names = ", ".join(p.name for p in matched.ignored[:_MAX_LISTED])
+        more = ", ..." if len(matched.ignored) > _MAX_LISTED else ""
+        warnings.warn(f"{len(matched.ignored)} file(s) in {prediction_dir} match no ground-truth "
                       f"image and are not scored (as the official scorer does): {names}{more}",
                       IgnoredPredictionsWarning, stacklevel=2)
-    results = _map(_count_pair, ((p.truth, p.prediction) for p in matching.pairs),
-                   workers or _usable_cpus())
-    _check(results, prediction_dir)
-    table = _table([p.image_id for p in matching.pairs], results)
+    _warn_hidden(matched.hidden)
+    _warn_faint(outcomes)
+    table = _table([p.image_id for p in matched.pairs], outcomes)
     summary = summarize(table).iloc[0]
     table.attrs["summary"] = {**summary[list(summary.index[:-1])].astype(float).to_dict(),
                               "images": len(table)}
-    table.attrs["ignored_predictions"] = [p.name for p in matching.ignored]
+    table.attrs["ignored_predictions"] = [p.name for p in matched.ignored]
+    table.attrs["hidden_files"] = [str(p) for p in matched.hidden]
     return table

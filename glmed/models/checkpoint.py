@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,17 +77,108 @@ def save_checkpoint(path: str | os.PathLike, model: GLNet, **fields: Any) -> Non
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``."""
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        CheckpointError: the file is not a glmed checkpoint; one line names it and says why.
+        ValueError: ``map_location`` names a device this machine does not have.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    problem = device_problem(map_location, option="map_location=")
+    if problem is not None:  # not the file's fault: say so before torch blames the file
+        raise ValueError(f"map_location={str(map_location)!r}: {problem}")
     try:
-        record = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch asks the user to file an issue about the pickle protocol of files it cannot read anyway
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several unrelated types for a bad file
-        raise CheckpointError(f"{path}: not a readable glmed checkpoint ({error})") from error
-    if not isinstance(record, dict) or record.get("format") != FORMAT or "model" not in record:
-        raise CheckpointError(f"{path}: not a glmed checkpoint of format {FORMAT}")
+        raise CheckpointError(f"{path}: not a glmed checkpoint ({unreadable_reason(path, error)})") from None
+    if not isinstance(record, dict) or "model" not in record or "format" not in record:
+        what = f"keys {', '.join(map(repr, list(record)[:5]))}" if isinstance(record, dict) else type(record).__name__
+        raise CheckpointError(f"{path}: not a glmed checkpoint (a torch file holding {what}, not a model "
+                              "saved by glmed.save_model or a recipe)")
+    if record["format"] != FORMAT:
+        newer = isinstance(record["format"], int) and record["format"] > FORMAT
+        raise CheckpointError(f"{path}: not a glmed checkpoint of format {FORMAT} (it has format {record['format']!r}"
+                              + ("; a newer glmed wrote it: upgrade glmed)" if newer else ")"))
     return record
+
+
+def unreadable_reason(path: str | os.PathLike, error: BaseException) -> str:
+    """A short reason why ``torch.load(path, weights_only=True)`` failed with ``error``.
+
+    It says what the file looks like (empty, text, an HTML page, a Git LFS pointer, a cut-off
+    zip archive, a pickle of other objects) and never repeats torch's advice to load with
+    ``weights_only=False``, which runs whatever code the file holds.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if size == 0:
+        return "an empty file"
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if found:
+        return (f"it holds Python objects ({found.group(1)}) besides tensors and plain values, which glmed "
+                "checkpoints never do")
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+        return f"a damaged or cut-off torch file of {size} bytes; copy it again from where it was saved"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the weights; fetch them with 'git lfs pull'"
+    if head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page, not weights; the download probably failed"
+    if _looks_like_text(head):
+        first = head.decode("utf-8", "replace").strip().splitlines()[0][:40]
+        return f"a text file starting {first!r}, not a torch.save file"
+    return "not a file written by torch.save"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(char.isprintable() or char in "\t\r\n" for char in text)
+
+
+def device_problem(device: str | torch.device, option: str = "--device") -> str | None:
+    """Why ``device`` cannot be used on this machine (malformed, or no such device), or None.
+
+    The reason ends with the fix, phrased with ``option`` (``"--device"`` gives ``use --device cpu``,
+    ``"map_location="`` gives ``use map_location='cpu'``), for messages such as ``--device cuda: <reason>``.
+    """
+
+    def use(value: str) -> str:
+        return f"use {option}{value!r}" if option.endswith("=") else f"use {option} {value}"
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return f"not a device; {use('cpu')}, cuda or cuda:N"
+    if parsed.type == "cpu":
+        return None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = ("CPU-only build" if torch.version.cuda is None
+                     else f"built for CUDA {torch.version.cuda}, but it finds no GPU or driver")
+            return f"this machine has no CUDA device (torch {torch.__version__}, {build}); {use('cpu')}"
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            return f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; {use('cuda')}"
+        return None
+    if parsed.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            return f"this machine has no Apple GPU (MPS); {use('cpu')}"
+        return None
+    return f"glmed runs on cpu, cuda or mps, not {parsed.type}; {use('cpu')}"
 
 
 def model_from_record(record: Mapping[str, Any]) -> GLNet:

@@ -94,8 +94,13 @@ class GLNetConfig:
     global_size: int = setting(508, "side of the downsampled global image, pixels")
     patch_size: int = setting(508, "side of the full-resolution patches, pixels")
     overlap: int = setting(50, "minimum overlap between neighbouring patches, pixels")
+    trained_image_size: tuple[int, int] | None = setting(
+        None, "median (height, width) of the training images, recorded by training; predictions on images far "
+        "from it get a note", command_line=False)
 
     def __post_init__(self) -> None:
+        if self.trained_image_size is not None:  # JSON gives a list back
+            object.__setattr__(self, "trained_image_size", tuple(int(v) for v in self.trained_image_size))
         problems = self.model_problems()
         if problems:
             raise ValueError("; ".join(f"{name} {getattr(self, name)!r}: {rule}" for name, rule in problems))

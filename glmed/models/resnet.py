@@ -152,7 +152,9 @@ def load_pretrained(encoder: ResNetEncoder, path: str | os.PathLike) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for a bad file
-        raise ValueError(f"{path}: not a readable PyTorch state dict ({error})") from error
+        from glmed.models.checkpoint import unreadable_reason  # here: checkpoint imports this module
+
+        raise ValueError(f"{path}: not a readable PyTorch state dict ({unreadable_reason(path, error)})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

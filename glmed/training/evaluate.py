@@ -55,9 +55,9 @@ def evaluate(
     metric = metric or IsicMetric()
     indices: Any = range(distributed.rank, len(pairs), distributed.world_size)
     if progress:
-        from tqdm.auto import tqdm
+        from glmed.progress import progress_bar
 
-        indices = tqdm(indices, desc=description, unit="image", leave=False)
+        indices = progress_bar(indices, desc=description, unit="image", leave=False)
     mine: list[tuple[int, Any, Any, int]] = []
     for index in indices:
         image, truth = pairs[index]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,7 @@ class StagedRunner:
         order = _generator(self.seed, index, epoch).permutation(len(self.train)).tolist()
         mine = self.distributed.shard(order)
         sample_rng = _generator(self.seed, index, epoch, rank, 1)
+        self._sizes: list[tuple[int, int]] = []
         steps = math.ceil(len(mine) / self.images_per_step)
         label = f"{stage.name} epoch {epoch}/{stage.epochs}"
         bar = self._bar(steps, label, "step")
@@ -223,6 +224,7 @@ class StagedRunner:
         started = time.perf_counter()
         try:
             means = self.distributed.mean(self.trainer.train_epoch(stage, batches(), optimizer, on_step))
+            self._record_image_size()
         finally:
             if bar is not None:
                 bar.close()
@@ -236,10 +238,22 @@ class StagedRunner:
                 **{f"val_{name}": value for name, value in scores.items()},
                 "train_seconds": round(trained, 3), "total_seconds": round(time.perf_counter() - started, 3)}
 
+    def _record_image_size(self) -> None:
+        """Record the median size of the epoch's training images in the model's config.
+
+        Every epoch visits every training image once, so this is the training set's median
+        whatever epoch a resumed run starts with; predictions on images far from it get a note.
+        """
+        sizes = [size for part in self.distributed.gather(self._sizes) for size in part]
+        if sizes:
+            height, width = (int(v) for v in np.median(np.asarray(sizes), axis=0))
+            self.model.config = replace(self.model.config, trained_image_size=(height, width))
+
     def _sample(self, stage: Stage, pair: Pair, rng: np.random.Generator) -> dict[str, Any]:
         """One training sample of ``pair``; an image given as a path is opened for it and closed again."""
         image, label = pair
         reader, opened = open_as_reader(image)
+        self._sizes.append((int(reader.size[0]), int(reader.size[1])))
         try:
             return self.sampler(stage, reader, np.asarray(label), rng)
         finally:
@@ -253,9 +267,9 @@ class StagedRunner:
     def _bar(self, total: int, description: str, unit: str):
         if not self._show_progress:
             return None
-        from tqdm.auto import tqdm
+        from glmed.progress import progress_bar
 
-        return tqdm(total=total, desc=description, unit=unit, leave=False)
+        return progress_bar(total=total, desc=description, unit=unit, leave=False)
 
     def _summary(self, row: dict[str, object], best: dict[str, object]) -> str:
         total = sum(stage.epochs for stage in self.stages)

@@ -7,6 +7,7 @@ from PIL import Image
 
 import glmed
 from glmed.cli import main
+from glmed.inference.provenance import RECORD_NAME
 from glmed.io import open_image
 from glmed.models.checkpoint import save_checkpoint
 from glmed.models.glnet import GLNet
@@ -69,7 +70,10 @@ def test_a_folder_becomes_a_scorable_isic_submission_and_resumes(tmp_path, train
     (images / "LICENSE.txt").write_text("CC-0")
     submission = tmp_path / "submission"
     assert main(["predict", str(checkpoint), str(images), str(submission), "--quiet", "--device", "cpu"]) == 0
-    assert sorted(p.name for p in submission.iterdir()) == [f"ISIC_{i:07d}_segmentation.png" for i in range(3)]
+    # adapted: the folder also holds the run's provenance record, a dot-file the scorer ignores
+    assert sorted(p.name for p in submission.iterdir() if not p.name.startswith(".")) == [
+        f"ISIC_{i:07d}_segmentation.png" for i in range(3)]
+    assert (submission / RECORD_NAME).is_file()
     expected = glmed.predict(model, images / "ISIC_0000001.jpg").mask * 255
     np.testing.assert_array_equal(np.asarray(Image.open(submission / "ISIC_0000001_segmentation.png")), expected)
     assert len(glmed.score_submission(truth, submission)) == 3
@@ -94,4 +98,259 @@ def test_a_folder_run_reports_bad_images_and_finishes_the_others(tmp_path, train
     )
     error = capsys.readouterr().err
     assert "1 of 2 image(s) failed" in error and "b.png" in error
-    assert sorted(p.name for p in out.iterdir()) == ["a_mask.tif"]
+    assert sorted(p.name for p in out.iterdir() if p.name != RECORD_NAME) == ["a_mask.tif"]  # adapted: + record
+
+
+# --- options, devices and checkpoints: one line naming the option or file, before any work ----------------
+
+def _images(folder, names=("ISIC_0000000.jpg", "ISIC_0000001.jpg", "ISIC_0000002.jpg"), shape=(70, 90)):
+    folder.mkdir(exist_ok=True)
+    for index, name in enumerate(names):
+        pixels = np.random.default_rng(index).integers(0, 256, (*shape, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+    return folder
+
+
+def _predict(*args):
+    return main(["predict", *map(str, args), "--quiet"])
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.strip()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"glmed {glmed.__version__}\n"
+
+
+def test_cuda_on_a_machine_without_it_is_named_as_the_problem(tmp_path, trained, capsys, monkeypatch):
+    _, checkpoint, image = trained
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _predict(checkpoint, image, tmp_path / "mask.png", "--device", "cuda") == 1
+    error = _one_line_error(capsys)
+    assert error.startswith("glmed predict: --device cuda: this machine has no CUDA device (torch ")
+    assert error.endswith("; use --device cpu") and "checkpoint" not in error
+    assert not (tmp_path / "mask.png").exists()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+def test_a_malformed_device_is_named(tmp_path, trained, capsys, device):
+    _, checkpoint, image = trained
+    assert _predict(checkpoint, image, tmp_path / "mask.png", "--device", device) == 1
+    error = _one_line_error(capsys)
+    assert error == f"glmed predict: --device {device}: not a device; use --device cpu, cuda or cuda:N"
+
+
+@pytest.mark.parametrize("content", ["text", "truncated"])
+def test_a_garbage_checkpoint_is_one_line_without_unsafe_advice(tmp_path, trained, capsys, content):
+    _, checkpoint, image = trained
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"hello\n" if content == "text" else checkpoint.read_bytes()[:20_000])
+    assert _predict(bad, image, tmp_path / "mask.png", "--device", "cpu") == 1
+    error = _one_line_error(capsys)
+    assert error.startswith(f"glmed predict: {bad}: not a glmed checkpoint (") and "weights_only" not in error
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_a_bad_batch_size_is_refused_before_any_work(tmp_path, trained, capsys, monkeypatch, value):
+    _, checkpoint, _ = trained
+    images = _images(tmp_path / "images")
+    monkeypatch.setattr("glmed.models.checkpoint.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert _predict(checkpoint, images, tmp_path / "masks", "--device", "cpu", "--batch-size", value) == 1
+    assert _one_line_error(capsys) == f"glmed predict: --batch-size must be at least 1, got {value}"
+    assert not (tmp_path / "masks").exists()
+
+
+def test_a_bad_tile_is_refused_before_any_work(tmp_path, trained, capsys):
+    _, checkpoint, image = trained
+    assert _predict(checkpoint, image, tmp_path / "mask.tif", "--device", "cpu", "--tile", "100") == 1
+    assert _one_line_error(capsys) == "glmed predict: --tile must be a positive multiple of 16, got 100"
+
+
+def test_every_failure_in_a_folder_run_names_its_image(tmp_path, trained, capsys, monkeypatch):
+    import glmed.inference.inferer as inferer
+
+    _, checkpoint, _ = trained
+    images = _images(tmp_path / "images")
+    real = inferer.predict
+
+    def predict(model, image, **options):
+        if "0001" in str(image):
+            raise ValueError("the network cannot take this image")  # a message without the file's name
+        return real(model, image, **options)
+
+    monkeypatch.setattr(inferer, "predict", predict)
+    assert _predict(checkpoint, images, tmp_path / "masks", "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 image(s) failed" in err
+    assert f"{images / 'ISIC_0000001.jpg'}: the network cannot take this image" in err
+
+
+def test_predict_to_tiff_refuses_a_name_that_is_not_a_tiff_before_any_inference(tmp_path, trained, monkeypatch):
+    model, _, image = trained
+    monkeypatch.setattr(model, "local_features", lambda *a, **k: pytest.fail("inference ran"))
+    for name in ("x.png", "x.tif.png", "x"):
+        with pytest.raises(ValueError, match=f"{tmp_path / name}: predict_to_tiff writes a pyramidal TIFF"):
+            glmed.predict_to_tiff(model, image, tmp_path / name)
+        assert not (tmp_path / name).exists()
+
+
+# --- folder runs: what is skipped, and which checkpoint made the masks ------------------------------------
+
+def test_a_folder_run_skips_hidden_files_and_masks_and_says_so(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images = _images(tmp_path / "images", ("ISIC_0000000.jpg", "photo.png", "ISIC_0000000_segmentation.png",
+                                           "photo_mask.png", "._ISIC_0000000.jpg"))
+    (images / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    out = tmp_path / "masks"
+    assert _predict(checkpoint, images, out, "--device", "cpu") == 0
+    printed = capsys.readouterr().out
+    assert f"skipped 2 hidden file(s) in {images}: .DS_Store, ._ISIC_0000000.jpg" in printed
+    assert (f"skipped 2 file(s) in {images} named like masks, not images: ISIC_0000000_segmentation.png, "
+            "photo_mask.png") in printed
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "ISIC_0000000_segmentation.png", "photo_mask.png"]
+
+
+def test_a_folder_of_masks_only_says_what_was_skipped(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images = _images(tmp_path / "images", ("ISIC_0000000_segmentation.png",))
+    assert _predict(checkpoint, images, tmp_path / "masks", "--device", "cpu") == 1
+    error = _one_line_error(capsys)
+    assert "no images" in error and "skipped 1 file(s)" in error and "ISIC_0000000_segmentation.png" in error
+
+
+def _mtimes(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def _other_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    other = GLNet(2, "resnet18", "g2l", **SIZES)
+    save_checkpoint(tmp_path / "other.pt", other)
+    return other.eval(), tmp_path / "other.pt"
+
+
+def test_a_rerun_with_the_same_checkpoint_and_options_keeps_the_masks(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images, out = _images(tmp_path / "images"), tmp_path / "masks"
+    assert _predict(checkpoint, images, out, "--device", "cpu") == 0
+    before = _mtimes(out)
+    copy = tmp_path / "copy of best.pt"  # the same bytes elsewhere: the same checkpoint
+    copy.write_bytes(checkpoint.read_bytes())
+    capsys.readouterr()
+    assert _predict(copy, images, out, "--device", "cpu") == 0
+    printed = capsys.readouterr().out
+    assert f"kept 3 mask(s) made by this checkpoint with these options in {out}" in printed
+    assert "wrote" not in printed and _mtimes(out) == before
+
+
+def test_another_checkpoint_recomputes_every_mask_and_says_what_changed(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images, out = _images(tmp_path / "images"), tmp_path / "masks"
+    assert _predict(checkpoint, images, out, "--device", "cpu") == 0
+    other, other_path = _other_checkpoint(tmp_path)
+    capsys.readouterr()
+    assert _predict(other_path, images, out, "--device", "cpu") == 0
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if line.startswith("recomputing"))
+    assert line.startswith(f"recomputing the 3 mask(s) already in {out}, made by another run: checkpoint {checkpoint}")
+    assert f"→ {other_path} (sha256 " in line and "kept" not in printed and printed.count("wrote ") == 3
+    expected = glmed.predict(other, images / "ISIC_0000001.jpg").mask * 255
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "ISIC_0000001_segmentation.png")), expected)
+
+
+@pytest.mark.parametrize("option, change", [(["--batch-size", "2"], "batch_size 4 → 2"),
+                                            (["--format", "tif"], None)])
+def test_changed_options_recompute_every_mask(tmp_path, trained, capsys, option, change):
+    _, checkpoint, _ = trained
+    images, out = _images(tmp_path / "images"), tmp_path / "masks"
+    assert _predict(checkpoint, images, out, "--device", "cpu", "--format", "tif") == 0
+    before = _mtimes(out)
+    capsys.readouterr()
+    if option[0] == "--format":  # the same masks as TIFFs with another tile side
+        option, change = ["--format", "tif", "--tile", "64"], "tile 512 → 64"
+    assert _predict(checkpoint, images, out, "--device", "cpu", "--format", "tif", *option) == 0
+    printed = capsys.readouterr().out
+    assert "made by another run" in printed and change in printed and printed.count("wrote ") == 3
+    assert all(_mtimes(out)[name] != before[name] for name in before)
+
+
+def test_masks_without_a_record_are_recomputed(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images, out = _images(tmp_path / "images"), tmp_path / "masks"
+    assert _predict(checkpoint, images, out, "--device", "cpu") == 0
+    (out / RECORD_NAME).unlink()  # masks from an older glmed, or copied in by hand
+    capsys.readouterr()
+    assert _predict(checkpoint, images, out, "--device", "cpu") == 0
+    printed = capsys.readouterr().out
+    assert f"recomputing the 3 mask(s) already in {out}: no {RECORD_NAME} there records" in printed
+    assert printed.count("wrote ") == 3
+
+
+def test_a_killed_run_with_another_checkpoint_resumes_without_keeping_the_old_masks(tmp_path, trained, capsys,
+                                                                                   monkeypatch):
+    import glmed.inference.inferer as inferer
+
+    _, checkpoint, _ = trained
+    images, out = _images(tmp_path / "images"), tmp_path / "masks"
+    assert _predict(checkpoint, images, out, "--device", "cpu") == 0
+    _, other_path = _other_checkpoint(tmp_path)
+    real, calls = inferer.predict, []
+
+    def killed_at_the_second_image(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inferer, "predict", killed_at_the_second_image)
+    with pytest.raises(KeyboardInterrupt):
+        _predict(other_path, images, out, "--device", "cpu")
+    monkeypatch.setattr(inferer, "predict", real)
+    capsys.readouterr()
+    assert _predict(other_path, images, out, "--device", "cpu") == 0
+    printed = capsys.readouterr().out
+    assert f"kept 1 mask(s) made by this checkpoint with these options in {out}" in printed
+    assert f"recomputing 2 mask(s) in {out} that its {RECORD_NAME} does not list" in printed
+    assert printed.count("wrote ") == 2 and "ISIC_0000000" not in printed.split("kept")[1]
+
+
+def test_an_image_that_fails_does_not_keep_another_runs_mask(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images, out = _images(tmp_path / "images"), tmp_path / "masks"
+    assert _predict(checkpoint, images, out, "--device", "cpu") == 0
+    (images / "ISIC_0000002.jpg").write_bytes(b"truncated")
+    _, other_path = _other_checkpoint(tmp_path)
+    assert _predict(other_path, images, out, "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "ISIC_0000002.jpg" in err and "removed ISIC_0000002_segmentation.png, which an earlier run had left" in err
+    assert not (out / "ISIC_0000002_segmentation.png").exists()
+
+
+def test_no_resume_recomputes_and_the_record_never_reaches_the_scorer(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images, out, truth = _images(tmp_path / "images"), tmp_path / "masks", tmp_path / "truth"
+    truth.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((70, 90), 255, np.uint8)).save(truth / f"ISIC_{index:07d}_segmentation.png")
+    assert _predict(checkpoint, images, out, "--device", "cpu") == 0
+    capsys.readouterr()
+    assert _predict(checkpoint, images, out, "--device", "cpu", "--no-resume") == 0
+    printed = capsys.readouterr().out
+    assert f"recomputing the 3 mask(s) already in {out} (--no-resume)" in printed and printed.count("wrote ") == 3
+    assert (out / RECORD_NAME).is_file()
+    assert main(["score", str(truth), str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "3 images" in captured.out and captured.err == ""
+
+
+def test_folder_progress_written_to_a_log_has_no_carriage_returns(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images = _images(tmp_path / "images")
+    assert main(["predict", str(checkpoint), str(images), str(tmp_path / "masks"), "--device", "cpu"]) == 0
+    assert "\r" not in capsys.readouterr().err  # pytest's capture is not a terminal, like a log file

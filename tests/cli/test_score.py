@@ -64,3 +64,29 @@ def test_module_defers_heavy_imports():
     code = "import sys, glmed.cli.score; print(sorted({'pandas', 'numpy', 'PIL'} & set(sys.modules)))"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_a_ds_store_in_the_truth_folder_is_ignored_with_a_note(make_submission, make_blob, capsys):
+    truth_dir, prediction_dir = _submission(make_submission, make_blob)
+    expected = score_submission(truth_dir, prediction_dir).attrs["summary"]
+    (truth_dir / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    assert main(["score", str(truth_dir), str(prediction_dir), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["threshold_jaccard"] == expected["threshold_jaccard"]
+    assert "glmed score: note: ignored 1 hidden file(s)" in captured.err and ".DS_Store" in captured.err
+    assert "WARNING" not in captured.err
+
+
+def test_missing_and_unreadable_predictions_are_reported_in_one_run(make_submission, make_blob, save, capsys):
+    truth_dir, prediction_dir = _submission(make_submission, make_blob)
+    (prediction_dir / "ISIC_0000000_segmentation.png").unlink()
+    save(prediction_dir / "ISIC_0000002_segmentation.png", make_blob((30, 40), seed=2), mode="RGB")
+    assert main(["score", str(truth_dir), str(prediction_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "no prediction for ISIC_0000000" in err and "ISIC_0000002_segmentation.png: is not a single-channel" in err
+
+
+def test_bad_workers_option_is_refused(make_submission, make_blob, capsys):
+    truth_dir, prediction_dir = _submission(make_submission, make_blob)
+    assert main(["score", str(truth_dir), str(prediction_dir), "--workers", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "glmed score: error: --workers must be at least 1, got 0"

@@ -132,3 +132,16 @@ def test_largest_isic_size_takes_seconds():
     image, mask = make_dermoscopy_image((4499, 6748), 0)
     assert time.perf_counter() - started < 15
     assert image.shape == (4499, 6748, 3) and mask.any()
+
+
+def test_slide_images_are_tissue_on_glass_with_tumour_inside_the_tissue():
+    from glmed.data.synthetic import make_slide_image
+
+    image, mask = make_slide_image((300, 400), 3)
+    again, _ = make_slide_image((300, 400), 3)
+    assert image.shape == (300, 400, 3) and image.dtype == np.uint8 and mask.shape == (300, 400)
+    np.testing.assert_array_equal(image, again)  # deterministic by seed
+    glass = image.mean(axis=2) > 215
+    assert 0.5 < glass.mean() < 0.8  # mostly glass, about a third tissue
+    assert mask.any() and not (mask.astype(bool) & glass).any()  # tumour only on tissue
+    assert image[mask.astype(bool)].mean() < image[~glass & ~mask.astype(bool)].mean()  # tumour stains darker

@@ -52,8 +52,10 @@ def test_to_model_input_scales_and_standardises_per_channel():
     expected = (np.array([0, 128, 255]) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     assert out.shape == (3, 1, 1) and out.dtype == torch.float32
     np.testing.assert_allclose(out[:, 0, 0].numpy(), expected, rtol=1e-6)
-    # MONAI loads 8-bit files as float32 0-255: same input, same result.
-    torch.testing.assert_close(to_model_input(pixels.astype(np.float32)), out)
+    # MONAI loads 8-bit files as float32 0-255: the same result once the scale is stated ...
+    torch.testing.assert_close(to_model_input(pixels.astype(np.float32), Normalization(max_value=255)), out)
+    # ... and floats in [0, 1] (scikit-image's img_as_float) are read as such, by default
+    torch.testing.assert_close(to_model_input(pixels.astype(np.float32) / 255), out)
 
 
 def test_to_model_input_handles_grey_batches_channel_first_and_alpha():

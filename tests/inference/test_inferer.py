@@ -150,3 +150,46 @@ def test_predict_leaves_the_model_on_the_device_and_in_the_mode_it_found(monkeyp
     glmed.predict(model, np.zeros((100, 120, 3), dtype=np.uint8), device="cpu")
     assert {parameter.device.type for parameter in model.parameters()} == {"meta"}
     assert model.training
+
+
+def _sure_model(foreground: bool):
+    model = glmed.GLNet(2, "resnet18", "g2l", fpn_channels=16, global_size=64, patch_size=48, overlap=8)
+    with torch.no_grad():
+        model.aggregate.weight.zero_()
+        model.aggregate.bias.copy_(torch.tensor([-5.0, 5.0] if foreground else [5.0, -5.0]))
+    return model
+
+
+def test_a_mask_that_is_nearly_all_foreground_gets_a_note():
+    image = np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8)
+    everything = glmed.predict(_sure_model(True), image)
+    assert (everything.mask == 1).all() and any("100.0% of the image" in note for note in everything.notes)
+    assert not any("% of the image" in note for note in glmed.predict(_sure_model(False), image).notes)
+
+
+def test_an_image_far_from_the_training_size_gets_a_note():
+    from dataclasses import replace
+
+    model = _sure_model(False)
+    image = np.zeros((100, 120, 3), dtype=np.uint8)
+    assert glmed.predict(model, image).notes == []  # no training size recorded: nothing to compare
+    model.config = replace(model.config, trained_image_size=(1000, 1500))
+    (note,) = glmed.predict(model, image).notes
+    assert "100×120" in note and "1000×1500" in note
+
+
+def test_training_records_the_median_image_size(tmp_path):
+    model = glmed.GLNet(2, "resnet18", "g2l", fpn_channels=8, global_size=64, patch_size=32, overlap=4)
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), np.zeros((h, w), np.uint8))
+             for h, w in ((60, 80), (70, 90), (90, 100))]
+    glmed.fit(model, pairs, stages=glmed.paper_stages("g2l", epochs=(1, 0)), images_per_step=3, progress=False,
+              log=None)
+    assert model.config.trained_image_size == (70, 90)
+    again = glmed.load_model(glmed.save_model(model, tmp_path / "m.pt"))
+    assert again.config.trained_image_size == (70, 90)
+
+
+def test_an_in_memory_prediction_keeps_a_thumbnail():
+    result = glmed.predict(_sure_model(False), np.zeros((600, 300, 3), dtype=np.uint8))
+    assert result.thumbnail is not None and result.thumbnail.shape == (256, 128, 3)

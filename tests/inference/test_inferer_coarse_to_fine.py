@@ -130,3 +130,11 @@ def test_overlap_is_a_prediction_setting():
     default, denser = glmed.predict(plain, image), glmed.predict(plain, image, overlap=40)
     assert default.patches == len(glmed.geometry.patch_grid((200, 200), 48, 8))
     assert denser.patches == len(glmed.geometry.patch_grid((200, 200), 48, 40)) > default.patches
+
+
+def test_a_mask_cut_by_its_box_says_so():
+    """The refinement says foreground everywhere, so the mask fills its box and runs into every side."""
+    result = glmed.predict(ScriptedCoarse(lesion_coarse_mask()), np.zeros((320, 400, 3), dtype=np.uint8))
+    (box,) = result.boxes
+    note = next(note for note in result.notes if "runs into" in note)
+    assert str(box) in note and all(side in note for side in ("top", "bottom", "left", "right"))

@@ -95,7 +95,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
 
 
 def test_pyramidal_tiff_streams_a_memory_mapped_mask_and_counts_its_tiles(tmp_path, monkeypatch):
-    import tqdm.auto
+    import glmed.progress
 
     bars = []
 
@@ -110,7 +110,7 @@ def test_pyramidal_tiff_streams_a_memory_mapped_mask_and_counts_its_tiles(tmp_pa
         def close(self):
             self.closed = True
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    monkeypatch.setattr(glmed.progress, "progress_bar", RecordingBar)
     mask = np.memmap(tmp_path / "mask.raw", dtype=np.uint8, mode="w+", shape=(300, 200))
     mask[:] = (np.arange(300)[:, None] // 7 + np.arange(200)[None, :] // 9) % 3
     write_pyramidal_tiff(tmp_path / "mask.tif", mask, tile=64, compression="zlib", resampling="nearest", progress=True)

@@ -90,3 +90,44 @@ def test_unusable_files_are_refused_with_their_name(tmp_path, content):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def _garbage(path, kind):
+    if kind == "text":
+        path.write_text("these are not the weights you are looking for\n")
+    elif kind == "truncated":
+        save_checkpoint(path, GLNet(2, "resnet18", "g2l", **SIZES))
+        path.write_bytes(path.read_bytes()[:50_000])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "git lfs pointer":
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n")
+    elif kind == "python objects":
+        torch.save({"format": 1, "model": {}, "step": slice(1, 2)}, path)
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("text", "a text file starting 'these are not the weights"),
+    ("truncated", "damaged or cut-off"),
+    ("empty", "empty file"),
+    ("git lfs pointer", "git lfs pull"),
+    ("python objects", "Python objects (slice)"),
+])
+def test_a_garbage_checkpoint_is_one_line_that_never_suggests_unsafe_loading(tmp_path, kind, reason):
+    path = tmp_path / "x.pt"
+    _garbage(path, kind)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a glmed checkpoint (") and reason in message
+    assert "\n" not in message and "weights_only" not in message and "issue" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # torch's advice is not chained in
+
+
+def test_a_missing_cuda_device_is_not_blamed_on_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, GLNet(2, "resnet18", "g2l", **SIZES))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="map_location='cuda': this machine has no CUDA device") as info:
+        load_checkpoint(path, map_location="cuda")
+    assert not isinstance(info.value, CheckpointError) and "checkpoint" not in str(info.value)

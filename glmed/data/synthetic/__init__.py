@@ -3,7 +3,8 @@
 Dermoscopy-like images (skin-tone texture, vignetting, hairs, lesions with irregular,
 finely detailed borders and blotchy internal colour, mostly under 20% foreground as in
 ISIC 2018; :mod:`.dermoscopy`), land-cover-like images with DeepGlobe's seven classes,
-and aerial images with buildings (Inria; :mod:`.aerial`). The writers lay them out
+aerial images with buildings (Inria; :mod:`.aerial`), and whole-slide-like images of H&E
+tissue on glass with tumour-like regions (:mod:`.histology`). The writers lay them out
 exactly as the real datasets are laid out, so the same loaders, recipes and scorers run
 on them; nothing is downloaded.
 
@@ -29,6 +30,7 @@ from glmed.data.synthetic.dermoscopy import (
     make_dermoscopy_image,
     write_isic_dataset,
 )
+from glmed.data.synthetic.histology import make_slide_image
 
 __all__ = [
     "CLASS_DICT_NAMES",
@@ -40,6 +42,7 @@ __all__ = [
     "make_aerial_image",
     "make_dermoscopy_image",
     "make_landcover_image",
+    "make_slide_image",
     "write_deepglobe_dataset",
     "write_inria_dataset",
     "write_isic_dataset",

@@ -1,0 +1,94 @@
+"""What a careful user would want to know about one prediction, in plain words.
+
+A segmentation can be wrong in ways the mask alone does not show: a model that marks almost
+every pixel as lesion is usually untrained or meets images unlike its training data; a
+coarse-to-fine mask that runs into a side of its box (where the box is not at the image's
+border) was probably cut there, because everything outside the box is background; an image
+far larger or smaller than the training images is seen at another scale. Each check here
+returns sentences for ``SegmentationResult.notes`` (and the CLI's summary), never raises,
+and reads a mask that may live on disk a band of rows at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from glmed.conventions import Box, Size
+
+MOSTLY_FOREGROUND = 0.95
+"""Above this fraction of foreground pixels a prediction gets a note."""
+
+HARDLY_FOREGROUND = 0.001
+"""Below this fraction (but above none) of foreground pixels a prediction gets a note."""
+
+EDGE_CONTACT = 0.02
+"""A box side counts as cutting the mask when foreground covers more than this fraction of it."""
+
+SIZE_FACTOR = 4.0
+"""An image whose longer side is this many times larger or smaller than the training images' gets a note."""
+
+_BAND = 2048
+"""Rows read at a time when counting a mask that may be memory-mapped from disk."""
+
+
+def foreground_fraction(mask: np.ndarray) -> float:
+    """Fraction of pixels with a class other than 0 (background), counted a band of rows at a time."""
+    total = mask.shape[0] * mask.shape[1]
+    if not total:
+        return 0.0
+    count = sum(int(np.count_nonzero(mask[top : top + _BAND])) for top in range(0, mask.shape[0], _BAND))
+    return count / total
+
+
+def cover_notes(fraction: float) -> list[str]:
+    """A note when the foreground covers nearly all or almost none (but some) of the image."""
+    if fraction > MOSTLY_FOREGROUND:
+        return [f"the mask covers {100 * fraction:.1f}% of the image: a model this sure that almost everything "
+                "is foreground is usually untrained, or sees images unlike its training data; check it on an "
+                "image whose answer you know"]
+    if 0 < fraction < HARDLY_FOREGROUND:
+        return [f"the mask covers only {100 * fraction:.3f}% of the image: specks this small are more often "
+                "noise than findings"]
+    return []
+
+
+def box_edge_notes(mask: np.ndarray, boxes: Sequence[Box], image_size: Size) -> list[str]:
+    """A note for each coarse-to-fine box side, away from the image border, that the mask runs into.
+
+    Outside its boxes a coarse-to-fine mask is background, so foreground along such a side means
+    the lesion probably goes on beyond the box and was cut there.
+    """
+    height, width = image_size
+    notes = []
+    for box in boxes:
+        r0, c0, r1, c1 = (int(v) for v in box)
+        # (side, whether it lies inside the image, the mask's pixels along it)
+        sides = (("top", r0 > 0, (r0, slice(c0, c1))), ("bottom", r1 < height, (r1 - 1, slice(c0, c1))),
+                 ("left", c0 > 0, (slice(r0, r1), c0)), ("right", c1 < width, (slice(r0, r1), c1 - 1)))
+        cut = []
+        for name, inside_image, line in sides:
+            if not inside_image:
+                continue
+            pixels = np.asarray(mask[line])
+            share = float(np.count_nonzero(pixels)) / max(len(pixels), 1)
+            if share > EDGE_CONTACT:
+                cut.append(f"{name} ({100 * share:.0f}% of it)")
+        if cut:
+            notes.append(f"the mask runs into the {', '.join(cut)} side(s) of its box {tuple(box)}: the lesion "
+                         "probably continues outside the box, where everything is background; a larger "
+                         "target_ratio or per_component=False gives a looser box")
+    return notes
+
+
+def size_notes(image_size: Size, trained_size: Sequence[int] | None) -> list[str]:
+    """A note when the image is far larger or smaller than the images the model was trained on."""
+    if not trained_size:
+        return []
+    seen, trained = max(image_size), max(int(v) for v in trained_size)
+    if trained <= 0 or (1 / SIZE_FACTOR) <= seen / trained <= SIZE_FACTOR:
+        return []
+    return [f"the image is {image_size[0]}×{image_size[1]}, its longer side {seen / trained:.1f}× that of the "
+            f"training images (typically {trained_size[0]}×{trained_size[1]}): structures appear at another "
+            "scale than the model learned, so expect a weaker result"]
