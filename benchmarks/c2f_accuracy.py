@@ -27,7 +27,8 @@ def compare(size, train_count: int, test_count: int, epochs: int, seed: int = 0,
     from glmed.data.synthetic import make_dermoscopy_image
     from glmed.models.coarse_to_fine import CoarseToFineGLNet
     from glmed.models.glnet import GLNet
-    from glmed.training.fit import evaluate, fit
+    from glmed.training.evaluate import evaluate
+    from glmed.training.fit import fit
     from glmed.training.stages import paper_stages
     from glmed.training.trainer import GLNetTrainer
 
@@ -46,8 +47,8 @@ def compare(size, train_count: int, test_count: int, epochs: int, seed: int = 0,
         torch.manual_seed(seed)
         model = kind(2, "resnet18", sharing, **sizes)
         started = time.perf_counter()
-        fit(model, paper_stages(sharing, epochs=(epochs, epochs, max(1, epochs // 3))), train,
-            trainer=GLNetTrainer(model, global_lr=1e-3, local_lr=1e-3), seed=seed)
+        fit(model, train, stages=paper_stages(sharing, epochs=(epochs, epochs, max(1, epochs // 3))),
+            trainer=GLNetTrainer(model, global_lr=1e-3, local_lr=1e-3), seed=seed, progress=False, log=None)
         trained = time.perf_counter() - started
         scores = evaluate(model, test)
         rows.append({

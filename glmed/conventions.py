@@ -15,6 +15,10 @@ Size = tuple[int, int]
 Point = tuple[int, int]
 """``(row, col)`` in pixels."""
 
+RUN_RECORD_NAME = ".glmed-run.json"
+"""The file in an output folder that records which model and options made its masks
+(:mod:`glmed.inference.provenance`); folder scans (the ISIC scorer's among them) skip it."""
+
 Box = tuple[int, int, int, int]
 """``(row0, col0, row1, col1)`` in pixels, end-exclusive."""
 

@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="patches per forward pass")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
     parser.add_argument("--tile", type=int, default=512, help="TIFF tile side, a multiple of 16")
+    parser.add_argument("--max-value", type=float, default=None, metavar="V",
+                        help="the value of a full-intensity pixel, for images whose type does not say it (float "
+                             "pixels of 0-255, 16-bit signed CT); default: from the type (uint8 255, uint16 65535, "
+                             "float 1)")
     parser.add_argument("--no-resume", action="store_true",
                         help="start afresh: recompute masks a folder run already wrote, and interrupted TIFFs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = load_model(args.checkpoint, map_location=device)
+        model = load_model(args.checkpoint, map_location=device).to(device)  # once, not per image
     except (OSError, ValueError) as error:
         return _fail(str(error))
     for note in notes:
@@ -115,6 +119,8 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         return f"--batch-size must be at least 1, got {args.batch_size}"
     if args.tile < 16 or args.tile % 16:
         return f"--tile must be a positive multiple of 16, got {args.tile}"
+    if args.max_value is not None and not args.max_value > 0:
+        return f"--max-value must be positive, got {args.max_value}"
     if args.device is not None:
         from glmed.models.checkpoint import device_problem
 
@@ -133,7 +139,8 @@ def _resume(args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type
     """
     from glmed.inference.provenance import RECORD_NAME, RunRecord, file_digest
 
-    options: dict[str, object] = {"batch_size": args.batch_size, "format": args.format, "device": device_type}
+    options: dict[str, object] = {"batch_size": args.batch_size, "format": args.format, "device": device_type,
+                                  "max_value": args.max_value}
     if args.format == "tif":
         options["tile"] = args.tile
     record = RunRecord(checkpoint=file_digest(args.checkpoint), checkpoint_path=str(args.checkpoint),
@@ -172,11 +179,13 @@ def _failure_line(image: Path, error: BaseException) -> str:
 
 def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Namespace, progress: bool) -> str:
     """Segment one image into ``out``; returns the line to print."""
+    from glmed.data.normalize import Normalization
     from glmed.inference.inferer import predict
     from glmed.inference.slide import predict_to_tiff
     from glmed.io.writers import write_mask_png
 
-    options = {"batch_size": args.batch_size, "device": device, "progress": progress}
+    options = {"batch_size": args.batch_size, "device": device, "progress": progress,
+               "normalization": Normalization(max_value=args.max_value)}
     result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)

@@ -127,14 +127,18 @@ def full_intensity(array: np.ndarray | torch.Tensor, name: str = "image") -> flo
     values = torch.as_tensor(array) if isinstance(array, np.ndarray) and array.dtype.kind == "f" else array
     if isinstance(values, torch.Tensor) and values.is_floating_point():
         if values.numel():
+            if bool(torch.isnan(values).any()):
+                raise ValueError(f"{name}: the image holds NaN pixels; fill them (e.g. with 0) before segmenting")
             low, high = float(values.min()), float(values.max())
             if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
                 raise ValueError(
                     f"{name}: float pixels must lie in [0, 1] (as skimage.img_as_float gives), found [{low:g}, "
-                    f"{high:g}]; for 0-255 floats divide by 255 or pass Normalization(max_value=255)")
+                    f"{high:g}]; for 0-255 floats divide by 255, or pass Normalization(max_value=255) "
+                    "(glmed predict --max-value 255)")
         return 1.0
     raise ValueError(f"{name}: pixels of type {dtype} have no known full-intensity value; convert the image to "
-                     "uint8 (0-255), uint16 or float in [0, 1], or pass Normalization(max_value=...)")
+                     "uint8 (0-255), uint16 or float in [0, 1], or pass Normalization(max_value=...) "
+                     "(glmed predict --max-value V)")
 
 
 def _match_channels(batch: torch.Tensor, channels: int) -> torch.Tensor:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from glmed.conventions import Box, Size
+from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization
 from glmed.data.samples import (
     global_local_sample,
     jittered_foreground_box,
@@ -145,12 +146,15 @@ class StageSampler:
         box_jitter: largest move of each box edge, as a fraction of the box's size.
         box_probability_global: how often a coarse-to-fine global stage sees a box instead
             of the whole image.
+        normalization: how pixels become network input (by pixel type, ImageNet statistics,
+            by default; ``Normalization(max_value=255)`` for float pixels of 0-255).
     """
 
     config: GLNetConfig
     patches_per_image: int = 4
     box_jitter: float = 0.15
     box_probability_global: float = 0.5
+    normalization: Normalization = DEFAULT_NORMALIZATION
 
     def __post_init__(self) -> None:
         if self.patches_per_image < 1:
@@ -187,12 +191,13 @@ class StageSampler:
             image, label = RegionReader(image, region), RegionReader(label, region)
         if stage.global_only and not stage.collect_local:
             boxes = np.zeros((0, 4), dtype=np.int64)
-            return global_local_sample(image, boxes, label, config.global_size, num_classes=config.num_classes,
-                                       with_patches=False)
+            return global_local_sample(image, boxes, label, config.global_size, self.normalization,
+                                       num_classes=config.num_classes, with_patches=False)
         boxes = patch_grid(image.size, config.patch_size, config.overlap).boxes
         if not stage.collect_local:
             boxes = boxes[choose_patches(len(boxes), self.patches_per_image, rng)]
-        return global_local_sample(image, boxes, label, config.global_size, num_classes=config.num_classes)
+        return global_local_sample(image, boxes, label, config.global_size, self.normalization,
+                                   num_classes=config.num_classes)
 
     def training_box(self, label: ImageReader, rng: np.random.Generator) -> Box | None:
         """:func:`training_box` with this sampler's config and jitter.

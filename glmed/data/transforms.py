@@ -16,8 +16,13 @@ A typical training pipeline (ISIC 2018, 0/255 masks)::
         EnsureChannelFirstd(("image", "label")),
         LabelToIndexd("label", values=(0, 255)),
         RandFlipd(("image", "label"), prob=0.5, spatial_axis=1),
-        RandGlobalLocald(("image", "label"), num_patches=4, num_classes=2),
+        RandGlobalLocald(("image", "label"), num_patches=4, num_classes=2,
+                         normalization=Normalization(max_value=255)),
     ])
+
+``LoadImaged`` (and interpolating transforms such as ``RandAffined``) give float32 pixels of
+0-255, so the scale is stated (``Normalization(max_value=255)``); glmed's own
+:class:`ReadImaged` keeps the file's type, which the default normalisation reads by itself.
 
 and a ``DataLoader(..., collate_fn=glmed.data.collate_global_local)``.
 
@@ -495,7 +500,7 @@ class RandStageSampled(Randomizable, MapTransform):
         stage: the training stage; anything with ``global_only`` and ``collect_local``
             (:class:`~glmed.data.stage_samples.StageView`), e.g. a
             :class:`glmed.training.stages.Stage`. Reassign :attr:`stage` to move on.
-        patches_per_image, box_jitter, box_probability_global: see
+        patches_per_image, box_jitter, box_probability_global, normalization: see
             :class:`~glmed.data.stage_samples.StageSampler`.
         keep_source: keep the full-resolution image and label under their keys.
     """
@@ -509,12 +514,13 @@ class RandStageSampled(Randomizable, MapTransform):
         patches_per_image: int = 4,
         box_jitter: float = 0.15,
         box_probability_global: float = 0.5,
+        normalization: Normalization = DEFAULT_NORMALIZATION,
         keep_source: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys)
         if len(self.keys) != 2:
             raise ValueError(f"keys must name the image and the label, got {self.keys}")
-        self.sampler = StageSampler(config, patches_per_image, box_jitter, box_probability_global)
+        self.sampler = StageSampler(config, patches_per_image, box_jitter, box_probability_global, normalization)
         self.stage = stage
         self.keep_source = keep_source
         self._seed = 0

@@ -22,7 +22,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "devices": ("glmed.models.placement",),
     "training": ("glmed.training.stages", "glmed.training.trainer"),
     "sampling": ("glmed.data.stage_samples",),
-    "fit": ("glmed.training.fit",),
+    "fit": ("glmed.training.fit", "glmed.training.evaluate"),
     "runner": ("glmed.training.runner",),
     "checkpoint": ("glmed.models.checkpoint",),
     "distributed": ("glmed.training.distributed",),

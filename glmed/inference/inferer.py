@@ -131,7 +131,8 @@ class GlobalLocalInferer:
                 else:
                     whole = (0, 0, *reader.size)
                     result = self._segment(model, config, reader, placement, out, with_coarse, ledger, whole)
-            result.notes += (cover_notes(foreground_fraction(result.mask))
+            two_class = config.num_classes == 2  # elsewhere class 0 is a class like the others (DeepGlobe)
+            result.notes += ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
                              + box_edge_notes(result.mask, result.boxes, reader.size)
                              + size_notes(reader.size, config.trained_image_size))
             if in_memory:
@@ -297,7 +298,7 @@ def predict(
         image: an ``H×W×C`` array, a path to any format glmed reads, or an open reader.
         batch_size: patches per forward pass; bounds device memory.
         device: where to run; the model's device by default.
-        normalization: pixel scaling, as in training (ImageNet, 8-bit by default).
+        normalization: pixel scaling, as in training (by pixel type, ImageNet statistics, by default).
         progress: show a progress bar.
         out: an ``H×W`` array to write the mask into, e.g. a :class:`numpy.memmap` when the
             mask would not fit in memory (see :func:`glmed.inference.slide.predict_to_tiff`).

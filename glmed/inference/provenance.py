@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glmed.conventions import RUN_RECORD_NAME
 from glmed.io.writers import atomic_path
 
-RECORD_NAME = ".glmed-run.json"
+RECORD_NAME = RUN_RECORD_NAME
 """The record's file name inside an output folder."""
 
 _CHUNK = 1 << 20

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +113,10 @@ def predict_to_tiff(
         raise ValueError(f"{path}: predict_to_tiff writes a pyramidal TIFF, so the name must end in .tif or .tiff "
                          "(for a PNG, use glmed.predict and glmed.io.writers.write_mask_png)")
     check_tile(path, tile)  # now, not after hours of inference
-    reader, opened = open_as_reader(image)
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  overlap=overlap, target_ratio=target_ratio, per_component=per_component)
+    inferer.config_for(model)  # bad settings fail before the slide is opened
+    reader, opened = open_as_reader(image)
     try:
         identity = None
         if resume and isinstance(image, (str, os.PathLike)):
@@ -230,9 +231,11 @@ def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: Globa
     digest = hashlib.sha256()
     stat = slide.stat()
     placement = Placement.of(model, inferer.device)
+    # trained_image_size only feeds notes, never the mask: a reloaded or older checkpoint resumes too
+    config = replace(inferer.config_for(model), trained_image_size=None).to_dict()
     settings = {
         "model": type(model).__name__,
-        "config": inferer.config_for(model).to_dict(),
+        "config": config,
         "slide": str(slide.resolve()),
         "bytes": stat.st_size,
         "modified_ns": stat.st_mtime_ns,

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from glmed.io.base import DEFAULT_MAX_PIXELS, ArrayReader, ImageFormatError, ImageReader
+from glmed.io.base import DEFAULT_MAX_PIXELS, ArrayReader, ImageFormatError, ImageReader, bilevel_to_uint8
 
 ImageLike = ImageReader | np.ndarray | str | os.PathLike
 """What glmed accepts as an image: an open reader, an ``H×W(×C)`` array, or a file path."""
@@ -119,9 +119,15 @@ def as_reader(image: ImageReader | np.ndarray, name: str = "<array>") -> ImageRe
 
 
 def open_as_reader(image: ImageLike) -> tuple[ImageReader, bool]:
-    """A reader for ``image`` and whether this call opened it (and so must close it)."""
+    """A reader for ``image`` and whether this call opened it (and so must close it).
+
+    A bool array becomes 0/255 uint8 first, as 1-bit files are read: averaged down to the
+    global view, bool pixels would all turn True.
+    """
     if isinstance(image, (str, os.PathLike)):
         return open_image(image), True
-    if isinstance(image, (ImageReader, np.ndarray)):
-        return as_reader(image), False
+    if isinstance(image, np.ndarray):
+        return as_reader(bilevel_to_uint8(image)), False
+    if isinstance(image, ImageReader):
+        return image, False
     raise TypeError(f"expected an image array, a file path or an ImageReader, got {type(image).__name__}")

@@ -383,7 +383,7 @@ def _warn_faint(results: Sequence[_PairResult], stacklevel: int = 3) -> None:
 
 def _warn_hidden(hidden: Sequence[Path]) -> None:
     """Name the hidden entries left out of the folders; glmed's own run record goes unmentioned."""
-    from glmed.inference.provenance import RECORD_NAME
+    from glmed.conventions import RUN_RECORD_NAME as RECORD_NAME
 
     shown = [path for path in hidden if path.name != RECORD_NAME]
     if shown:

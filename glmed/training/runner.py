@@ -23,6 +23,7 @@ Run directory::
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -192,6 +193,9 @@ class StagedRunner:
                 self.distributed.barrier()
         if best["epoch"] is None:
             raise ValueError("the schedule has no epochs to train")
+        # The stages froze parts; hand the model back whole, as a training loop would leave it.
+        self.model.requires_grad_(True)
+        self.model.train()
         return TrainingResult(pd.DataFrame(history), best, self.files)
 
     # -- one epoch -----------------------------------------------------------------------
@@ -308,6 +312,9 @@ class StagedRunner:
                 f"{record['stages']}; this run has seed {self.seed} and stages {stages}. Resume with the "
                 "settings of the interrupted run (its config.json), or start a new run in another folder")
         self.model.load_state_dict(record["model"])
+        saved = json.loads(str(record["model_config"])).get("trained_image_size")
+        if saved is not None:  # what the interrupted run recorded, for notes on predictions
+            self.model.config = replace(self.model.config, trained_image_size=tuple(saved))
         if record["world_size"] != self.distributed.world_size and self.distributed.is_main:
             self.log(f"note: resuming with {self.distributed.world_size} process(es) a run begun with "
                      f"{record['world_size']}; the remaining epochs shard the data differently")

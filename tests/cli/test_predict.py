@@ -354,3 +354,20 @@ def test_folder_progress_written_to_a_log_has_no_carriage_returns(tmp_path, trai
     images = _images(tmp_path / "images")
     assert main(["predict", str(checkpoint), str(images), str(tmp_path / "masks"), "--device", "cpu"]) == 0
     assert "\r" not in capsys.readouterr().err  # pytest's capture is not a terminal, like a log file
+
+
+def test_max_value_reads_float_images_of_0_to_255(tmp_path, trained, capsys):
+    import tifffile
+
+    model, checkpoint, image = trained
+    pixels = np.asarray(Image.open(image))
+    tifffile.imwrite(tmp_path / "float255.tif", pixels.astype(np.float32), photometric="rgb")
+    out = tmp_path / "mask.png"
+    assert main(["predict", str(checkpoint), str(tmp_path / "float255.tif"), str(out), "--quiet"]) == 1
+    assert "--max-value" in capsys.readouterr().err  # the error names the option that fixes it
+    assert main(["predict", str(checkpoint), str(tmp_path / "float255.tif"), str(out), "--quiet",
+                 "--max-value", "255"]) == 0
+    written = np.asarray(Image.open(out)) // 255
+    assert (written == glmed.predict(model, pixels).mask).mean() > 0.99
+    assert main(["predict", str(checkpoint), str(image), str(out), "--max-value", "0"]) == 1
+    assert "--max-value must be positive" in capsys.readouterr().err

@@ -70,3 +70,37 @@ def test_a_16_bit_tiff_file_is_scaled_by_its_type(tmp_path):
     tifffile.imwrite(tmp_path / "float255.tif", image.astype(np.float32), photometric="rgb")
     with pytest.raises(ValueError, match="float255.tif: float pixels"):
         glmed.predict(model, tmp_path / "float255.tif")
+
+
+def test_nan_pixels_are_refused():
+    pixels = np.full((4, 4, 3), 0.5, np.float32)
+    pixels[1, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="scan.nii: the image holds NaN pixels"):
+        to_model_input(pixels, name="scan.nii")
+
+
+def test_a_bool_image_is_seen_as_black_and_white_not_all_white():
+    import glmed
+
+    model = glmed.GLNet(2, "resnet18", "g2l", fpn_channels=8, global_size=32, patch_size=32, overlap=4)
+    sparse = np.zeros((200, 200), dtype=bool)
+    sparse[::10, ::10] = True  # 1% of pixels on: its downsampled view must stay mostly dark
+    as_uint8 = glmed.predict(model, sparse.astype(np.uint8) * np.uint8(255)).mask
+    np.testing.assert_array_equal(glmed.predict(model, sparse).mask, as_uint8)
+
+
+def test_the_trainers_sample_builder_takes_a_stated_scale():
+    from glmed.data.stage_samples import StageSampler
+    from glmed.models.glnet import GLNetConfig
+    from glmed.training.stages import paper_stages
+
+    config = GLNetConfig(backbone="resnet18", fpn_channels=8, global_size=32, patch_size=32, overlap=4)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    label = np.zeros((64, 64), np.uint8)
+    stage = paper_stages("g2l")[1]
+    reference = StageSampler(config)(stage, image, label, np.random.default_rng(0))
+    stated = StageSampler(config, normalization=Normalization(max_value=255))(
+        stage, image.astype(np.float32), label, np.random.default_rng(0))
+    torch.testing.assert_close(stated["patches"], reference["patches"])
+    # the downsampled view of uint8 pixels is rounded to whole values, a float one is not
+    torch.testing.assert_close(stated["global_image"], reference["global_image"], rtol=0, atol=0.01)

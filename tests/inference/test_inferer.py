@@ -193,3 +193,22 @@ def test_training_records_the_median_image_size(tmp_path):
 def test_an_in_memory_prediction_keeps_a_thumbnail():
     result = glmed.predict(_sure_model(False), np.zeros((600, 300, 3), dtype=np.uint8))
     assert result.thumbnail is not None and result.thumbnail.shape == (256, 128, 3)
+
+
+def test_cover_notes_are_for_two_class_models_only():
+    """In DeepGlobe class 0 is a land class like the others: a mask of other classes is normal there."""
+    model = glmed.GLNet(7, "resnet18", "g2l", fpn_channels=16, global_size=64, patch_size=48, overlap=8)
+    with torch.no_grad():
+        model.aggregate.weight.zero_()
+        model.aggregate.bias.copy_(torch.tensor([-5.0, 5.0, 0, 0, 0, 0, 0]))
+    result = glmed.predict(model, np.zeros((100, 120, 3), dtype=np.uint8))
+    assert (result.mask == 1).all() and not any("% of the image" in note for note in result.notes)
+
+
+def test_fit_hands_the_model_back_whole():
+    model = glmed.GLNet(2, "resnet18", "g2l", fpn_channels=8, global_size=64, patch_size=32, overlap=4)
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    glmed.fit(model, [(image, np.zeros((64, 80), np.uint8))] * 2, stages=glmed.paper_stages("g2l", epochs=(1, 1)),
+              progress=False, log=None)
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    assert all(module.training for module in model.modules())
