@@ -117,6 +117,7 @@ def predict_to_tiff(
                                  overlap=overlap, target_ratio=target_ratio, per_component=per_component)
     inferer.config_for(model)  # bad settings fail before the slide is opened
     reader, opened = open_as_reader(image)
+    size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
     try:
         identity = None
         if resume and isinstance(image, (str, os.PathLike)):
@@ -132,7 +133,7 @@ def predict_to_tiff(
     notes = list(result.notes)
     if scratch.resumed:
         notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
-    return SlidePrediction(path, (reader.size[0], reader.size[1]), result.boxes, result.patches, notes)
+    return SlidePrediction(path, size, result.boxes, result.patches, notes)
 
 
 class ScratchMask:

@@ -164,3 +164,35 @@ def test_coarse_to_fine_resumes_box_by_box(tmp_path, slide, monkeypatch):
     resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2)
     np.testing.assert_array_equal(read_mask(resumed.path)[0], read_mask(uninterrupted.path)[0])
     assert resumed.boxes == uninterrupted.boxes and resumed.patches < uninterrupted.patches
+
+
+def write_aperio_svs(path, image, tile=128):
+    """An SVS-like file: a tiled JPEG pyramid whose ImageDescription starts with ``Aperio``, which
+    OpenSlide reads with its ``aperio`` vendor driver (as it reads a scanner's .svs)."""
+    import tifffile
+
+    height, width = image.shape[:2]
+    description = (f"Aperio Image Library v12.0.0\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
+                   "JPEG/RGB Q=90|AppMag = 20|MPP = 0.5")
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(image, tile=(tile, tile), photometric="rgb", compression="jpeg", description=description,
+                     metadata=None)
+        writer.write(np.ascontiguousarray(image[::2, ::2]), tile=(tile, tile), photometric="rgb",
+                     compression="jpeg", description="Aperio Image Library v12.0.0\nlevel 1", metadata=None)
+
+
+def test_an_aperio_svs_read_through_openslide_round_trips(tmp_path):
+    """The closed-reader bug: predict_to_tiff read the slide's size after closing its OpenSlide handle."""
+    import openslide  # glmed[wsi], which the test extra installs
+    image, _ = make_dermoscopy_image((300, 420), seed=4)
+    write_aperio_svs(tmp_path / "slide.svs", image)
+    assert openslide.OpenSlide(str(tmp_path / "slide.svs")).properties["openslide.vendor"] == "aperio"
+    model = GLNet(2, "resnet18", "g2l", **SIZES)
+    with open_image(tmp_path / "slide.svs") as reader:
+        assert type(reader).__name__ == "SlideReader"
+        expected = glmed.predict(model, reader).mask
+    written = predict_to_tiff(model, tmp_path / "slide.svs", tmp_path / "mask.tif", tile=64)
+    assert written.size == (300, 420)
+    mask, levels = read_mask(written.path)
+    np.testing.assert_array_equal(mask, expected)
+    assert levels[0] == (300, 420)
