@@ -70,6 +70,9 @@ class RecipeConfig(GLNetConfig):
                                                    "number sets all three", nargs="+", type=int, metavar="N")
     # inference and the run
     predict_batch_size: int = setting(4, "patches per forward pass at inference")
+    workers: int | None = setting(None, "processes that load images and build training samples (default: the "
+                                        "machine's cores minus one; 0 builds them in the training process)",
+                                  type=int, metavar="N")
     seed: int = setting(0, "seed of the split, the initial weights and every random draw")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto (CUDA when available)")
 
@@ -109,6 +112,7 @@ class RecipeConfig(GLNetConfig):
             need(getattr(self, name) >= 0, name, ">= 0")
         for name in ("global_lr", "local_lr"):
             need(0 < getattr(self, name) < 1, name, "in (0, 1)")
+        need(self.workers is None or self.workers >= 0, "workers", "0 or more")
         for name in ("batch_size", "patches_per_image", "patches_per_step", "predict_batch_size"):
             need(getattr(self, name) >= 1, name, "at least 1")
         need(len(self.epochs) == 3 and min(self.epochs) >= 0 and sum(self.epochs) > 0, "epochs",

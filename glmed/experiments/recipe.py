@@ -225,7 +225,7 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
                           LoadedPairs(splits["val"], recipe.label_kind), recipe.metric, out,
                           images_per_step=config.batch_size, seed=config.seed,
                           predict_batch_size=config.predict_batch_size, distributed=distributed,
-                          progress=progress, log=log)
+                          progress=progress, log=log, num_workers=config.workers)
     result = runner.run(resume=resume)
     if distributed.is_main:
         model.load_state_dict(load_checkpoint(files.best, map_location=device)["model"])

@@ -38,6 +38,7 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     on_step: StepCallback | None = None,
+    num_workers: int | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` through ``stages``; each epoch visits every training pair once, in random order.
 
@@ -62,6 +63,9 @@ def fit(
         log: where the one-line summary of each epoch goes; None for silence.
         on_step: called after every step with the stage, the step number within the epoch and
             its losses.
+        num_workers: processes that load images and build samples while the model trains
+            (a ``torch`` DataLoader over a MONAI Dataset); None uses the machine's cores minus one,
+            0 builds them in this process. The samples are the same either way.
 
     Returns:
         One row per epoch: ``epoch``, ``stage``, ``stage_epoch``, the mean of each loss term,
@@ -73,6 +77,6 @@ def fit(
         trainer or GLNetTrainer(model, global_lr=global_lr, local_lr=local_lr), sampler or StageSampler(model.config),
         paper_stages(model.sharing) if stages is None else stages, train, val, metric, out_dir,
         images_per_step=images_per_step, seed=seed, predict_batch_size=predict_batch_size,
-        progress=progress, log=log or (lambda _: None), on_step=on_step,
+        progress=progress, log=log or (lambda _: None), on_step=on_step, num_workers=num_workers,
     )
     return runner.run().history

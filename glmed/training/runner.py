@@ -35,15 +35,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from glmed.data.samples import collate_global_local
 from glmed.data.stage_samples import StageSampler
-from glmed.io.open import ImageLike, open_as_reader
+from glmed.io.open import ImageLike
 from glmed.io.writers import atomic_path
 from glmed.metrics.validation import IsicMetric, Metric
 from glmed.models.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from glmed.models.glnet import GLNet
+from glmed.models.placement import model_device
 from glmed.training.distributed import SINGLE, Distributed
 from glmed.training.evaluate import evaluate
+from glmed.training.loader import default_workers, epoch_loader
 from glmed.training.stages import Stage
 from glmed.training.trainer import GLNetTrainer
 
@@ -118,6 +119,8 @@ class StagedRunner:
         progress: show progress bars.
         log: where the one-line epoch summaries go (rank 0 only).
         on_step: called after every training step (e.g. to record or plot losses).
+        num_workers: processes that load and build the samples (:mod:`glmed.training.loader`);
+            None uses what the machine has, minus one.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class StagedRunner:
         progress: bool = True,
         log: Callable[[str], None] = print,
         on_step: StepCallback | None = None,
+        num_workers: int | None = None,
     ) -> None:
         if not len(train):
             raise ValueError("training needs at least one training image")
@@ -146,6 +150,9 @@ class StagedRunner:
         self.train, self.val, self.metric = train, val if val is not None and len(val) else None, metric or IsicMetric()
         self.files = None if out_dir is None else RunFiles(Path(out_dir))
         self.on_step = on_step
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
         self.images_per_step, self.seed, self.predict_batch_size = images_per_step, seed, predict_batch_size
         self.distributed, self.progress, self.log = distributed, progress, log
 
@@ -207,16 +214,19 @@ class StagedRunner:
         torch.manual_seed(int(_generator(self.seed, index, epoch, rank, 0).integers(2**62)))
         order = _generator(self.seed, index, epoch).permutation(len(self.train)).tolist()
         mine = self.distributed.shard(order)
-        sample_rng = _generator(self.seed, index, epoch, rank, 1)
         self._sizes: list[tuple[int, int]] = []
         steps = math.ceil(len(mine) / self.images_per_step)
         label = f"{stage.name} epoch {epoch}/{stage.epochs}"
         bar = self._bar(steps, label, "step")
 
+        loader = epoch_loader(self.train, mine, self.sampler, stage, (self.seed, index, epoch, rank, 1),
+                              self.images_per_step, self.num_workers,
+                              pin_memory=model_device(self.model).type == "cuda")
+
         def batches() -> Iterator[dict[str, Any]]:
-            for start in range(0, len(mine), self.images_per_step):
-                chosen = mine[start : start + self.images_per_step]
-                yield collate_global_local([self._sample(stage, self.train[i], sample_rng) for i in chosen])
+            for batch in loader:
+                self._sizes += [(int(h), int(w)) for h, w in batch.pop("source_size").tolist()]
+                yield batch
 
         def on_step(step: int, terms: dict[str, float]) -> None:
             if bar is not None:
@@ -253,16 +263,6 @@ class StagedRunner:
             height, width = (int(v) for v in np.median(np.asarray(sizes), axis=0))
             self.model.config = replace(self.model.config, trained_image_size=(height, width))
 
-    def _sample(self, stage: Stage, pair: Pair, rng: np.random.Generator) -> dict[str, Any]:
-        """One training sample of ``pair``; an image given as a path is opened for it and closed again."""
-        image, label = pair
-        reader, opened = open_as_reader(image)
-        self._sizes.append((int(reader.size[0]), int(reader.size[1])))
-        try:
-            return self.sampler(stage, reader, np.asarray(label), rng)
-        finally:
-            if opened:
-                reader.close()
 
     @property
     def _show_progress(self) -> bool:

@@ -90,7 +90,8 @@ def _worker(rank: int, folder: str, port: int) -> None:
         trainer = GLNetTrainer(model, global_lr=1e-3, after_backward=hook)
         runner = StagedRunner(trainer, StageSampler(model.config), paper_stages("global_only", (2,)), train,
                               pairs[IMAGES:], IsicMetric(), folder, images_per_step=1, seed=0,
-                              distributed=context, progress=False, log=lambda _: None)
+                              distributed=context, progress=False, log=lambda _: None,
+                              num_workers=0)  # pairs are indexed here, where `seen` records them
         result = runner.run()
         torch.save({"state": model.state_dict(), "seen": train.seen, "gradient_error": gradient_error,
                     "unused_kept_none": unused_kept_none, "partly_used": partly_used, "unused": unused,

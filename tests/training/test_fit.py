@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 
 from glmed.data.synthetic import make_dermoscopy_image
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
@@ -116,3 +117,37 @@ def test_fit_with_a_run_folder_keeps_checkpoints_and_metrics(tmp_path):
                   progress=False, log=None)
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     assert len(__import__("pandas").read_csv(tmp_path / "run" / "metrics.csv")) == len(history) == 2
+
+
+def test_samples_do_not_depend_on_the_number_of_loading_workers(tmp_path):
+    """Each sample draws from its own seed, so 0 and 2 worker processes give the same batches."""
+    from PIL import Image
+
+    from glmed.data.stage_samples import StageSampler
+    from glmed.training.loader import epoch_loader
+
+    pairs = []
+    for index, (image, label) in enumerate(data(4)):
+        path = tmp_path / f"ISIC_{index:07d}.png"
+        Image.fromarray(image).save(path)  # files are opened inside the workers
+        pairs.append((path, label))
+    sampler = StageSampler(CoarseToFineGLNet(2, "resnet18", "g2l", **SIZES).config)
+    for stage in paper_stages("bidirectional"):
+        batches = [list(epoch_loader(pairs, [2, 0, 3, 1], sampler, stage, (7, 0, 1, 0, 1), 2, workers))
+                   for workers in (0, 2)]
+        assert len(batches[0]) == len(batches[1]) == 2
+        for one, other in zip(*batches, strict=True):
+            assert one.keys() == other.keys() and "source_size" in one
+            for key in one:
+                assert torch.equal(one[key], other[key]), (stage.name, key)
+
+
+def test_fit_gives_the_same_model_with_and_without_loading_workers():
+    trained = []
+    for workers in (0, 1):
+        torch.manual_seed(0)
+        model = GLNet(2, "resnet18", "g2l", **SIZES)
+        fit(model, data(3), stages=paper_stages("g2l", epochs=(1, 1)), num_workers=workers, progress=False, log=None)
+        trained.append(model.state_dict())
+    for name, tensor in trained[0].items():
+        assert torch.equal(tensor, trained[1][name]), name

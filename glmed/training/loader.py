@@ -1,0 +1,106 @@
+"""One epoch's training samples through MONAI and torch, built in worker processes.
+
+A ``monai.data.Dataset`` whose transform is a ``Compose`` of dictionary transforms (load the
+pair, build the stage's sample) is batched by a ``torch.utils.data.DataLoader`` with workers.
+
+Every sample draws from its own generator, seeded by ``(seed, stage, epoch, rank, position in the
+epoch)``. The samples therefore do not depend on how many workers build them or in which order
+they finish, and an epoch run again after a resume draws exactly what it drew the first time.
+Loading (decoding a JPEG, reading a slide's regions) happens in the workers, so the main process
+only trains.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import Dataset
+from monai.transforms import Compose, MapTransform
+from torch.utils.data import DataLoader
+
+from glmed.data.samples import collate_global_local
+from glmed.data.stage_samples import StageSampler, StageView
+from glmed.io.open import open_as_reader
+
+
+def default_workers() -> int:
+    """Worker processes for loading: what the machine has, minus one for training (0 on one core)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, available - 1)
+
+
+class LoadPaird(MapTransform):
+    """Fetch training pair ``pairs[d["pair"]]`` into ``image`` (a reader) and ``label`` (an array).
+
+    Indexing the pairs is what loads them (a recipe's pairs decode their files then), so it
+    happens in the worker that builds the sample. Adds ``source_size``, the image's full size.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Any, Any]]) -> None:
+        super().__init__(keys=("pair",))
+        self.pairs = pairs
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Open the pair's image (paths are opened here and closed by :class:`StageSampled`)."""
+        d = dict(data)
+        image, label = self.pairs[int(d["pair"])]
+        reader, opened = open_as_reader(image)
+        d.update(image=reader, label=np.asarray(label), opened=opened,
+                 source_size=torch.tensor(reader.size, dtype=torch.int64))
+        return d
+
+
+class StageSampled(MapTransform):
+    """The stage's sample of ``image``/``label``, drawn from a generator seeded by the item's ``seed``.
+
+    The builder is :class:`~glmed.data.stage_samples.StageSampler`; ``source_size`` is kept.
+    """
+
+    def __init__(self, sampler: StageSampler, stage: StageView) -> None:
+        super().__init__(keys=("image", "label"))
+        self.sampler, self.stage = sampler, stage
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Build the sample and close an image file opened for it."""
+        reader = data["image"]
+        try:
+            sample = self.sampler(self.stage, reader, data["label"], np.random.default_rng(list(data["seed"])))
+        finally:
+            if data.get("opened"):
+                reader.close()
+        out: dict[Hashable, Any] = {"source_size": data["source_size"]}
+        out.update(sample.items())
+        return out
+
+
+def epoch_loader(
+    pairs: Sequence[tuple[Any, Any]],
+    order: Sequence[int],
+    sampler: StageSampler,
+    stage: StageView,
+    seeds: Sequence[int],
+    images_per_step: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Batches of one epoch: the pairs at ``order``, ``images_per_step`` at a time, in that order.
+
+    Args:
+        pairs: the training pairs (image, class-index label); indexing may load them.
+        order: this process's pair indices for the epoch, in visiting order.
+        sampler: what the stage sees of an image.
+        stage: the training stage.
+        seeds: the epoch's position, ``(seed, stage index, epoch, rank)``; item ``i`` draws from
+            a generator seeded by ``(*seeds, i)``.
+        images_per_step: images per batch.
+        num_workers: loading processes (0 loads in this process).
+        pin_memory: page-locked batches, for a faster copy to a GPU.
+    """
+    items = [{"pair": int(pair), "seed": [*map(int, seeds), position]} for position, pair in enumerate(order)]
+    dataset = Dataset(items, transform=Compose([LoadPaird(pairs), StageSampled(sampler, stage)]))
+    return DataLoader(dataset, batch_size=images_per_step, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_global_local, pin_memory=pin_memory)
