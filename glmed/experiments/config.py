@@ -71,7 +71,8 @@ class RecipeConfig(GLNetConfig):
     # inference and the run
     predict_batch_size: int = setting(4, "patches per forward pass at inference")
     workers: int | None = setting(None, "processes that load images and build training samples (default: the "
-                                        "machine's cores minus one; 0 builds them in the training process)",
+                                        "machine's cores minus one, none below 4 cores; 0 builds them in the "
+                                        "training process)",
                                   type=int, metavar="N")
     seed: int = setting(0, "seed of the split, the initial weights and every random draw")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto (CUDA when available)")

@@ -64,7 +64,8 @@ def fit(
         on_step: called after every step with the stage, the step number within the epoch and
             its losses.
         num_workers: processes that load images and build samples while the model trains
-            (a ``torch`` DataLoader over a MONAI Dataset); None uses the machine's cores minus one,
+            (a ``torch`` DataLoader over a MONAI Dataset); None uses the machine's cores minus one
+            (none below 4 cores, where a worker slows training down),
             0 builds them in this process. The samples are the same either way.
 
     Returns:

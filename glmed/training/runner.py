@@ -120,7 +120,7 @@ class StagedRunner:
         log: where the one-line epoch summaries go (rank 0 only).
         on_step: called after every training step (e.g. to record or plot losses).
         num_workers: processes that load and build the samples (:mod:`glmed.training.loader`);
-            None uses what the machine has, minus one.
+            None uses what the machine has, minus one (none below 4 cores).
     """
 
     def __init__(
