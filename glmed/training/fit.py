@@ -74,6 +74,9 @@ def fit(
     """
     if not train:
         raise ValueError("fit needs at least one training image")
+    if isinstance(train[0], Stage):  # glmed 0.1's fit(model, stages, pairs)
+        raise TypeError("fit(model, train, val=None, *, stages=...): the schedule now comes as stages=, after "
+                        "the training pairs, e.g. fit(model, pairs, stages=paper_stages('g2l'))")
     runner = StagedRunner(
         trainer or GLNetTrainer(model, global_lr=global_lr, local_lr=local_lr), sampler or StageSampler(model.config),
         paper_stages(model.sharing) if stages is None else stages, train, val, metric, out_dir,

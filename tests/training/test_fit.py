@@ -151,3 +151,11 @@ def test_fit_gives_the_same_model_with_and_without_loading_workers():
         trained.append(model.state_dict())
     for name, tensor in trained[0].items():
         assert torch.equal(tensor, trained[1][name]), name
+
+
+def test_the_old_argument_order_gets_a_clear_error():
+    import pytest
+
+    model = GLNet(2, "resnet18", "g2l", **SIZES)
+    with pytest.raises(TypeError, match="stages="):
+        fit(model, paper_stages("g2l"), data(1))
