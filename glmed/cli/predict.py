@@ -190,7 +190,7 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)
     else:
-        segmentation = predict(model, image, with_coarse=False, **options)
+        segmentation = predict(model, image, with_coarse=False, thumbnail=False, **options)
         write_mask_png(out, segmentation.mask, model.config.num_classes)
         result = segmentation
     refined = f", refined {len(result.boxes)} box(es)" if result.boxes else ""

@@ -331,7 +331,8 @@ def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: 
     with PeakMemory(device) as peak:
         for row in rows:
             started = time.perf_counter()
-            mask = predict(model, row.image_path, batch_size=config.predict_batch_size, device=device).mask
+            mask = predict(model, row.image_path, batch_size=config.predict_batch_size, device=device,
+                           with_coarse=False, thumbnail=False).mask
             seconds.append(time.perf_counter() - started)
             recipe.output.write(recipe.output.path(folder, row.image_id), mask)
     per_image, summary = recipe.output.score(out, test, folder)

@@ -93,6 +93,7 @@ class GlobalLocalInferer:
         out: np.ndarray | None = None,
         with_coarse: bool = True,
         ledger: RowLedger | None = None,
+        thumbnail: bool = True,
     ) -> SegmentationResult:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path.
 
@@ -103,6 +104,8 @@ class GlobalLocalInferer:
             out: an ``H×W`` array to write the mask into (every pixel is written), e.g. a
                 :class:`numpy.memmap` for a slide larger than memory; a new array by default.
             with_coarse: also return the global branch's own mask at full size (in memory).
+            thumbnail: keep a small copy of the image for display (in-memory masks only); callers
+                that never show the result (evaluation, the CLI) skip its cost.
             ledger: for a resumed run into the same ``out``: rows of each region already
                 written are not computed again, and progress is recorded as rows are finished.
         """
@@ -117,7 +120,7 @@ class GlobalLocalInferer:
         model.eval().to(placement.device)
         try:
             dtype = label_dtype(config.num_classes)
-            in_memory = out is None
+            keep_thumbnail = thumbnail and out is None
             if out is None:
                 out = np.empty(reader.size, dtype=dtype)
             elif out.shape != tuple(reader.size):
@@ -135,7 +138,7 @@ class GlobalLocalInferer:
             result.notes += ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
                              + box_edge_notes(result.mask, result.boxes, reader.size)
                              + size_notes(reader.size, config.trained_image_size))
-            if in_memory:
+            if keep_thumbnail:
                 result.thumbnail = reader.resized(thumbnail_size(reader.size))
             return result
         finally:
@@ -284,6 +287,7 @@ def predict(
     progress: bool = False,
     out: np.ndarray | None = None,
     with_coarse: bool = True,
+    thumbnail: bool = True,
     overlap: int | None = None,
     target_ratio: float | None = None,
     per_component: bool | None = None,
@@ -303,6 +307,7 @@ def predict(
         out: an ``H×W`` array to write the mask into, e.g. a :class:`numpy.memmap` when the
             mask would not fit in memory (see :func:`glmed.inference.slide.predict_to_tiff`).
         with_coarse: also return the global branch's own mask at full size (in memory).
+        thumbnail: keep a small copy of the image in ``result.thumbnail`` for display.
         overlap: minimum overlap between patches for this prediction (the model's by default).
         target_ratio: coarse-to-fine's foreground : background wanted in a box, for this
             prediction (the model's by default; see
@@ -314,7 +319,7 @@ def predict(
     """
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  overlap=overlap, target_ratio=target_ratio, per_component=per_component)
-    return inferer(model, image, out=out, with_coarse=with_coarse)
+    return inferer(model, image, out=out, with_coarse=with_coarse, thumbnail=thumbnail)
 
 
 def _coarse_into(global_logits: torch.Tensor, out: np.ndarray, with_coarse: bool) -> np.ndarray | None:

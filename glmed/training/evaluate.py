@@ -61,7 +61,7 @@ def evaluate(
     mine: list[tuple[int, Any, Any, int]] = []
     for index in indices:
         image, truth = pairs[index]
-        result = predict(model, image, batch_size=batch_size)
+        result = predict(model, image, batch_size=batch_size, thumbnail=False)
         coarse = None if result.coarse is None else metric.measure(truth, result.coarse)
         mine.append((index, metric.measure(truth, result.mask), coarse, result.patches))
     rows = sorted((row for part in distributed.gather(mine) for row in part), key=lambda row: row[0])
