@@ -49,6 +49,7 @@ RECIPE = recipe_support.Recipe(
     config_class=RecipeConfig,
     demo_defaults=DEMO,
     write_demo=write_demo,
+    augmentation="aerial",
     metric=METRIC,
     output=ClassMapPredictions(METRIC, "deepglobe", palette=DEEPGLOBE_PALETTE, suffix="_mask"),
     ignore_index=DEEPGLOBE_CLASSES.index("unknown"),

@@ -52,6 +52,7 @@ RECIPE = recipe_support.Recipe(
     config_class=RecipeConfig,
     demo_defaults=DEMO,
     write_demo=write_demo,
+    augmentation="aerial",
     metric=METRIC,
     output=ClassMapPredictions(METRIC, "binary"),
 )

@@ -47,6 +47,7 @@ RECIPE = recipe_support.Recipe(
     config_class=CoarseToFineRecipeConfig,
     demo_defaults=DEMO,
     write_demo=write_demo,
+    augmentation="dermoscopy",
     metric=IsicMetric(),
     output=IsicSubmission(),
 )

@@ -91,9 +91,7 @@ def resize_label(label: ImageReader | np.ndarray, size: Size) -> np.ndarray:
         ``size`` array in the label's dtype.
     """
     if isinstance(label, ImageReader):
-        level = label.best_level_for(size)
-        height, width = label.size
-        label = label.read((0, 0, height, width), level=level)[..., 0]
+        return label.sampled(size)[..., 0]
     label = np.asarray(label)
     rows = ((2 * np.arange(size[0]) + 1) * label.shape[0]) // (2 * size[0])
     cols = ((2 * np.arange(size[1]) + 1) * label.shape[1]) // (2 * size[1])

@@ -37,7 +37,6 @@ from glmed.data.samples import (
 from glmed.geometry import grow_to_size, patch_grid, patch_size_for
 from glmed.io.base import ImageReader
 from glmed.io.open import as_reader
-from glmed.io.region import RegionReader
 from glmed.models.coarse_to_fine import CoarseToFineConfig
 from glmed.models.glnet import GLNetConfig
 
@@ -188,7 +187,7 @@ class StageSampler:
         use_box = self.coarse_to_fine and (not stage.global_only or rng.random() < self.box_probability_global)
         region = self.training_box(label, rng) if use_box else None
         if region is not None:
-            image, label = RegionReader(image, region), RegionReader(label, region)
+            image, label = image.crop(region), label.crop(region)
         if stage.global_only and not stage.collect_local:
             boxes = np.zeros((0, 4), dtype=np.int64)
             return global_local_sample(image, boxes, label, config.global_size, self.normalization,

@@ -16,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from glmed.data.augment import Augmentation
 from glmed.models.coarse_to_fine import CoarseToFineConfig
 from glmed.models.glnet import GLNetConfig, setting
 
@@ -68,6 +69,11 @@ class RecipeConfig(GLNetConfig):
     patches_per_step: int = setting(6, "patches given gradients per step in the bidirectional stage")
     epochs: tuple[int, ...] = setting((20, 20, 5), "epochs of the global, local and bidirectional stages; one "
                                                    "number sets all three", nargs="+", type=int, metavar="N")
+    augment: str | None = setting(None, "training augmentation preset: dermoscopy, histology, aerial or none "
+                                        "(default: the dataset's own; see glmed.data.augment.Augmentation.preset)",
+                                  choices=list(Augmentation.PRESETS))
+    validate_every: int = setting(1, "validate every N epochs of a stage (a stage's last epoch always is); the "
+                                     "global stage validates the global branch's own mask")
     # inference and the run
     predict_batch_size: int = setting(4, "patches per forward pass at inference")
     workers: int | None = setting(None, "processes that load images and build training samples (default: the "
@@ -76,6 +82,10 @@ class RecipeConfig(GLNetConfig):
                                   type=int, metavar="N")
     seed: int = setting(0, "seed of the split, the initial weights and every random draw")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto (CUDA when available)")
+    amp: str = setting("off", "mixed precision: off (float32), bf16 (bfloat16 autocast, CPU or GPU) or fp16 "
+                              "(float16 autocast with gradient scaling, GPU only)", choices=["off", "bf16", "fp16"])
+    channels_last: bool = setting(False, "keep the weights and image batches in channels-last memory format "
+                                         "(faster convolutions on recent GPUs)", flag=True)
 
     def __post_init__(self) -> None:
         # Unlike a model config, a recipe config is not refused on construction: check() lists
@@ -114,6 +124,7 @@ class RecipeConfig(GLNetConfig):
         for name in ("global_lr", "local_lr"):
             need(0 < getattr(self, name) < 1, name, "in (0, 1)")
         need(self.workers is None or self.workers >= 0, "workers", "0 or more")
+        need(self.validate_every >= 1, "validate_every", "at least 1")
         for name in ("batch_size", "patches_per_image", "patches_per_step", "predict_batch_size"):
             need(getattr(self, name) >= 1, name, "at least 1")
         need(len(self.epochs) == 3 and min(self.epochs) >= 0 and sum(self.epochs) > 0, "epochs",
@@ -128,6 +139,12 @@ class RecipeConfig(GLNetConfig):
 
             problem = device_problem(self.device)
             need(problem is None, "device", str(problem))  # e.g. cuda on a machine without it
+        need(self.amp in ("off", "bf16", "fp16"), "amp", "off, bf16 or fp16")
+        if self.amp == "fp16":
+            import torch
+
+            cuda = self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+            need(cuda, "amp", "fp16 needs a CUDA GPU (--device cuda); use --amp bf16 on the CPU")
         return found
 
     def model_config(self) -> GLNetConfig:

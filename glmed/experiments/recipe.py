@@ -86,6 +86,8 @@ class Recipe:
         metric: validation metric.
         output: writes and scores the test predictions.
         ignore_index: a label value the loss skips (DeepGlobe's ``unknown``), or None.
+        augmentation: the training augmentation preset when ``--augment`` is not given
+            (:meth:`glmed.data.augment.Augmentation.preset`).
     """
 
     name: str
@@ -100,6 +102,7 @@ class Recipe:
     metric: Metric
     output: IsicSubmission | ClassMapPredictions
     ignore_index: int | None = None
+    augmentation: str = "none"
 
 
 class LoadedPairs(Sequence[tuple[np.ndarray, np.ndarray]]):
@@ -215,7 +218,7 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
     loss = GLNetLoss(config.gamma, config.main_weight, config.local_weight, config.global_weight,
                      config.fmreg_weight, ignore_index=recipe.ignore_index)
     trainer = GLNetTrainer(model, loss, config.global_lr, config.local_lr, config.patches_per_step,
-                           after_backward=distributed.gradient_hook(model))
+                           distributed=distributed, amp=config.amp, channels_last=config.channels_last)
     sampler = StageSampler(model.config, **config.sampler_options())
     stages = paper_stages(config.sharing, config.stage_epochs)
     log(f"{recipe.name}: {len(splits['train'])} training, {len(splits['val'])} validation, "
@@ -225,7 +228,9 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
                           LoadedPairs(splits["val"], recipe.label_kind), recipe.metric, out,
                           images_per_step=config.batch_size, seed=config.seed,
                           predict_batch_size=config.predict_batch_size, distributed=distributed,
-                          progress=progress, log=log, num_workers=config.workers)
+                          progress=progress, log=log, num_workers=config.workers,
+                          augmentation=config.augment or recipe.augmentation,
+                          validate_every=config.validate_every)
     result = runner.run(resume=resume)
     if distributed.is_main:
         model.load_state_dict(load_checkpoint(files.best, map_location=device)["model"])

@@ -94,6 +94,7 @@ class GlobalLocalInferer:
         with_coarse: bool = True,
         ledger: RowLedger | None = None,
         thumbnail: bool = True,
+        global_only: bool = False,
     ) -> SegmentationResult:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path.
 
@@ -108,7 +109,11 @@ class GlobalLocalInferer:
                 that never show the result (evaluation, the CLI) skip its cost.
             ledger: for a resumed run into the same ``out``: rows of each region already
                 written are not computed again, and progress is recorded as rows are finished.
+            global_only: run the global branch alone: its mask, upsampled, without reading a
+                single patch (what a global training stage has learnt, at a fraction of the cost).
         """
+        if global_only and not model.sharing.has_global:
+            raise ValueError(f"global_only needs a global branch; this model's sharing is {model.sharing.value!r}")
         config = self.config_for(model)  # bad overrides fail before any file is opened
         reader, opened = open_as_reader(image)
         placement = Placement.of(model, self.device)
@@ -129,7 +134,9 @@ class GlobalLocalInferer:
                 raise ValueError(f"out is {out.dtype}, which cannot hold {model.config.num_classes} class indices; "
                                  f"use {dtype}")
             with torch.inference_mode():
-                if isinstance(model, CoarseToFineGLNet):
+                if global_only:
+                    result = self._segment_global(model, config, reader, placement, out)
+                elif isinstance(model, CoarseToFineGLNet):
                     result = self._segment_coarse_to_fine(model, config, reader, placement, out, with_coarse, ledger)
                 else:
                     whole = (0, 0, *reader.size)
@@ -196,6 +203,15 @@ class GlobalLocalInferer:
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))
         self._stitch_patches(model, reader, remaining, global_maps, placement, out, done, record)
         return SegmentationResult(mask=out, coarse=coarse, patches=len(remaining))
+
+    def _segment_global(
+        self, model: GLNet, config: GLNetConfig, reader: ImageReader, placement: Placement, out: np.ndarray
+    ) -> SegmentationResult:
+        """The global branch's own mask, upsampled into ``out``; no patch is read."""
+        global_image = self._global_input(reader, config.global_size, placement)
+        logits = model.global_logits(model.global_features(global_image), spatial_size(global_image))[0]
+        upsample_to_labels(logits, out.shape, out=out)
+        return SegmentationResult(mask=out, notes=["the global branch alone (global_only): no patch was refined"])
 
     def _segment_coarse_to_fine(
         self,
@@ -291,6 +307,7 @@ def predict(
     overlap: int | None = None,
     target_ratio: float | None = None,
     per_component: bool | None = None,
+    global_only: bool = False,
 ) -> SegmentationResult:
     """Segment a whole image of any size with ``model``; returns a full-size mask and more.
 
@@ -314,12 +331,14 @@ def predict(
             :class:`~glmed.models.coarse_to_fine.CoarseToFineConfig`).
         per_component: coarse-to-fine's box per connected component rather than one box,
             for this prediction (the model's by default).
+        global_only: the global branch's mask alone, upsampled (no patch is read); what a
+            global training stage is validated with.
 
     The model is left in the mode and on the device it was in.
     """
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  overlap=overlap, target_ratio=target_ratio, per_component=per_component)
-    return inferer(model, image, out=out, with_coarse=with_coarse, thumbnail=thumbnail)
+    return inferer(model, image, out=out, with_coarse=with_coarse, thumbnail=thumbnail, global_only=global_only)
 
 
 def _coarse_into(global_logits: torch.Tensor, out: np.ndarray, with_coarse: bool) -> np.ndarray | None:

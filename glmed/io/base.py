@@ -177,6 +177,27 @@ class ImageReader(ABC):
             small = self._block_mean(level, (lh // max(1, lh // height), lw // max(1, lw // width)))
         return resize_image(small, (height, width))
 
+    def sampled(self, size: Size) -> np.ndarray:
+        """The whole image at ``size`` by nearest neighbour at each output pixel's centre (labels).
+
+        Reads the coarsest pyramid level still at least ``size``; values are never mixed, so
+        a class map stays a class map.
+        """
+        height, width = (int(size[0]), int(size[1]))
+        if height < 1 or width < 1:
+            raise ValueError(f"{self.name}: sampled size must be positive, got {tuple(size)}")
+        level = self.best_level_for((height, width))
+        pixels = self.read((0, 0, *self.size), level=level)
+        rows = ((2 * np.arange(height) + 1) * pixels.shape[0]) // (2 * height)
+        cols = ((2 * np.arange(width) + 1) * pixels.shape[1]) // (2 * width)
+        return pixels[rows[:, None], cols[None, :]]
+
+    def crop(self, box: Box) -> ImageReader:
+        """The box as an image of its own (:class:`glmed.io.region.RegionReader`), read lazily."""
+        from glmed.io.region import RegionReader
+
+        return RegionReader(self, box)
+
     def _block_mean(self, level: int, size: Size) -> np.ndarray:
         """``level`` averaged down to ``size`` over blocks with whole-pixel edges, read in stripes of rows."""
         lh, lw = self.level_sizes[level]

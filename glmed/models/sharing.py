@@ -37,12 +37,15 @@ def crop_to_patches(
     Returns:
         ``N×C×size`` crops, in the order of ``boxes``.
     """
-    boxes = boxes.to(device=global_map.device, dtype=global_map.dtype)
+    # Windows in at least float32: a half-precision box edge would be off by a fraction of a
+    # map pixel, and under autocast grid_sample returns float32 whatever the map's type.
+    exact = torch.promote_types(global_map.dtype, torch.float32)
+    boxes = boxes.to(device=global_map.device, dtype=exact)
     image_index = image_index.to(global_map.device)
     height, width = int(size[0]), int(size[1])
     count = boxes.shape[0]
     # Map output coordinates in [-1, 1] onto each window (align_corners=False convention).
-    theta = torch.zeros(count, 2, 3, dtype=global_map.dtype, device=global_map.device)
+    theta = torch.zeros(count, 2, 3, dtype=exact, device=global_map.device)
     theta[:, 0, 0] = boxes[:, 3] - boxes[:, 1]
     theta[:, 0, 2] = boxes[:, 1] + boxes[:, 3] - 1
     theta[:, 1, 1] = boxes[:, 2] - boxes[:, 0]
@@ -54,9 +57,10 @@ def crop_to_patches(
         # Sample all of this image's windows in one call: stack their grids along the rows.
         stacked = grid[chosen].reshape(1, len(chosen) * height, width, 2)
         sampled = F.grid_sample(
-            global_map[image : image + 1], stacked, mode="bilinear", padding_mode="border", align_corners=False
+            global_map[image : image + 1].to(exact), stacked, mode="bilinear", padding_mode="border",
+            align_corners=False,
         )
-        out[chosen] = sampled.reshape(global_map.shape[1], len(chosen), height, width).transpose(0, 1)
+        out[chosen] = sampled.reshape(global_map.shape[1], len(chosen), height, width).transpose(0, 1).to(out.dtype)
     return out
 
 

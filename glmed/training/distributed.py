@@ -1,22 +1,22 @@
-"""Training on several processes (``torchrun``): one process per device, gradients averaged.
+"""Training on several processes (``torchrun``): one process per device, ``DistributedDataParallel``.
 
 Launched under ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``, ``MASTER_PORT``), :func:`init_distributed` joins the process group —
 NCCL when the process drives a GPU, gloo on the CPU — and every process then:
 
-- starts from rank 0's parameters and buffers (:meth:`Distributed.broadcast_module`);
-- trains on its own shard of each epoch's image order (:meth:`Distributed.shard`), the
-  order itself being the same in every process;
-- after every backward pass averages the gradients of all trainable parameters across
-  processes (:meth:`Distributed.gradient_hook`, given to
-  :class:`~glmed.training.trainer.GLNetTrainer` as ``after_backward``) and takes rank 0's
-  BatchNorm statistics, so every process takes the same optimiser step and holds the same
-  weights.
-
-That is what ``DistributedDataParallel`` does (averaged gradients, rank 0's buffers). DDP
-itself is not used because it synchronises through the wrapped module's ``forward``, and
-the training step calls the model's parts directly (``model.global_features(...)`` in the
-global stage), which DDP would not see.
+- trains on its own share of each epoch's image order (a ``DistributedSampler`` in
+  :func:`glmed.training.loader.epoch_loader`), the order itself being the same in every
+  process and each image's sample seeded by its place in it, not by the process;
+- runs each step through ``torch.nn.parallel.DistributedDataParallel``: the trainer wraps
+  one stage's forward pass and loss (:class:`~glmed.training.trainer.StageStep`) in it when
+  the stage starts, so every process starts the stage from rank 0's parameters and buffers,
+  the gradients are averaged across processes during the backward pass, and each forward
+  pass first takes rank 0's BatchNorm statistics. Only stages where some trainable parameter
+  gets no gradient pay for DDP's search for unused parameters
+  (:func:`~glmed.training.trainer.needs_unused_parameter_search`); bidirectional sharing's
+  collect pass runs outside the wrapped forward, without gradients;
+- ends each epoch with rank 0's BatchNorm statistics (:meth:`Distributed.broadcast_buffers`),
+  so validation and checkpoints see the same model in every process.
 
 Only rank 0 writes files; :data:`SINGLE` stands for a run without ``torchrun``.
 """
@@ -24,7 +24,6 @@ Only rank 0 writes files; :data:`SINGLE` stands for a run without ``torchrun``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,59 +67,12 @@ class Distributed:
             device = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
         return device
 
-    def shard(self, order: Sequence[int]) -> list[int]:
-        """This process's part of ``order``: every ``world_size``-th item from ``rank``.
-
-        The order is first padded by repeating its beginning to a multiple of the world
-        size (as ``torch.utils.data.DistributedSampler`` does), so every process takes
-        the same number of steps and no collective call waits forever.
-        """
-        order = list(order)
-        if not self.enabled or not order:
-            return order
-        padded = order + order[: (-len(order)) % self.world_size]
-        while len(padded) % self.world_size:  # fewer items than processes
-            padded += order[: self.world_size - len(padded) % self.world_size]
-        return padded[self.rank :: self.world_size]
-
-    def broadcast_module(self, module: torch.nn.Module) -> None:
-        """Give every process rank 0's parameters and buffers."""
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's buffers (BatchNorm statistics)."""
         if self.enabled:
             with torch.no_grad():
-                for tensor in list(module.parameters()) + list(module.buffers()):
-                    dist.broadcast(tensor.data, src=0)
-
-    def gradient_hook(self, module: torch.nn.Module) -> Callable[[], None] | None:
-        """A function to call after each backward pass: averages gradients, shares rank 0's buffers.
-
-        A parameter that some process's batch gave a gradient takes part, with a zero
-        gradient where another's gave it none (as DDP does), so all processes make the same
-        collective calls; one that no process used keeps no gradient, so the optimiser skips
-        it as in a single process. Returns None for a single process.
-        """
-        if not self.enabled:
-            return None
-
-        def average() -> None:
-            params = [p for p in module.parameters() if p.requires_grad]
-            if params:
-                used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
-                dist.all_reduce(used, op=dist.ReduceOp.MAX)
-                # A parameter no process used stays None.
-                params = [p for p, flag in zip(params, used.tolist(), strict=True) if flag]
-            if params:
-                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-                flat = torch.cat([g.reshape(-1) for g in grads])
-                dist.all_reduce(flat)
-                flat /= self.world_size
-                offset = 0
-                for p in params:
-                    p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-                    offset += p.numel()
-            for buffer in module.buffers():
-                dist.broadcast(buffer, src=0)
-
-        return average
+                for buffer in module.buffers():
+                    dist.broadcast(buffer, src=0)
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """Each value averaged over processes (e.g. an epoch's mean losses)."""

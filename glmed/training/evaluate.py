@@ -29,6 +29,7 @@ def evaluate(
     distributed: Distributed = SINGLE,
     progress: bool = False,
     description: str = "evaluating",
+    global_only: bool = False,
 ) -> pd.DataFrame:
     """Segment every pair's image and score it against its class-index label.
 
@@ -44,6 +45,9 @@ def evaluate(
             the same table.
         progress: show a progress bar over images.
         description: the progress bar's label.
+        global_only: score the global branch's own masks only (no patch is read): what a
+            global training stage is validated with, at a fraction of the full pipeline's cost.
+            The table's scores are then those of the coarse masks.
 
     Returns:
         One row per pair, in order: the metric's scores of that image and ``patches`` (how many
@@ -61,7 +65,8 @@ def evaluate(
     mine: list[tuple[int, Any, Any, int]] = []
     for index in indices:
         image, truth = pairs[index]
-        result = predict(model, image, batch_size=batch_size, thumbnail=False)
+        result = predict(model, image, batch_size=batch_size, thumbnail=False, global_only=global_only,
+                         with_coarse=not global_only)
         coarse = None if result.coarse is None else metric.measure(truth, result.coarse)
         mine.append((index, metric.measure(truth, result.mask), coarse, result.patches))
     rows = sorted((row for part in distributed.gather(mine) for row in part), key=lambda row: row[0])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from glmed.data.augment import Augmentation
 from glmed.data.stage_samples import StageSampler
 from glmed.metrics.validation import Metric
 from glmed.models.glnet import GLNet
@@ -29,6 +30,8 @@ def fit(
     metric: Metric | None = None,
     global_lr: float = 1e-4,
     local_lr: float = 2e-5,
+    amp: str = "off",
+    channels_last: bool = False,
     trainer: GLNetTrainer | None = None,
     sampler: StageSampler | None = None,
     images_per_step: int = 2,
@@ -39,6 +42,8 @@ def fit(
     log: Callable[[str], None] | None = print,
     on_step: StepCallback | None = None,
     num_workers: int | None = None,
+    augmentation: Augmentation | str | None = None,
+    validate_every: int = 1,
 ) -> pd.DataFrame:
     """Train ``model`` through ``stages``; each epoch visits every training pair once, in random order.
 
@@ -52,7 +57,12 @@ def fit(
         global_lr: Adam learning rate of the global parts (the paper's 1e-4; small models on
             small data like more).
         local_lr: Adam learning rate of the local parts and aggregation head (the paper's 2e-5).
-        trainer: all optimisation settings at once (then ``global_lr``/``local_lr`` are not used).
+        amp: mixed precision: ``"off"`` (float32), ``"bf16"`` (bfloat16 autocast, CPU or GPU) or
+            ``"fp16"`` (float16 autocast with gradient scaling; the model must be on a CUDA GPU).
+        channels_last: keep the model's weights and the image batches in channels-last memory
+            format (faster convolutions on recent GPUs, above all with ``amp``).
+        trainer: all optimisation settings at once (then ``global_lr``, ``local_lr``, ``amp``
+            and ``channels_last`` are not used).
         sampler: what each stage sees of an image (:class:`StageSampler` defaults).
         images_per_step: images per mini-batch.
         seed: drives image order, patch choice, box jitter and PyTorch's generator, per epoch.
@@ -67,6 +77,11 @@ def fit(
             (a ``torch`` DataLoader over a MONAI Dataset); None uses the machine's cores minus one
             (none below 4 cores, where a worker slows training down),
             0 builds them in this process. The samples are the same either way.
+        augmentation: how each training image may change, drawn anew per image and epoch
+            (flips, quarter turns, zoom, colour): an :class:`~glmed.data.augment.Augmentation`,
+            a preset's name (``"dermoscopy"``, ``"histology"``, ``"aerial"``), or None for none.
+        validate_every: validate after every this many epochs of a stage (and after its last);
+            a stage that trains the global branch alone is scored on its own masks (``val_coarse_*``).
 
     Returns:
         One row per epoch: ``epoch``, ``stage``, ``stage_epoch``, the mean of each loss term,
@@ -78,9 +93,11 @@ def fit(
         raise TypeError("fit(model, train, val=None, *, stages=...): the schedule now comes as stages=, after "
                         "the training pairs, e.g. fit(model, pairs, stages=paper_stages('g2l'))")
     runner = StagedRunner(
-        trainer or GLNetTrainer(model, global_lr=global_lr, local_lr=local_lr), sampler or StageSampler(model.config),
+        trainer or GLNetTrainer(model, global_lr=global_lr, local_lr=local_lr, amp=amp, channels_last=channels_last),
+        sampler or StageSampler(model.config),
         paper_stages(model.sharing) if stages is None else stages, train, val, metric, out_dir,
         images_per_step=images_per_step, seed=seed, predict_batch_size=predict_batch_size,
         progress=progress, log=log or (lambda _: None), on_step=on_step, num_workers=num_workers,
+        augmentation=augmentation, validate_every=validate_every,
     )
     return runner.run().history

@@ -1,10 +1,10 @@
 """One epoch's training samples through MONAI and torch, built in worker processes.
 
 A ``monai.data.Dataset`` whose transform is a ``Compose`` of dictionary transforms (load the
-pair, build the stage's sample) is batched by a ``torch.utils.data.DataLoader`` with workers.
+pair, augment it, build the stage's sample) is batched by a ``torch.utils.data.DataLoader`` with workers.
 
-Every sample draws from its own generator, seeded by ``(seed, stage, epoch, rank, position in the
-epoch)``. The samples therefore do not depend on how many workers build them or in which order
+Every sample draws from its own generator, seeded by ``(seed, stage, epoch, position in the
+epoch's order)``. The samples therefore do not depend on how many workers build them or in which order
 they finish, and an epoch run again after a resume draws exactly what it drew the first time.
 Loading (decoding a JPEG, reading a slide's regions) happens in the workers, so the main process
 only trains.
@@ -20,11 +20,13 @@ import numpy as np
 import torch
 from monai.data import Dataset
 from monai.transforms import Compose, MapTransform
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
+from glmed.data.augment import Augmentation
 from glmed.data.samples import collate_global_local
 from glmed.data.stage_samples import StageSampler, StageView
-from glmed.io.open import open_as_reader
+from glmed.io.open import as_reader, open_as_reader
+from glmed.training.distributed import SINGLE, Distributed
 
 MIN_CORES_FOR_WORKERS = 4
 """Below this many cores samples are built in the training process: on 2 cores a loading worker
@@ -56,6 +58,33 @@ class LoadPaird(MapTransform):
         reader, opened = open_as_reader(image)
         d.update(image=reader, label=np.asarray(label), opened=opened,
                  source_size=torch.tensor(reader.size, dtype=torch.int64))
+        return d
+
+
+AUGMENT_STREAM = 0xA06
+"""Appended to an item's seed for its augmentation draw, so the sample's own draws (box,
+patches) are the same with augmentation on or off."""
+
+
+class RandAugmentd(MapTransform):
+    """Change ``image`` and ``label`` alike by one draw of an :class:`~glmed.data.augment.Augmentation`.
+
+    The draw comes from a generator seeded by the item's ``seed`` and :data:`AUGMENT_STREAM`,
+    so it depends on (seed, stage, epoch, rank, position) only. The image and label become
+    lazy views (:class:`~glmed.data.augment.AugmentedReader`): the sample builder reads its
+    global view, box and patches from them, so they stay aligned by construction.
+    """
+
+    def __init__(self, augmentation: Augmentation) -> None:
+        super().__init__(keys=("image", "label"))
+        self.augmentation = augmentation
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Replace ``image`` and ``label`` with their changed views."""
+        d = dict(data)
+        draw = self.augmentation.draw(np.random.default_rng([*map(int, d["seed"]), AUGMENT_STREAM]))
+        image = d["image"]
+        d["image"], d["label"] = draw.apply(image, as_reader(d["label"], name=f"{image.name} label"))
         return d
 
 
@@ -91,21 +120,37 @@ def epoch_loader(
     images_per_step: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    augmentation: Augmentation | None = None,
+    distributed: Distributed = SINGLE,
 ) -> DataLoader:
     """Batches of one epoch: the pairs at ``order``, ``images_per_step`` at a time, in that order.
 
+    Under ``torchrun`` a ``DistributedSampler`` (without shuffling: ``order`` is the shuffle)
+    gives each process every ``world_size``-th item, padded as torch pads, so every process
+    takes the same number of steps.
+
     Args:
         pairs: the training pairs (image, class-index label); indexing may load them.
-        order: this process's pair indices for the epoch, in visiting order.
+        order: the epoch's pair indices, in visiting order (the same in every process).
         sampler: what the stage sees of an image.
         stage: the training stage.
-        seeds: the epoch's position, ``(seed, stage index, epoch, rank)``; item ``i`` draws from
-            a generator seeded by ``(*seeds, i)``.
+        seeds: the epoch's position, e.g. ``(seed, stage index, epoch)``; item ``i`` of ``order``
+            draws from a generator seeded by ``(*seeds, i)``, so an image gets the same sample
+            whichever process builds it.
         images_per_step: images per batch.
         num_workers: loading processes (0 loads in this process).
         pin_memory: page-locked batches, for a faster copy to a GPU.
+        augmentation: how each training image may change (:class:`RandAugmentd`); None or
+            :meth:`Augmentation.none` changes nothing.
+        distributed: this process's place in a ``torchrun`` run.
     """
     items = [{"pair": int(pair), "seed": [*map(int, seeds), position]} for position, pair in enumerate(order)]
-    dataset = Dataset(items, transform=Compose([LoadPaird(pairs), StageSampled(sampler, stage)]))
-    return DataLoader(dataset, batch_size=images_per_step, shuffle=False, num_workers=num_workers,
+    steps: list[MapTransform] = [LoadPaird(pairs)]
+    if augmentation is not None and augmentation.enabled:
+        steps.append(RandAugmentd(augmentation))
+    steps.append(StageSampled(sampler, stage))
+    dataset = Dataset(items, transform=Compose(steps))
+    share = (DistributedSampler(dataset, num_replicas=distributed.world_size, rank=distributed.rank, shuffle=False)
+             if distributed.enabled else None)
+    return DataLoader(dataset, batch_size=images_per_step, shuffle=False, sampler=share, num_workers=num_workers,
                       collate_fn=collate_global_local, pin_memory=pin_memory)

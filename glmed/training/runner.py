@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from glmed.data.augment import Augmentation, as_augmentation
 from glmed.data.stage_samples import StageSampler
 from glmed.io.open import ImageLike
 from glmed.io.writers import atomic_path
@@ -103,8 +104,8 @@ class StagedRunner:
 
     Args:
         trainer: the optimisation settings and the model (``trainer.model``, already on
-            its device; under ``torchrun`` built with ``after_backward`` =
-            :meth:`Distributed.gradient_hook`).
+            its device; under ``torchrun`` built with the same ``distributed``, so that its
+            steps run under ``DistributedDataParallel``, which starts every stage from rank 0's weights).
         sampler: what each stage sees of an image.
         stages: the schedule; stages with zero epochs are skipped.
         train, val: training and validation pairs; indexing loads a pair, so they may be
@@ -121,6 +122,12 @@ class StagedRunner:
         on_step: called after every training step (e.g. to record or plot losses).
         num_workers: processes that load and build the samples (:mod:`glmed.training.loader`);
             None uses what the machine has, minus one (none below 4 cores).
+        augmentation: how training images may change (:class:`~glmed.data.augment.Augmentation`
+            or a preset's name); None trains on the images as they are. Validation never augments.
+        validate_every: validate after every this many epochs of a stage, and after its last.
+            A stage that trains the global branch alone is validated on the global branch's own
+            masks (``val_coarse_*`` columns): the local branch it would otherwise run is untrained,
+            and the full pipeline costs many times more.
     """
 
     def __init__(
@@ -141,15 +148,23 @@ class StagedRunner:
         log: Callable[[str], None] = print,
         on_step: StepCallback | None = None,
         num_workers: int | None = None,
+        augmentation: Augmentation | str | None = None,
+        validate_every: int = 1,
     ) -> None:
         if not len(train):
             raise ValueError("training needs at least one training image")
         if images_per_step < 1:
             raise ValueError(f"images_per_step must be at least 1, got {images_per_step}")
+        if trainer.distributed != distributed:
+            raise ValueError(f"the trainer was built for {trainer.distributed} but the runner is {distributed}: build "
+                             "GLNetTrainer(..., distributed=...) with the runner's, so DDP averages the gradients")
         self.trainer, self.sampler, self.stages = trainer, sampler, list(stages)
         self.train, self.val, self.metric = train, val if val is not None and len(val) else None, metric or IsicMetric()
         self.files = None if out_dir is None else RunFiles(Path(out_dir))
         self.on_step = on_step
+        if validate_every < 1:
+            raise ValueError(f"validate_every must be at least 1, got {validate_every}")
+        self.augmentation, self.validate_every = as_augmentation(augmentation), validate_every
         self.num_workers = default_workers() if num_workers is None else num_workers
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
@@ -166,16 +181,18 @@ class StagedRunner:
         if resume and self.files is None:
             raise ValueError("resume needs a run folder (out_dir) to resume from")
         history: list[dict[str, object]] = []
-        best: dict[str, Any] = {"score": -math.inf, "metric": self.metric.name, "stage": None, "epoch": None}
+        best: dict[str, Any] = {"score": -math.inf, "metric": self.metric.name, "stage": None, "epoch": None,
+                                "kind": None}
         position, optimizer_state = (-1, 0), None
         if resume and self.files is not None and self.files.last.is_file():
             record = self._load_last()
             history, best = list(record["history"]), dict(record["best"])
             position = (record["position"]["stage_index"], record["position"]["epoch"])
             optimizer_state = record["optimizer"]
+            if self.trainer.scaler is not None and record.get("scaler"):  # fp16's loss scale, as it was
+                self.trainer.scaler.load_state_dict(record["scaler"])
         elif self.files is not None and self.distributed.is_main:
             self.files.root.mkdir(parents=True, exist_ok=True)
-        self.distributed.broadcast_module(self.model)
         self._write_metrics(history)
         for index, stage in enumerate(self.stages):
             done = position[1] if index == position[0] else (stage.epochs if index < position[0] else 0)
@@ -188,12 +205,14 @@ class StagedRunner:
                 row = self._epoch(index, stage, epoch, optimizer, len(history) + 1)
                 history.append(row)
                 where = (index, stage.name, epoch)
-                # Without validation data there is nothing to compare: the latest epoch is the best.
-                score = row.get(f"val_{self.metric.name}", math.nan)
-                if self.val is None or score > best["score"]:
-                    best = {"score": score, "metric": self.metric.name, "stage": stage.name, "epoch": epoch}
+                kind, score = self._validated(row)
+                if _better(kind, score, best, self.val is None):
+                    best = {"score": score, "metric": self.metric.name, "stage": stage.name, "epoch": epoch,
+                            "kind": kind}
                     self._save("best", position=where, best=best)
-                self._save("last", position=where, best=best, history=history, optimizer=optimizer.state_dict())
+                scaler = None if self.trainer.scaler is None else self.trainer.scaler.state_dict()
+                self._save("last", position=where, best=best, history=history, optimizer=optimizer.state_dict(),
+                           scaler=scaler)
                 self._write_metrics(history)
                 if self.distributed.is_main:
                     self.log(self._summary(row, best))
@@ -213,15 +232,17 @@ class StagedRunner:
         rank = self.distributed.rank
         torch.manual_seed(int(_generator(self.seed, index, epoch, rank, 0).integers(2**62)))
         order = _generator(self.seed, index, epoch).permutation(len(self.train)).tolist()
-        mine = self.distributed.shard(order)
         self._sizes: list[tuple[int, int]] = []
-        steps = math.ceil(len(mine) / self.images_per_step)
+        steps = math.ceil(math.ceil(len(order) / self.distributed.world_size) / self.images_per_step)
         label = f"{stage.name} epoch {epoch}/{stage.epochs}"
         bar = self._bar(steps, label, "step")
 
-        loader = epoch_loader(self.train, mine, self.sampler, stage, (self.seed, index, epoch, rank, 1),
+        # The samples' seeds leave the rank out (0 stands where it was): an image gets the same sample
+        # whichever process trains it, and a one-process run draws what it always drew.
+        loader = epoch_loader(self.train, order, self.sampler, stage, (self.seed, index, epoch, 0, 1),
                               self.images_per_step, self.num_workers,
-                              pin_memory=model_device(self.model).type == "cuda")
+                              pin_memory=model_device(self.model).type == "cuda", augmentation=self.augmentation,
+                              distributed=self.distributed)
 
         def batches() -> Iterator[dict[str, Any]]:
             for batch in loader:
@@ -244,13 +265,22 @@ class StagedRunner:
                 bar.close()
         trained = time.perf_counter() - started
         scores: dict[str, float] = {}
-        if self.val is not None:
-            scores = evaluate(self.model, self.val, self.metric, batch_size=self.predict_batch_size,
-                              distributed=self.distributed, progress=self._show_progress,
-                              description=f"validating ({label})").attrs["summary"]
+        if self.val is not None and (epoch % self.validate_every == 0 or epoch == stage.epochs):
+            global_only = stage.global_only and not stage.collect_local and self.model.sharing.has_global
+            summary = evaluate(self.model, self.val, self.metric, batch_size=self.predict_batch_size,
+                               distributed=self.distributed, progress=self._show_progress,
+                               description=f"validating ({label})", global_only=global_only).attrs["summary"]
+            scores = {f"coarse_{name}": value for name, value in summary.items()} if global_only else summary
         return {"epoch": number, "stage": stage.name, "stage_epoch": epoch, **means,
                 **{f"val_{name}": value for name, value in scores.items()},
                 "train_seconds": round(trained, 3), "total_seconds": round(time.perf_counter() - started, 3)}
+
+    def _validated(self, row: dict[str, object]) -> tuple[str | None, float]:
+        """What the epoch's validation measured (``"full"``, ``"coarse"`` or None) and its headline."""
+        for kind, column in (("full", f"val_{self.metric.name}"), ("coarse", f"val_coarse_{self.metric.name}")):
+            if column in row and not (kind == "coarse" and f"val_{self.metric.name}" in row):
+                return kind, float(row[column])  # type: ignore[arg-type]
+        return None, math.nan
 
     def _record_image_size(self) -> None:
         """Record the median size of the epoch's training images in the model's config.
@@ -279,11 +309,14 @@ class StagedRunner:
         total = sum(stage.epochs for stage in self.stages)
         name = self.metric.name
         head = f"epoch {row['epoch']}/{total} | stage {row['stage']} {row['stage_epoch']} | loss {row['loss']:.4f}"
-        if self.val is None:
+        kind, score = self._validated(row)
+        if kind is None:
             return f"{head} | {row['total_seconds']:.0f} s"
-        coarse = f" | coarse {row[f'val_coarse_{name}']:.4f}" if f"val_coarse_{name}" in row else ""
-        return (f"{head} | val {name} {row[f'val_{name}']:.4f} "
-                f"(best {best['score']:.4f}, {best['stage']} {best['epoch']}){coarse} | {row['total_seconds']:.0f} s")
+        best_kind = "" if best.get("kind") == "full" else " coarse"
+        shown = (f"val {name} {score:.4f}" if kind == "full" else f"val coarse {name} {score:.4f} (global branch)")
+        coarse = f" | coarse {row[f'val_coarse_{name}']:.4f}" if kind == "full" and f"val_coarse_{name}" in row else ""
+        return (f"{head} | {shown} (best{best_kind} {best['score']:.4f}, {best['stage']} {best['epoch']}){coarse} "
+                f"| {row['total_seconds']:.0f} s")
 
     # -- files ---------------------------------------------------------------------------
 
@@ -338,6 +371,26 @@ class StagedRunner:
 def _generator(seed: int, *position: int) -> np.random.Generator:
     """The random stream of one position of a run (stage, epoch, rank, purpose) under ``seed``."""
     return np.random.default_rng([seed, *position])
+
+
+def _better(kind: str | None, score: float, best: dict[str, Any], always: bool) -> bool:
+    """Whether an epoch validated as ``kind`` with ``score`` replaces ``best``.
+
+    Without validation data every epoch replaces it (the latest is the best). Scores of the
+    full pipeline and of the global branch alone measure different things, so they are not
+    compared: a full-pipeline score replaces any coarse one, and a coarse score counts only
+    while no full-pipeline score exists (a run still in its global stage keeps its best
+    global branch). Unvalidated epochs change nothing.
+    """
+    if always:
+        return True
+    if kind is None:
+        return False
+    rank = {None: -1, "coarse": 0, "full": 1}
+    held = best.get("kind", "full" if best.get("epoch") is not None else None)  # older runs: full scores only
+    if rank[kind] != rank[held]:
+        return rank[kind] > rank[held]
+    return score > best["score"]
 
 
 def _normalised(stages: Sequence[dict[str, object]]) -> list[dict[str, object]]:

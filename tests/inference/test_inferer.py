@@ -212,3 +212,17 @@ def test_fit_hands_the_model_back_whole():
               progress=False, log=None)
     assert all(parameter.requires_grad for parameter in model.parameters())
     assert all(module.training for module in model.modules())
+
+
+@pytest.mark.parametrize("model_class", ["GLNet", "CoarseToFineGLNet"])
+def test_global_only_gives_the_global_branchs_own_mask_without_reading_patches(model_class):
+    torch.manual_seed(0)
+    model = getattr(glmed, model_class)(2, "resnet18", "g2l", fpn_channels=16, global_size=64, patch_size=64,
+                                        overlap=8)
+    image = np.random.default_rng(0).integers(0, 255, (150, 170, 3), dtype=np.uint8)
+    full = glmed.predict(model, image)
+    alone = glmed.predict(model, image, global_only=True)
+    np.testing.assert_array_equal(alone.mask, full.coarse)
+    assert alone.patches == 0 and alone.coarse is None and full.patches > 0
+    with pytest.raises(ValueError, match="global_only needs a global branch"):
+        glmed.predict(tiny("local_only"), image, global_only=True)

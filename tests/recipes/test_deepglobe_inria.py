@@ -41,7 +41,10 @@ def test_demo_trains_the_chosen_sharing_and_scores_its_predictions(case, load_re
     config = json.loads(best["model_config"])
     assert best["model_class"] == "GLNet" and config["sharing"] == sharing and config["num_classes"] == classes
     metrics = pd.read_csv(out / "metrics.csv")
-    assert metrics["stage"].tolist() == ["global", "local"] and metrics["val_miou"].between(0, 1).all()
+    assert metrics["stage"].tolist() == ["global", "local"]
+    # the global stage is validated on the global branch's own masks, the local stage on the whole pipeline
+    assert metrics["val_coarse_miou"][0] >= 0 and metrics["val_miou"].isna().tolist() == [True, False]
+    assert 0 <= metrics["val_miou"][1] <= 1
 
     manifest = read_manifest(out / "manifest.csv")
     test = manifest[manifest["split"] == "test"].iloc[0]

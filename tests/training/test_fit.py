@@ -100,9 +100,11 @@ def test_fit_from_a_notebook_validates_reports_and_saves(tmp_path, capsys):
                         progress=False)
     assert history.stage.tolist() == ["global", "local"]
     assert {"val_threshold_jaccard", "val_jaccard", "val_coarse_threshold_jaccard"} <= set(history.columns)
-    assert history.val_jaccard.between(0, 1).all()
+    # the global stage is scored on the global branch's own masks, the local stage on the full pipeline
+    assert history.val_coarse_threshold_jaccard.between(0, 1).all()
+    assert history.val_jaccard.isna().tolist() == [True, False] and 0 <= history.val_jaccard[1] <= 1
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
-    assert len(lines) == 2 and "val threshold_jaccard" in lines[0]
+    assert len(lines) == 2 and "val coarse threshold_jaccard" in lines[0] and "val threshold_jaccard" in lines[1]
     assert list(tmp_path.iterdir()) == []  # without out_dir nothing is written
     saved = glmed.save_model(model, tmp_path / "model.pt")
     again = glmed.load_model(saved)
@@ -159,3 +161,39 @@ def test_the_old_argument_order_gets_a_clear_error():
     model = GLNet(2, "resnet18", "g2l", **SIZES)
     with pytest.raises(TypeError, match="stages="):
         fit(model, paper_stages("g2l"), data(1))
+
+
+def test_validation_frequency_and_what_each_stage_is_validated_with(tmp_path, monkeypatch):
+    """Every 2nd epoch and each stage's last are validated; the global stage never reads a patch."""
+    import glmed.training.runner as runner_module
+
+    calls = []
+    real = runner_module.evaluate
+
+    def recording(model, pairs, metric=None, **options):
+        calls.append(options["global_only"])
+        table = real(model, pairs, metric, **options)
+        if options["global_only"]:
+            assert (table.patches == 0).all()
+        return table
+
+    monkeypatch.setattr(runner_module, "evaluate", recording)
+    model = CoarseToFineGLNet(2, "resnet18", "g2l", **SIZES)
+    history = fit(model, data(2), val=data(1, offset=50), stages=paper_stages("g2l", epochs=(3, 2)),
+                  validate_every=2, out_dir=tmp_path / "run", progress=False, log=None)
+    assert calls == [True, True, False]  # global 2 and 3, local 2
+    assert history.val_coarse_threshold_jaccard.notna().tolist() == [False, True, True, False, True]
+    assert history.val_threshold_jaccard.notna().tolist() == [False, False, False, False, True]
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)["best"]
+    assert (best["stage"], best["epoch"], best["kind"]) == ("local", 2, "full")
+
+
+def test_a_full_pipeline_score_replaces_a_better_coarse_one():
+    from glmed.training.runner import _better
+
+    coarse_best = {"score": 0.9, "kind": "coarse", "epoch": 3}
+    assert _better("full", 0.1, coarse_best, always=False)
+    assert not _better("coarse", 0.95, {"score": 0.2, "kind": "full", "epoch": 1}, always=False)
+    assert _better("coarse", 0.95, coarse_best, always=False)
+    assert not _better(None, 0.0, coarse_best, always=False)
+    assert not _better("full", 0.5, {"score": 0.6, "epoch": 2}, always=False)  # a record from before "kind"
