@@ -125,16 +125,23 @@ class AugmentDraw:
         """True when the view would show the source unchanged."""
         return self.scale == (1.0, 1.0) and not self.flip and self.turns % 4 == 0 and self.colour.is_identity
 
-    def apply(self, image: ImageReader, label: ImageReader) -> tuple[ImageReader, ImageReader]:
+    def apply(self, image: ImageReader, label: ImageReader, min_size: int = 1) -> tuple[ImageReader, ImageReader]:
         """The changed image (resampled bilinearly, recoloured) and label (nearest, values kept).
 
         Both get the same geometry, so every box taken on one lies on the same pixels of the other.
+
+        Args:
+            image: the source image.
+            label: its class map, same size.
+            min_size: a zoom never takes a side below this (e.g. the patch size, which must
+                fit) unless the side was already smaller; that side is then kept as it was.
         """
         if image.size != label.size:
             raise ValueError(f"{image.name}: label size {label.size} differs from image size {image.size}")
         if self.is_identity:
             return image, label
-        size = _scaled_size(image.size, self.scale)
+        scaled = _scaled_size(image.size, self.scale)
+        size = (max(scaled[0], min(image.size[0], min_size)), max(scaled[1], min(image.size[1], min_size)))
         return (AugmentedReader(image, size, self.flip, self.turns, self.colour, nearest=False),
                 AugmentedReader(label, size, self.flip, self.turns, ColourChange(), nearest=True))
 

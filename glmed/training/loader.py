@@ -73,18 +73,24 @@ class RandAugmentd(MapTransform):
     so it depends on (seed, stage, epoch, rank, position) only. The image and label become
     lazy views (:class:`~glmed.data.augment.AugmentedReader`): the sample builder reads its
     global view, box and patches from them, so they stay aligned by construction.
+
+    Args:
+        augmentation: what may change.
+        min_size: no side is zoomed below this (the patch size: a patch must fit, and patches
+            of one batch must share one shape) unless it was smaller to begin with.
     """
 
-    def __init__(self, augmentation: Augmentation) -> None:
+    def __init__(self, augmentation: Augmentation, min_size: int = 1) -> None:
         super().__init__(keys=("image", "label"))
-        self.augmentation = augmentation
+        self.augmentation, self.min_size = augmentation, min_size
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Replace ``image`` and ``label`` with their changed views."""
         d = dict(data)
         draw = self.augmentation.draw(np.random.default_rng([*map(int, d["seed"]), AUGMENT_STREAM]))
         image = d["image"]
-        d["image"], d["label"] = draw.apply(image, as_reader(d["label"], name=f"{image.name} label"))
+        d["image"], d["label"] = draw.apply(image, as_reader(d["label"], name=f"{image.name} label"),
+                                            min_size=self.min_size)
         return d
 
 
@@ -147,10 +153,10 @@ def epoch_loader(
     items = [{"pair": int(pair), "seed": [*map(int, seeds), position]} for position, pair in enumerate(order)]
     steps: list[MapTransform] = [LoadPaird(pairs)]
     if augmentation is not None and augmentation.enabled:
-        steps.append(RandAugmentd(augmentation))
+        steps.append(RandAugmentd(augmentation, min_size=sampler.config.patch_size))
     steps.append(StageSampled(sampler, stage))
     dataset = Dataset(items, transform=Compose(steps))
-    share = (DistributedSampler(dataset, num_replicas=distributed.world_size, rank=distributed.rank, shuffle=False)
+    share: DistributedSampler | None = (DistributedSampler(dataset, num_replicas=distributed.world_size, rank=distributed.rank, shuffle=False)
              if distributed.enabled else None)
     return DataLoader(dataset, batch_size=images_per_step, shuffle=False, sampler=share, num_workers=num_workers,
                       collate_fn=collate_global_local, pin_memory=pin_memory)

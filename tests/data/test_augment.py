@@ -166,3 +166,17 @@ def test_loader_samples_are_augmented_reproducibly_and_differ_from_plain() -> No
         for key in first:
             assert torch.equal(first[key], second[key]), key
     assert not all(torch.equal(a["patches"], b["patches"]) for a, b in zip(plain, augmented, strict=True))
+
+
+def test_a_zoom_never_shrinks_an_image_below_the_patch_size_so_batches_keep_one_patch_shape():
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), np.ones((64, 80), dtype=np.uint8))
+             for _ in range(4)]
+    config = GLNetConfig(global_size=32, patch_size=64, overlap=8)
+    shrink = Augmentation(scale=(0.5, 0.6))
+    loader = epoch_loader(pairs, [0, 1, 2, 3], StageSampler(config), paper_stages("g2l", (1, 1))[1], (0, 1, 1, 0, 1),
+                          2, augmentation=shrink)
+    for batch in loader:  # would fail to batch patches of different shapes
+        assert batch["patches"].shape[-2:] == (64, 64)
+    image, label = AugmentDraw(scale=(0.5, 0.5)).apply(ArrayReader(pairs[0][0]), ArrayReader(pairs[0][1]), min_size=64)
+    assert image.size == label.size == (64, 64)  # height kept (it was 64), width shrunk only to 64

@@ -145,3 +145,111 @@ def test_slide_images_are_tissue_on_glass_with_tumour_inside_the_tissue():
     assert 0.5 < glass.mean() < 0.8  # mostly glass, about a third tissue
     assert mask.any() and not (mask.astype(bool) & glass).any()  # tumour only on tissue
     assert image[mask.astype(bool)].mean() < image[~glass & ~mask.astype(bool)].mean()  # tumour stains darker
+
+
+# -- the harder benchmark images (make_hard_dermoscopy_image) ----------------------------
+
+
+def _hard(size, seed):
+    from glmed.data.synthetic import make_hard_dermoscopy_image
+
+    return make_hard_dermoscopy_image(size, seed)
+
+
+def test_hard_dermoscopy_is_deterministic_by_seed():
+    image, mask = _hard((96, 144), 3)
+    again, mask_again = _hard((96, 144), 3)
+    other, _ = _hard((96, 144), 4)
+    assert image.shape == (96, 144, 3) and image.dtype == np.uint8
+    assert mask.shape == (96, 144) and mask.dtype == np.uint8 and set(np.unique(mask).tolist()) == {0, 1}
+    np.testing.assert_array_equal(image, again)
+    np.testing.assert_array_equal(mask, mask_again)
+    assert not np.array_equal(image, other)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (17, 40), (72, 108)])
+def test_hard_dermoscopy_mask_is_one_region_without_holes(size):
+    from scipy import ndimage
+
+    for seed in range(15):
+        mask = _hard(size, seed)[1].astype(bool)
+        assert mask.any()
+        assert ndimage.label(mask)[1] == 1  # 4-connected, so 8-connected too
+        np.testing.assert_array_equal(ndimage.binary_fill_holes(mask), mask)
+
+
+def test_hard_dermoscopy_lesions_are_mostly_under_20_percent():
+    fractions = np.array([_hard((72, 108), seed)[1].mean() for seed in range(40)])
+    assert fractions.min() > 0.01 and fractions.max() < 0.45
+    assert (fractions < 0.2).mean() >= 0.75
+    assert 0.05 < np.median(fractions) < 0.16
+    assert (fractions > 0.15).any() and (fractions < 0.05).any()  # sizes spread
+
+
+def _hard_views(seed, size=(192, 288)):
+    from scipy import ndimage
+
+    image, mask = _hard(size, seed)
+    grey, mask = image.astype(float).mean(axis=2), mask.astype(bool)
+    outside = ~ndimage.binary_dilation(mask, iterations=4)
+    return grey, mask, outside
+
+
+def test_hard_dermoscopy_has_dark_freckles_outside_the_lesion():
+    from scipy import ndimage
+
+    blobs = []
+    for seed in range(8):
+        grey, _, outside = _hard_views(seed)
+        height, width = grey.shape
+        rows, cols = np.mgrid[0:height, 0:width]
+        central = np.hypot(rows / height - 0.5, cols / width - 0.5) < 0.35  # away from dark corners
+        dark = (grey < 0.7 * np.median(grey[outside & central])) & outside & central
+        regions, _ = ndimage.label(dark)
+        areas = np.bincount(regions.ravel())
+        compact = [area / ((box[0].stop - box[0].start) * (box[1].stop - box[1].start))
+                   for area, box in zip(areas[1:], ndimage.find_objects(regions), strict=True) if area >= 4]
+        blobs.append(sum(fill > 0.5 for fill in compact))  # round spots, not thin hairs
+    assert np.mean(blobs) >= 3 and np.mean(np.array(blobs) >= 1) >= 0.75
+
+
+def test_hard_dermoscopy_corners_are_darker_than_the_centre():
+    ratios = []
+    for seed in range(8):
+        grey, mask, _ = _hard_views(seed)
+        height, width = grey.shape
+        k = height // 8
+        corners = np.concatenate([part[~m] for part, m in (
+            (grey[:k, :k], mask[:k, :k]), (grey[:k, -k:], mask[:k, -k:]),
+            (grey[-k:, :k], mask[-k:, :k]), (grey[-k:, -k:], mask[-k:, -k:]))])
+        middle = (slice(height // 3, 2 * height // 3), slice(width // 3, 2 * width // 3))
+        ratios.append(corners.mean() / grey[middle][~mask[middle]].mean())
+    assert max(ratios) < 0.9 and np.mean(ratios) < 0.75
+
+
+def test_hard_dermoscopy_lesions_hold_fine_pale_texture():
+    from scipy import ndimage
+
+    for seed in range(6):
+        grey, mask, _ = _hard_views(seed)
+        interior = ndimage.binary_erosion(mask, iterations=3)
+        brighter = grey - ndimage.uniform_filter(grey, 6)  # lighter than its 6×6 neighbourhood
+        assert (brighter[interior] > 15).mean() > 0.02  # pale channels and grains, a pixel or two wide
+
+
+def test_isic_writer_takes_the_hard_generator(tmp_path):
+    from glmed.data.synthetic import make_hard_dermoscopy_image
+
+    easy = write_isic_dataset(tmp_path / "easy", n_images=2, size_range=(64, 64), seed=2)
+    hard = write_isic_dataset(tmp_path / "hard", n_images=2, size_range=(64, 64), seed=2,
+                              generator=make_hard_dermoscopy_image)
+    assert _tree(easy).keys() == _tree(hard).keys() and _tree(easy) != _tree(hard)
+    assert len(scan_dataset(find_isic(hard), "binary")) == 2
+
+
+def test_hard_generation_is_fast_at_benchmark_sizes():
+    _hard((64, 64), 0)  # imports and first calls out of the timing
+    started = time.perf_counter()
+    image, mask = _hard((1024, 1536), 0)
+    assert time.perf_counter() - started < 2.5  # about 0.3 s on an idle core
+    assert image.shape == (1024, 1536, 3) and mask.any()

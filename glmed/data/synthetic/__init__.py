@@ -2,11 +2,13 @@
 
 Dermoscopy-like images (skin-tone texture, vignetting, hairs, lesions with irregular,
 finely detailed borders and blotchy internal colour, mostly under 20% foreground as in
-ISIC 2018; :mod:`.dermoscopy`), land-cover-like images with DeepGlobe's seven classes,
-aerial images with buildings (Inria; :mod:`.aerial`), and whole-slide-like images of H&E
-tissue on glass with tumour-like regions (:mod:`.histology`). The writers lay them out
-exactly as the real datasets are laid out, so the same loaders, recipes and scorers run
-on them; nothing is downloaded.
+ISIC 2018; :mod:`.dermoscopy`), harder ones for benchmarks (freckles, hairs and dark
+corners that fool a patch, pale texture inside the lesion that downsampling removes;
+:mod:`.hard_dermoscopy`), land-cover-like images with DeepGlobe's seven classes, aerial
+images with buildings (Inria; :mod:`.aerial`), and whole-slide-like images of H&E tissue
+on glass with tumour-like regions (:mod:`.histology`). The writers lay them out exactly as
+the real datasets are laid out, so the same loaders, recipes and scorers run on them;
+nothing is downloaded.
 
 Everything is deterministic by seed. Smooth fields are drawn on coarse grids and
 upsampled, so a 6748×4499 image takes seconds and a few full-size float32 arrays.
@@ -30,6 +32,7 @@ from glmed.data.synthetic.dermoscopy import (
     make_dermoscopy_image,
     write_isic_dataset,
 )
+from glmed.data.synthetic.hard_dermoscopy import make_hard_dermoscopy_image
 from glmed.data.synthetic.histology import make_slide_image
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "SKIN_TONES",
     "make_aerial_image",
     "make_dermoscopy_image",
+    "make_hard_dermoscopy_image",
     "make_landcover_image",
     "make_slide_image",
     "write_deepglobe_dataset",

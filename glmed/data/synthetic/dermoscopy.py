@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +162,7 @@ def write_isic_dataset(
     size_range: tuple[int, int] = (540, 768),
     seed: int = 0,
     split: str = "Training",
+    generator: Callable[[Size, int], tuple[np.ndarray, np.ndarray]] = make_dermoscopy_image,
 ) -> Path:
     """Write an ISIC 2018 Task 1 folder pair of synthetic dermoscopy images.
 
@@ -178,6 +179,9 @@ def write_isic_dataset(
         size_range: ``(smallest, largest)`` height drawn when ``sizes`` is not given (at least 16).
         seed: the same seed writes the same bytes.
         split: ``Training``, ``Validation`` or ``Test``, as in the real folder names.
+        generator: draws one image and its 0/1 mask from ``(size, seed)``: the demo's
+            :func:`make_dermoscopy_image`, or
+            :func:`~glmed.data.synthetic.make_hard_dermoscopy_image` for the harder benchmark.
 
     Returns:
         ``root`` as a Path.
@@ -187,7 +191,7 @@ def write_isic_dataset(
     truths = root / f"ISIC2018_Task1_{split}_GroundTruth"
 
     def write(index: int, rng: np.random.Generator, size: Size) -> None:
-        image, mask = make_dermoscopy_image(size, int(rng.integers(2**31)))
+        image, mask = generator(size, int(rng.integers(2**31)))
         save_image(images / f"ISIC_{index:07d}.jpg", image)
         truths.mkdir(parents=True, exist_ok=True)
         write_mask_png(truths / f"ISIC_{index:07d}_segmentation.png", mask)
