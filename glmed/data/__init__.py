@@ -19,13 +19,15 @@ _EXPORTS = {
         "glmed.data.samples",
     ),
     **dict.fromkeys(("StageSampler", "StageView", "choose_patches", "training_box"), "glmed.data.stage_samples"),
+    **dict.fromkeys(("AugmentDraw", "Augmentation", "AugmentedReader", "ColourChange"), "glmed.data.augment"),
     **dict.fromkeys(
         ("CropBoxd", "GlobalLocal", "GlobalLocald", "LabelToIndex", "LabelToIndexd", "RandForegroundBox",
          "RandForegroundBoxd", "RandGlobalLocald", "RandStageSampled", "ReadImaged", "seed_from"),
         "glmed.data.transforms",
     ),
     **dict.fromkeys(
-        ("make_aerial_image", "make_dermoscopy_image", "make_landcover_image", "make_slide_image",
+        ("make_aerial_image", "make_dermoscopy_image", "make_hard_dermoscopy_image", "make_landcover_image",
+         "make_slide_image",
          "write_deepglobe_dataset", "write_inria_dataset", "write_isic_dataset"),
         "glmed.data.synthetic",
     ),
