@@ -211,8 +211,9 @@ def run(settings: Settings, log: Any = print) -> tuple[pd.DataFrame, pd.DataFram
     log(f"generated {settings.train}/{settings.val}/{settings.test} hard dermoscopy images of "
         f"{settings.size[0]}×{settings.size[1]} in {time.perf_counter() - started:.0f} s; test lesions cover "
         f"{np.median(fractions):.0%} of an image (median)")
-    rows = [train_and_score(config, model_class, images, augment, seed, settings, log) for augment in settings.augment
-            for seed in settings.seeds]
+    # Seed by seed, every setting in turn: a run stopped early still compares the settings fairly.
+    rows = [train_and_score(config, model_class, images, augment, seed, settings, log) for seed in settings.seeds
+            for augment in settings.augment]
     runs = pd.DataFrame(rows)
     return runs, summarise(runs)
 
