@@ -156,7 +156,8 @@ def epoch_loader(
         steps.append(RandAugmentd(augmentation, min_size=sampler.config.patch_size))
     steps.append(StageSampled(sampler, stage))
     dataset = Dataset(items, transform=Compose(steps))
-    share: DistributedSampler | None = (DistributedSampler(dataset, num_replicas=distributed.world_size, rank=distributed.rank, shuffle=False)
-             if distributed.enabled else None)
+    share: DistributedSampler | None = None
+    if distributed.enabled:
+        share = DistributedSampler(dataset, num_replicas=distributed.world_size, rank=distributed.rank, shuffle=False)
     return DataLoader(dataset, batch_size=images_per_step, shuffle=False, sampler=share, num_workers=num_workers,
                       collate_fn=collate_global_local, pin_memory=pin_memory)
