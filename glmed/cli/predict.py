@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the value of a full-intensity pixel, for images whose type does not say it (float "
                              "pixels of 0-255, 16-bit signed CT); default: from the type (uint8 255, uint16 65535, "
                              "float 1)")
+    parser.add_argument("--amp", choices=["off", "bf16"], default=None,
+                        help="bfloat16 autocast of the forward passes (probabilities stay float32); default off: on "
+                             "CPUs without native bfloat16 it is many times slower (docs/benchmarks.md)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels-last weights and inputs (faster convolutions on some CPUs and GPUs; the "
+                             "mask can differ from the default layout's in a few pixels)")
     parser.add_argument("--no-resume", action="store_true",
                         help="start afresh: recompute masks a folder run already wrote, and interrupted TIFFs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -141,6 +147,11 @@ def _resume(args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type
 
     options: dict[str, object] = {"batch_size": args.batch_size, "format": args.format, "device": device_type,
                                   "max_value": args.max_value}
+    # Named only when set, so folders written before these options existed still resume.
+    if args.amp not in (None, "off"):
+        options["amp"] = args.amp
+    if args.channels_last:
+        options["channels_last"] = True
     if args.format == "tif":
         options["tile"] = args.tile
     record = RunRecord(checkpoint=file_digest(args.checkpoint), checkpoint_path=str(args.checkpoint),
@@ -186,6 +197,10 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
 
     options = {"batch_size": args.batch_size, "device": device, "progress": progress,
                "normalization": Normalization(max_value=args.max_value)}
+    if args.amp is not None:
+        options["amp"] = args.amp
+    if args.channels_last:
+        options["channels_last"] = True
     result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)

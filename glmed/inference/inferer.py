@@ -14,9 +14,11 @@ as training, so the loop is written here over :func:`glmed.geometry.patch_grid`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +43,41 @@ INFERENCE_SETTINGS = ("overlap", "target_ratio", "per_component")
 """Config fields a prediction may change without rebuilding the network: the patch overlap and
 coarse-to-fine's box rule. Sizes and classes are fixed by the weights."""
 
+AMP_MODES = {"off": None, "bf16": torch.bfloat16}
+"""Autocast modes of the forward passes: ``"off"`` (the model's own type) or bfloat16."""
+
+DEFAULT_AMP = "off"
+"""``amp`` by default: float32, bf16 being slower and less exact on the CPU it was measured on.
+
+Measured with ``benchmarks/profile_inference.py`` (docs/benchmarks.md) on a 2-core AVX2 CPU
+without native bfloat16 (oneDNN reports no bf16 support): one ResNet50-FPN local pass under bf16
+autocast took 250 s against 2.75 s in float32 (its convolutions fall back to a reference kernel;
+channels-last narrows that to about 6×), and coarse-to-fine bidirectional GLNet on the 2048×1536
+profile image took 201 s in bf16 + channels-last against 35 s in float32. Its mask differed from
+float32's in 1 pixel of 3.1 million as made, and in 0.44% of the box's pixels (Jaccard 0.991)
+with both thresholded at float32's median probability, where untrained heads put half the pixels
+near the boundary; probabilities moved by up to 1e-3. On GPUs and on CPUs with AVX512-BF16/AMX,
+bf16 is the option to try; :func:`predict` notes when it runs on a CPU without native support.
+"""
+
+DEFAULT_CHANNELS_LAST = False
+"""``channels_last`` by default: off, as it bought no time on the CPU it was measured on.
+
+On the 2048×1536 profile image (``benchmarks/profile_inference.py``, docs/benchmarks.md) whole-image
+bidirectional GLNet took 132 s in channels-last against 138 s in the default layout and
+coarse-to-fine 35.1 s against 35.4 s (medians of 4), within the noise of a shared machine; one
+batch's local pass with its global→local crops, alternated in one process, took 1.02× as long.
+Its peak memory was 50–250 MB higher (layout conversions). Masks agreed on every pixel as made,
+and on all but 0.00013% at the median threshold; probabilities moved by at most 9e-8.
+"""
+
+_PREFETCH = True
+"""Read the next batch of patches on a background thread while the current one computes (tests
+turn it off to compare with reading in line)."""
+
+_T = TypeVar("_T")
+_END = object()
+
 
 class GlobalLocalInferer:
     """Runs a :class:`~glmed.models.glnet.GLNet` over a whole image, patch batch by patch batch.
@@ -51,9 +88,22 @@ class GlobalLocalInferer:
             moved there for the call and back afterwards.
         normalization: pixel scaling, as in training.
         progress: show a progress bar over patch batches.
+        amp: ``"bf16"`` runs the forward passes under bfloat16 autocast (CPU or CUDA);
+            probabilities, their averaging and the coarse mask stay float32. ``"off"``
+            (:data:`DEFAULT_AMP`, see there for the measured figures) computes in the model's
+            own type.
+        channels_last: keep the weights and inputs in channels-last memory for the call (the
+            model's own layout is restored afterwards). Not bit-identical to the default layout
+            (other convolution kernels round differently); off by default
+            (:data:`DEFAULT_CHANNELS_LAST` has the measured speed and agreement).
         settings: overrides of :data:`INFERENCE_SETTINGS` for this inferer's predictions
             (e.g. ``target_ratio=2.0``); the model's config (what it was trained and validated
             with, and what its checkpoint records) is left as it is.
+
+    The next batch of patches is read and normalised on a background thread while the current
+    one computes (a single worker, one batch ahead: memory grows by one batch of pixels), and
+    nothing inside the forward passes waits for the device, so on a GPU reading, transfers and
+    computing overlap; on a CPU, reading a slide's tiles overlaps with the network.
     """
 
     def __init__(
@@ -62,10 +112,14 @@ class GlobalLocalInferer:
         device: torch.device | str | None = None,
         normalization: Normalization = DEFAULT_NORMALIZATION,
         progress: bool = False,
+        amp: str = DEFAULT_AMP,
+        channels_last: bool = DEFAULT_CHANNELS_LAST,
         **settings: Any,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if amp not in AMP_MODES:
+            raise ValueError(f"unknown amp mode {amp!r}; choose one of {sorted(AMP_MODES)}")
         unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
         if unknown:
             raise TypeError(
@@ -75,6 +129,8 @@ class GlobalLocalInferer:
         self.device = None if device is None else torch.device(device)
         self.normalization = normalization
         self.progress = progress
+        self.amp = amp
+        self.channels_last = bool(channels_last)
         self.settings = {name: value for name, value in settings.items() if value is not None}
 
     def config_for(self, model: GLNet) -> GLNetConfig:
@@ -123,7 +179,10 @@ class GlobalLocalInferer:
         # runs in the middle of a stage, and the caller's model stays where the caller put it.
         modes = {module: module.training for module in model.modules()}
         model.eval().to(placement.device)
+        layouts = None
         try:
+            if self.channels_last:
+                layouts = _to_channels_last(model)
             dtype = label_dtype(config.num_classes)
             keep_thumbnail = thumbnail and out is None
             if out is None:
@@ -133,6 +192,11 @@ class GlobalLocalInferer:
             elif not np.can_cast(dtype, out.dtype):
                 raise ValueError(f"out is {out.dtype}, which cannot hold {model.config.num_classes} class indices; "
                                  f"use {dtype}")
+            if self.amp != "off" and placement.device.type == "cpu" and not _cpu_has_bf16():
+                result_notes = ["amp='bf16' on a CPU without native bfloat16 (no AVX512-BF16/AMX): its "
+                                "convolutions fall back to slow kernels, many times slower than float32"]
+            else:
+                result_notes = []
             with torch.inference_mode():
                 if global_only:
                     result = self._segment_global(model, config, reader, placement, out)
@@ -142,13 +206,15 @@ class GlobalLocalInferer:
                     whole = (0, 0, *reader.size)
                     result = self._segment(model, config, reader, placement, out, with_coarse, ledger, whole)
             two_class = config.num_classes == 2  # elsewhere class 0 is a class like the others (DeepGlobe)
-            result.notes += ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
+            result.notes += result_notes + ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
                              + box_edge_notes(result.mask, result.boxes, reader.size)
                              + size_notes(reader.size, config.trained_image_size))
             if keep_thumbnail:
                 result.thumbnail = reader.resized(thumbnail_size(reader.size))
             return result
         finally:
+            if layouts is not None:
+                _restore_layouts(layouts)
             model.to(home)
             for module, training in modes.items():
                 module.training = training
@@ -182,19 +248,31 @@ class GlobalLocalInferer:
         if mode.has_global:  # every mode but local_only, so bidirectional and global_only too
             global_image = self._global_input(reader, config.global_size, placement)
             global_size = spatial_size(global_image)
-            global_maps = model.global_features(global_image)
+            with self._autocast(placement):
+                global_maps = model.global_features(global_image)
             if mode is Sharing.BIDIRECTIONAL:
-                collecting = self._patch_batches(reader, grid, placement, "collecting local features")
-                batches = (
-                    (patches, boxes, torch.zeros(len(boxes), dtype=torch.long, device=placement.device))
-                    for _, boxes, patches in collecting
-                )
-                global_maps = model.global_features(global_image, collect_local_context(model, global_maps, batches))
+                # Boxes and index stay on the host: the canvas needs them there, the model gets them
+                # sent without waiting (collect_local_context).
+                with self._patch_batches(reader, grid, placement, "collecting local features") as collecting:
+                    batches = ((patches, boxes, torch.zeros(len(boxes), dtype=torch.long))
+                               for _, boxes, patches in collecting)
+                    with self._autocast(placement):
+                        context = collect_local_context(model, global_maps, batches)
+                del global_maps  # the second pass recomputes every map: the first pass's can go before it
+                with self._autocast(placement):
+                    global_maps = model.global_features(global_image, context)
+                del context
             if mode is Sharing.GLOBAL_ONLY:
-                global_logits = model.global_logits(global_maps, global_size)[0]
+                with self._autocast(placement):
+                    global_logits = model.global_logits(global_maps, global_size)[0]
                 return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse))
             if with_coarse:
-                coarse = upsample_to_labels(model.global_logits(global_maps, global_size)[0], size)
+                with self._autocast(placement):
+                    global_logits = model.global_logits(global_maps, global_size)[0]
+                coarse = upsample_to_labels(global_logits, size)
+                del global_logits
+            # Only the maps the local passes read stay alive through them (all twelve for g2l).
+            global_maps = {point: global_maps[point] for point in (*mode.global_to_local_points, FINAL)}
         # Resume at the start of the batch that held the first unfinished patch, so every patch is
         # batched as in an uninterrupted run (batch shape can change results in the last bits).
         unfinished = np.flatnonzero(grid.boxes[:, 2] > done)
@@ -209,7 +287,8 @@ class GlobalLocalInferer:
     ) -> SegmentationResult:
         """The global branch's own mask, upsampled into ``out``; no patch is read."""
         global_image = self._global_input(reader, config.global_size, placement)
-        logits = model.global_logits(model.global_features(global_image), spatial_size(global_image))[0]
+        with self._autocast(placement):
+            logits = model.global_logits(model.global_features(global_image), spatial_size(global_image))[0]
         upsample_to_labels(logits, out.shape, out=out)
         return SegmentationResult(mask=out, notes=["the global branch alone (global_only): no patch was refined"])
 
@@ -225,7 +304,9 @@ class GlobalLocalInferer:
     ) -> SegmentationResult:
         """Coarse mask from the global branch; GLNet passes over the relaxed boxes only."""
         global_image = self._global_input(reader, config.global_size, placement)
-        global_logits = model.global_logits(model.global_features(global_image), spatial_size(global_image))[0]
+        with self._autocast(placement):
+            global_logits = model.global_logits(model.global_features(global_image), spatial_size(global_image))[0]
+        del global_image
         foreground = global_logits.argmax(0).cpu().numpy() != 0
         min_size = patch_size_for(reader.size, (config.patch_size, config.patch_size))
         boxes = coarse_to_fine_boxes(foreground, reader.size, config.target_ratio, min_size, config.per_component)
@@ -256,41 +337,77 @@ class GlobalLocalInferer:
             return
         merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0], start_row, on_rows_written)
         patch_size = grid.patch_size
-        for pixel_boxes, boxes, patches in self._patch_batches(reader, grid, placement, "segmenting patches"):
-            index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
-            local_maps = model.local_features(patches, global_maps, boxes, index)
-            if global_maps is None:
-                logits = model.local_logits(local_maps, patch_size)
-            else:
-                local_final = local_maps[FINAL]
-                crop = model.crop_global(global_maps, FINAL, boxes, index, spatial_size(local_final))
-                logits = model.aggregated_logits(local_final, crop, patch_size)
-            probabilities = logits.float().softmax(dim=1).cpu()
-            for probs, box in zip(probabilities, pixel_boxes.tolist(), strict=True):
-                merger.add(probs, box)
+        with self._patch_batches(reader, grid, placement, "segmenting patches") as batches:
+            for pixel_boxes, host_boxes, patches in batches:
+                boxes = host_boxes.to(placement.device, non_blocking=True)
+                index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
+                with self._autocast(placement):
+                    local_maps = model.local_features(patches, global_maps, boxes, index)
+                    if global_maps is None:
+                        logits = model.local_logits(local_maps, patch_size)
+                        del local_maps
+                    else:
+                        local_final = local_maps[FINAL]
+                        del local_maps  # the shared maps are spent: only the final map goes on
+                        crop = model.crop_global(global_maps, FINAL, boxes, index, spatial_size(local_final))
+                        logits = model.aggregated_logits(local_final, crop, patch_size)
+                        del local_final, crop
+                del patches  # before the next batch's pass, not after it
+                probabilities = logits.float().softmax(dim=1).cpu()
+                del logits
+                for probs, box in zip(probabilities, pixel_boxes.tolist(), strict=True):
+                    merger.add(probs, box)
+                del probabilities, probs
         merger.finish()
+
+    def _autocast(self, placement: Placement) -> contextlib.AbstractContextManager[Any]:
+        """The forward passes' autocast context for ``amp`` on the placement's device (a no-op when off)."""
+        dtype = AMP_MODES[self.amp]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(placement.device.type, dtype=dtype)
 
     def _global_input(self, reader: ImageReader, side: int, placement: Placement) -> torch.Tensor:
         view = reader.resized((side, side))
-        return placement.put(to_model_input(view, self.normalization, name=reader.name)[None])
+        image = to_model_input(view, self.normalization, name=reader.name)[None]
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return placement.put(image)
 
+    @contextlib.contextmanager
     def _patch_batches(
         self, reader: ImageReader, grid: PatchGrid, placement: Placement, what: str
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-        """Yield ``(pixel boxes, boxes as fractions, normalised patches)``, one batch at a time.
+    ) -> Iterator[Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]]:
+        """Batches of ``(pixel boxes, boxes as fractions, normalised patches)``, for a ``with`` block.
 
-        The fractions and patches are placed like the model; each patch region is read once per call.
+        The patches are placed like the model; the fractions stay on the host (the caller sends
+        them where they are needed). Each patch region is read once. The next batch is read and
+        normalised on a background thread (:func:`_read_ahead`) while the caller computes the
+        current one; leaving the block waits for that thread, so ``reader`` may be closed after.
         """
         normalized = torch.tensor(grid.normalized(), dtype=torch.float32)
-        batches = iter_patch_batches(reader, grid.boxes, self.batch_size)
-        if self.progress:
-            from glmed.progress import progress_bar
+        pin = placement.device.type == "cuda"
 
-            total = -(-len(grid) // self.batch_size)
-            batches = progress_bar(batches, total=total, desc=f"{reader.name}: {what}", unit="batch", leave=False)
-        for batch in batches:
-            patches = placement.put(to_model_input(batch.pixels, self.normalization, name=reader.name))
-            yield batch.boxes, placement.put(normalized[batch.start : batch.start + len(batch.boxes)]), patches
+        def prepared() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+            for batch in iter_patch_batches(reader, grid.boxes, self.batch_size):
+                pixels = to_model_input(batch.pixels, self.normalization, name=reader.name)
+                if self.channels_last:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                if pin:  # page-locked, so the copy to the GPU need not wait
+                    pixels = pixels.pin_memory()
+                yield batch.boxes, normalized[batch.start : batch.start + len(batch.boxes)], pixels
+
+        with _read_ahead(prepared(), _PREFETCH) as ready:
+            batches: Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = ready
+            if self.progress:
+                from glmed.progress import progress_bar
+
+                total = -(-len(grid) // self.batch_size)
+                batches = progress_bar(ready, total=total, desc=f"{reader.name}: {what}", unit="batch", leave=False)
+            yield (
+                (pixel_boxes, boxes, pixels.to(device=placement.device, dtype=placement.dtype, non_blocking=pin))
+                for pixel_boxes, boxes, pixels in batches
+            )
 
 
 def predict(
@@ -308,6 +425,8 @@ def predict(
     target_ratio: float | None = None,
     per_component: bool | None = None,
     global_only: bool = False,
+    amp: str = DEFAULT_AMP,
+    channels_last: bool = DEFAULT_CHANNELS_LAST,
 ) -> SegmentationResult:
     """Segment a whole image of any size with ``model``; returns a full-size mask and more.
 
@@ -333,11 +452,17 @@ def predict(
             for this prediction (the model's by default).
         global_only: the global branch's mask alone, upsampled (no patch is read); what a
             global training stage is validated with.
+        amp: ``"bf16"`` runs the forward passes under bfloat16 autocast (CPU or CUDA), with
+            probabilities and their averaging in float32; ``"off"`` by default (see
+            :data:`DEFAULT_AMP` for the measured reason).
+        channels_last: weights and inputs in channels-last memory for this call; off by
+            default (see :data:`DEFAULT_CHANNELS_LAST` for the measured figures).
 
-    The model is left in the mode and on the device it was in.
+    The model is left in the mode, on the device and in the memory layout it was in.
     """
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
-                                 overlap=overlap, target_ratio=target_ratio, per_component=per_component)
+                                 amp=amp, channels_last=channels_last, overlap=overlap, target_ratio=target_ratio,
+                                 per_component=per_component)
     return inferer(model, image, out=out, with_coarse=with_coarse, thumbnail=thumbnail, global_only=global_only)
 
 
@@ -374,3 +499,76 @@ def _fill_outside(out: np.ndarray, boxes: list[Box], value: int, rows_per_chunk:
             out[top:bottom, column:c0] = value
             column = c1
         out[top:bottom, column:] = value
+
+
+@contextlib.contextmanager
+def _read_ahead(items: Iterator[_T], enabled: bool = True) -> Iterator[Iterator[_T]]:
+    """``items``, each produced on a background thread while the consumer works on the one before.
+
+    A single worker runs ``next(items)`` one item ahead of the consumer, so producing (reading,
+    decoding and normalising patches) overlaps with consuming (the network); the items, their
+    order and everything computed from them are what iterating ``items`` directly gives. An
+    exception raised while producing an item is raised again, the same object, where the
+    consumer asks for that item (e.g. an :class:`~glmed.io.base.ImageFormatError` naming the
+    file). Leaving the block, even through an exception, first waits for the worker, then closes
+    ``items``: whatever they read from may be closed right after.
+
+    Args:
+        items: an iterator that is never used by two threads at once (a generator is fine).
+        enabled: False yields ``items`` itself, produced in line.
+    """
+    if not enabled:
+        try:
+            yield items
+        finally:
+            _close(items)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glmed-read-ahead")
+    pending: Future[Any] = pool.submit(next, items, _END)
+
+    def consume() -> Iterator[_T]:
+        nonlocal pending
+        while True:
+            item = pending.result()
+            if item is _END:
+                return
+            pending = pool.submit(next, items, _END)
+            yield item
+
+    try:
+        yield consume()
+    finally:
+        pending.cancel()  # not started yet: never runs; running: waited for below
+        pool.shutdown(wait=True)
+        _close(items)
+
+
+def _close(items: Iterator[Any]) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
+
+
+def _to_channels_last(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Put ``model``'s 4-D weights in channels-last memory; returns those that were in the default layout.
+
+    The parameters stay the same objects (only their data is replaced), so an optimiser holding
+    them is unaffected and :func:`_restore_layouts` can put them back.
+    """
+    contiguous = [parameter for parameter in model.parameters() if parameter.dim() == 4 and parameter.is_contiguous()]
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from the stubs
+    return contiguous
+
+
+def _restore_layouts(contiguous: list[torch.nn.Parameter]) -> None:
+    """Give the tensors :func:`_to_channels_last` listed their default layout back (same values)."""
+    for tensor in contiguous:
+        tensor.data = tensor.data.contiguous()
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU has native bfloat16 convolutions (oneDNN's AVX512-BF16 or AMX kernels)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -30,7 +30,7 @@ import torch
 
 from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization
-from glmed.inference.inferer import GlobalLocalInferer
+from glmed.inference.inferer import DEFAULT_AMP, DEFAULT_CHANNELS_LAST, GlobalLocalInferer
 from glmed.inference.merging import label_dtype
 from glmed.io.base import ImageReader
 from glmed.io.open import ImageLike, open_as_reader
@@ -75,6 +75,8 @@ def predict_to_tiff(
     overlap: int | None = None,
     target_ratio: float | None = None,
     per_component: bool | None = None,
+    amp: str = DEFAULT_AMP,
+    channels_last: bool = DEFAULT_CHANNELS_LAST,
 ) -> SlidePrediction:
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
@@ -97,6 +99,9 @@ def predict_to_tiff(
         overlap: minimum overlap between patches for this prediction, as for :func:`glmed.predict`.
         target_ratio: coarse-to-fine's foreground : background in a box, as for :func:`glmed.predict`.
         per_component: coarse-to-fine's box per connected component, as for :func:`glmed.predict`.
+        amp: ``"bf16"`` for bfloat16 autocast of the forward passes, as for :func:`glmed.predict`.
+        channels_last: channels-last weights and inputs for the call, as for :func:`glmed.predict`.
+            Both change the mask's last bits, so a run resumes only with the settings it began with.
 
     Raises:
         ValueError: a lossy compression, a bad tile side, or a ``path`` that is a folder, does not
@@ -114,7 +119,8 @@ def predict_to_tiff(
                          "(for a PNG, use glmed.predict and glmed.io.writers.write_mask_png)")
     check_tile(path, tile)  # now, not after hours of inference
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
-                                 overlap=overlap, target_ratio=target_ratio, per_component=per_component)
+                                 amp=amp, channels_last=channels_last, overlap=overlap, target_ratio=target_ratio,
+                                 per_component=per_component)
     inferer.config_for(model)  # bad settings fail before the slide is opened
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
@@ -246,6 +252,11 @@ def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: Globa
         "device": placement.device.type,
         "dtype": str(placement.dtype),
     }
+    # Named only when not the default, so runs begun before these options existed still resume.
+    if inferer.amp != DEFAULT_AMP:
+        settings["amp"] = inferer.amp
+    if inferer.channels_last != DEFAULT_CHANNELS_LAST:
+        settings["channels_last"] = inferer.channels_last
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())

@@ -37,6 +37,30 @@ def test_predict_writes_the_mask_predict_gives(tmp_path, trained, capsys, name):
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["mask.png", "mask.tif"])
+@pytest.mark.parametrize("flags, expected", [([], {}), (["--amp", "bf16", "--channels-last"],
+                                                       {"amp": "bf16", "channels_last": True})])
+def test_amp_and_channels_last_reach_predict(tmp_path, trained, monkeypatch, name, flags, expected):
+    import glmed.inference.inferer as inferer
+    import glmed.inference.slide as slide
+
+    _, checkpoint, image = trained
+    calls = []
+
+    def spy(real):
+        def call(*args, **kwargs):
+            calls.append(kwargs)
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(inferer, "predict", spy(inferer.predict))
+    monkeypatch.setattr(slide, "predict_to_tiff", spy(slide.predict_to_tiff))
+    assert main(["predict", str(checkpoint), str(image), str(tmp_path / name), "--quiet", "--device", "cpu",
+                 *flags]) == 0
+    assert len(calls) == 1
+    assert {key: calls[0][key] for key in ("amp", "channels_last") if key in calls[0]} == expected
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing checkpoint", "checkpoint not found"),
     ("bad image", "ISIC_0000001.png"),
@@ -265,6 +289,7 @@ def test_another_checkpoint_recomputes_every_mask_and_says_what_changed(tmp_path
 
 
 @pytest.mark.parametrize("option, change", [(["--batch-size", "2"], "batch_size 4 → 2"),
+                                            (["--channels-last"], "channels_last None → True"),
                                             (["--format", "tif"], None)])
 def test_changed_options_recompute_every_mask(tmp_path, trained, capsys, option, change):
     _, checkpoint, _ = trained

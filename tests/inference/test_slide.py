@@ -196,3 +196,16 @@ def test_an_aperio_svs_read_through_openslide_round_trips(tmp_path):
     mask, levels = read_mask(written.path)
     np.testing.assert_array_equal(mask, expected)
     assert levels[0] == (300, 420)
+
+
+def test_a_run_resumes_only_with_the_layout_it_began_with(tmp_path, slide, monkeypatch):
+    torch.manual_seed(0)
+    model = GLNet(2, "resnet18", "local_only", **SIZES)
+    for resumed_layout in (False, True):  # channels-last changes the mask's last bits
+        with monkeypatch.context() as patched:
+            _fail_at_call(model, patched, 9)
+            with pytest.raises(RuntimeError):
+                predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3, channels_last=True)
+        result = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3, channels_last=resumed_layout)
+        resumed = any("resumed" in note for note in result.notes)
+        assert resumed == resumed_layout and (result.patches < 48) == resumed_layout
