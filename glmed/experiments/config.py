@@ -61,6 +61,10 @@ class RecipeConfig(GLNetConfig):
     local_weight: float = setting(1.0, "weight of the local branch's auxiliary loss")
     global_weight: float = setting(1.0, "weight of the global branch's auxiliary loss")
     fmreg_weight: float = setting(0.15, "lambda of the feature-map regulariser")
+    boundary_weight: float = setting(0.0, "weight of a training-only loss on a band around the label's edges "
+                                          "(0: off, the paper's objective)")
+    boundary_width: int = setting(3, "half-width in pixels of that band (patch pixels; downsampled pixels in the "
+                                     "global stage)")
     # optimisation
     global_lr: float = setting(1e-4, "Adam learning rate of the global parts")
     local_lr: float = setting(2e-5, "Adam learning rate of the local parts and aggregation head")
@@ -119,7 +123,8 @@ class RecipeConfig(GLNetConfig):
         need(self.split is None or (len(self.split) == 3 and min(self.split) > 0), "split",
              "three counts > 0: train, validation and test each need images")
         need(self.gamma >= 0, "gamma", ">= 0")
-        for name in ("main_weight", "local_weight", "global_weight", "fmreg_weight"):
+        need(self.boundary_width >= 1, "boundary_width", "at least 1 pixel")
+        for name in ("main_weight", "local_weight", "global_weight", "fmreg_weight", "boundary_weight"):
             need(getattr(self, name) >= 0, name, ">= 0")
         for name in ("global_lr", "local_lr"):
             need(0 < getattr(self, name) < 1, name, "in (0, 1)")

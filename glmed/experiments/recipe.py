@@ -216,7 +216,8 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
     model = build_network(recipe, config, pretrained=not files.last.is_file()).to(device)
     splits = prepare_data(recipe, config, out, resume, distributed, log, progress)
     loss = GLNetLoss(config.gamma, config.main_weight, config.local_weight, config.global_weight,
-                     config.fmreg_weight, ignore_index=recipe.ignore_index)
+                     config.fmreg_weight, ignore_index=recipe.ignore_index, boundary_weight=config.boundary_weight,
+                     boundary_width=config.boundary_width)
     trainer = GLNetTrainer(model, loss, config.global_lr, config.local_lr, config.patches_per_step,
                            distributed=distributed, amp=config.amp, channels_last=config.channels_last)
     sampler = StageSampler(model.config, **config.sampler_options())

@@ -16,6 +16,7 @@ from glmed.data.augment import Augmentation
 from glmed.data.stage_samples import StageSampler
 from glmed.metrics.validation import Metric
 from glmed.models.glnet import GLNet
+from glmed.models.losses import GLNetLoss
 from glmed.training.runner import Pair, StagedRunner, StepCallback
 from glmed.training.stages import Stage, paper_stages
 from glmed.training.trainer import GLNetTrainer
@@ -44,6 +45,7 @@ def fit(
     num_workers: int | None = None,
     augmentation: Augmentation | str | None = None,
     validate_every: int = 1,
+    boundary_weight: float = 0.0,
 ) -> pd.DataFrame:
     """Train ``model`` through ``stages``; each epoch visits every training pair once, in random order.
 
@@ -61,8 +63,8 @@ def fit(
             ``"fp16"`` (float16 autocast with gradient scaling; the model must be on a CUDA GPU).
         channels_last: keep the model's weights and the image batches in channels-last memory
             format (faster convolutions on recent GPUs, above all with ``amp``).
-        trainer: all optimisation settings at once (then ``global_lr``, ``local_lr``, ``amp``
-            and ``channels_last`` are not used).
+        trainer: all optimisation settings at once (then ``global_lr``, ``local_lr``, ``amp``,
+            ``channels_last`` and ``boundary_weight`` are not used).
         sampler: what each stage sees of an image (:class:`StageSampler` defaults).
         images_per_step: images per mini-batch.
         seed: drives image order, patch choice, box jitter and PyTorch's generator, per epoch.
@@ -82,6 +84,8 @@ def fit(
             a preset's name (``"dermoscopy"``, ``"histology"``, ``"aerial"``), or None for none.
         validate_every: validate after every this many epochs of a stage (and after its last);
             a stage that trains the global branch alone is scored on its own masks (``val_coarse_*``).
+        boundary_weight: weight of a training-only loss on a band around the labels' edges
+            (:class:`~glmed.models.losses.BoundaryLoss`); 0 leaves the paper's objective as it is.
 
     Returns:
         One row per epoch: ``epoch``, ``stage``, ``stage_epoch``, the mean of each loss term,
@@ -93,7 +97,8 @@ def fit(
         raise TypeError("fit(model, train, val=None, *, stages=...): the schedule now comes as stages=, after "
                         "the training pairs, e.g. fit(model, pairs, stages=paper_stages('g2l'))")
     runner = StagedRunner(
-        trainer or GLNetTrainer(model, global_lr=global_lr, local_lr=local_lr, amp=amp, channels_last=channels_last),
+        trainer or GLNetTrainer(model, GLNetLoss(boundary_weight=boundary_weight), global_lr=global_lr,
+                                local_lr=local_lr, amp=amp, channels_last=channels_last),
         sampler or StageSampler(model.config),
         paper_stages(model.sharing) if stages is None else stages, train, val, metric, out_dir,
         images_per_step=images_per_step, seed=seed, predict_batch_size=predict_batch_size,

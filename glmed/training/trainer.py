@@ -132,7 +132,11 @@ class StageStep(nn.Module):
         with torch.autocast(global_image.device.type, enabled=False):
             if self.global_only:
                 terms = {"global": self.loss.weights["global"] * self.loss.focal(logits.float(), global_label)}
-                return terms["global"], terms
+                total = terms["global"]
+                if self.loss.weights["boundary"] > 0:
+                    terms["boundary"] = self.loss.weights["boundary"] * self.loss.boundary(logits.float(), global_label)
+                    total = total + terms["boundary"]
+                return total, terms
             result = self.loss(_float32(output), patch_labels, global_label, skip=self.skip)
             return result.total, result.terms
 

@@ -180,3 +180,14 @@ def test_bad_masks_are_all_listed_before_the_run_starts(isic, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "2 problem(s)" in error and "ISIC_0000001_segmentation.png" in error and "ISIC_0000003" in error
     assert not (out / "config.json").exists()
+
+
+def test_the_boundary_loss_options_are_checked_before_any_work(isic, tmp_path, capsys):
+    from glmed.experiments.config import RecipeConfig
+
+    assert RecipeConfig(demo=True, boundary_weight=0.5).problems() == []
+    out = tmp_path / "run"
+    assert isic.main(["--demo", "--out", str(out), "--boundary-weight", "-1", "--boundary-width", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "--boundary-weight -1" in error and "--boundary-width 0" in error
+    assert not out.exists()

@@ -131,3 +131,30 @@ def test_bidirectional_stage_leaves_out_terms_that_could_only_reach_frozen_parts
     stage = paper_stages("bidirectional")[2]
     terms = trainer.train_epoch(stage, [bright_square_batch()], trainer.optimizer(stage))
     assert set(terms) == {"loss", "main", "global"}
+
+
+def test_the_trainers_collect_pass_stitches_what_a_full_local_pass_would_bit_for_bit(monkeypatch):
+    model = tiny("bidirectional").eval()
+    trainer = GLNetTrainer(model, collect_batch_size=3)
+    batch = bright_square_batch()
+    args = (batch["global_image"], batch["patches"], batch["boxes_normalized"].float(), batch["image_index"])
+    partial = trainer.collect_local_context(*args)  # the local branch stops at the shared maps
+    local_features = type(model).local_features
+    monkeypatch.setattr(model, "local_features", lambda *a, points=None, **k: local_features(model, *a, **k))
+    full = trainer.collect_local_context(*args)  # forced to compute every map, as before
+    assert set(partial) == set(full) and all(torch.equal(partial[name], full[name]) for name in full)
+
+
+@pytest.mark.parametrize("stage_index", [0, 1])
+def test_a_boundary_weight_adds_its_term_to_global_and_two_branch_steps(stage_index):
+    from glmed.models.losses import GLNetLoss
+
+    stage = paper_stages("g2l")[stage_index]
+    plain = GLNetTrainer(tiny("g2l"))
+    plain_terms = plain.train_epoch(stage, [bright_square_batch()], plain.optimizer(stage))
+    trainer = GLNetTrainer(tiny("g2l"), GLNetLoss(boundary_weight=2.0, boundary_width=2))
+    terms = trainer.train_epoch(stage, [bright_square_batch()], trainer.optimizer(stage))
+    assert "boundary" not in plain_terms
+    assert set(terms) == set(plain_terms) | {"boundary"}
+    assert terms["boundary"] > 0  # the bright squares have edges in every batch
+    assert terms["loss"] == pytest.approx(sum(v for k, v in terms.items() if k != "loss"), rel=1e-5)
