@@ -60,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action="store_true",
                         help="channels-last weights and inputs (faster convolutions on some CPUs and GPUs; the "
                              "mask can differ from the default layout's in a few pixels)")
+    parser.add_argument("--refine", choices=["box", "uncertain"], default=None,
+                        help="where the local branch runs: every patch of the image or of each coarse-to-fine box "
+                             "(box, the default), or only the patches where the global branch is unsure (uncertain); "
+                             "the others take the global branch's answer")
+    parser.add_argument("--margin", type=float, default=None, metavar="M",
+                        help="with --refine uncertain: the global branch is trusted where its top-class probability "
+                             "is at least 1 - M and one class covers the patch; in (0, 1), default 0.1")
     parser.add_argument("--no-resume", action="store_true",
                         help="start afresh: recompute masks a folder run already wrote, and interrupted TIFFs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -127,6 +134,10 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         return f"--tile must be a positive multiple of 16, got {args.tile}"
     if args.max_value is not None and not args.max_value > 0:
         return f"--max-value must be positive, got {args.max_value}"
+    if args.margin is not None and not 0 < args.margin < 1:
+        return f"--margin must be in (0, 1), got {args.margin}"
+    if args.margin is not None and args.refine != "uncertain":
+        return "--margin applies only with --refine uncertain (it says which patches to skip)"
     if args.device is not None:
         from glmed.models.checkpoint import device_problem
 
@@ -152,6 +163,11 @@ def _resume(args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type
         options["amp"] = args.amp
     if args.channels_last:
         options["channels_last"] = True
+    if args.refine not in (None, "box"):
+        from glmed.inference.refinement import DEFAULT_MARGIN
+
+        options["refine"] = args.refine
+        options["margin"] = DEFAULT_MARGIN if args.margin is None else args.margin
     if args.format == "tif":
         options["tile"] = args.tile
     record = RunRecord(checkpoint=file_digest(args.checkpoint), checkpoint_path=str(args.checkpoint),
@@ -201,6 +217,10 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
         options["amp"] = args.amp
     if args.channels_last:
         options["channels_last"] = True
+    if args.refine is not None:
+        options["refine"] = args.refine
+    if args.margin is not None:
+        options["margin"] = args.margin
     result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)
@@ -211,6 +231,8 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
     refined = f", refined {len(result.boxes)} box(es)" if result.boxes else ""
     notes = "".join(f"\nnote: {note}" for note in result.notes)
     patches = f"{result.patches} patch" + ("" if result.patches == 1 else "es")
+    if result.patches_skipped:
+        patches += f" ({result.patches_skipped} more took the global branch's answer)"
     return f"wrote {out}: {image.name} segmented with {patches}{refined}{notes}"
 
 

@@ -23,12 +23,20 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
-from glmed.conventions import Box
+from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization, to_model_input
 from glmed.data.samples import iter_patch_batches
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
 from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
-from glmed.inference.notes import box_edge_notes, cover_notes, foreground_fraction, size_notes
+from glmed.inference.notes import box_edge_notes, cover_notes, foreground_fraction, refine_notes, size_notes
+from glmed.inference.refinement import (
+    DEFAULT_MARGIN,
+    DEFAULT_REFINE,
+    global_answers,
+    in_grid_order,
+    refine_problem,
+    uncertain_patches,
+)
 from glmed.inference.result import SegmentationResult, thumbnail_size
 from glmed.io.base import ImageReader
 from glmed.io.open import ImageLike, open_as_reader
@@ -96,6 +104,20 @@ class GlobalLocalInferer:
             model's own layout is restored afterwards). Not bit-identical to the default layout
             (other convolution kernels round differently); off by default
             (:data:`DEFAULT_CHANNELS_LAST` has the measured speed and agreement).
+        refine: where the local branch runs inside the region GLNet segments (the whole image,
+            or each coarse-to-fine box). ``"box"`` (:data:`~glmed.inference.refinement.DEFAULT_REFINE`,
+            the paper's way): on every patch. ``"uncertain"``: only on the patches where the
+            region's first, context-free global pass is unsure
+            (:func:`~glmed.inference.refinement.uncertain_patches`); the others take that pass's
+            probabilities sampled at their window, so they cost no patch read and no local pass.
+            A bidirectional model then collects local context from the refined patches only: the
+            stitched local→global maps are 0 elsewhere, so the global branch's second pass sees
+            local context only around the uncertain area. ``result.coarse`` is then the first
+            pass's mask (what the decision and the skipped patches used). Needs a global branch
+            (refused for ``local_only``); a ``global_only`` prediction ignores it.
+        margin: with ``refine="uncertain"``, a pixel of the global map is confident when its
+            top-class probability is at least ``1 - margin``; in (0, 1), 0.1 by default
+            (:data:`~glmed.inference.refinement.DEFAULT_MARGIN` says why). Unused by ``"box"``.
         settings: overrides of :data:`INFERENCE_SETTINGS` for this inferer's predictions
             (e.g. ``target_ratio=2.0``); the model's config (what it was trained and validated
             with, and what its checkpoint records) is left as it is.
@@ -114,12 +136,17 @@ class GlobalLocalInferer:
         progress: bool = False,
         amp: str = DEFAULT_AMP,
         channels_last: bool = DEFAULT_CHANNELS_LAST,
+        refine: str = DEFAULT_REFINE,
+        margin: float = DEFAULT_MARGIN,
         **settings: Any,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if amp not in AMP_MODES:
             raise ValueError(f"unknown amp mode {amp!r}; choose one of {sorted(AMP_MODES)}")
+        problem = refine_problem(refine, margin)
+        if problem is not None:
+            raise ValueError(problem)
         unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
         if unknown:
             raise TypeError(
@@ -131,10 +158,20 @@ class GlobalLocalInferer:
         self.progress = progress
         self.amp = amp
         self.channels_last = bool(channels_last)
+        self.refine = refine
+        self.margin = float(margin)
         self.settings = {name: value for name, value in settings.items() if value is not None}
 
     def config_for(self, model: GLNet) -> GLNetConfig:
-        """``model``'s config with this inferer's overrides (validated like the model's own)."""
+        """``model``'s config with this inferer's overrides (validated like the model's own).
+
+        Raises:
+            ValueError: an override the model cannot take, or ``refine="uncertain"`` for a model
+                without a global branch (``local_only``), which has nothing to be unsure with.
+        """
+        if self.refine == "uncertain" and not model.sharing.has_global:
+            raise ValueError(f"refine='uncertain' skips patches where the global branch is confident; this model's "
+                             f"sharing is {model.sharing.value!r}, without a global branch: use refine='box'")
         if not self.settings:
             return model.config
         foreign = sorted(name for name in self.settings if not hasattr(model.config, name))
@@ -205,6 +242,9 @@ class GlobalLocalInferer:
                 else:
                     whole = (0, 0, *reader.size)
                     result = self._segment(model, config, reader, placement, out, with_coarse, ledger, whole)
+            if self.refine == "uncertain" and not global_only:
+                result_notes += refine_notes(result.patches, result.patches_skipped, self.margin,
+                                             len(result.boxes) if isinstance(model, CoarseToFineGLNet) else None)
             two_class = config.num_classes == 2  # elsewhere class 0 is a class like the others (DeepGlobe)
             result.notes += result_notes + ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
                              + box_edge_notes(result.mask, result.boxes, reader.size)
@@ -235,7 +275,9 @@ class GlobalLocalInferer:
         """Plain GLNet over a whole image (or a region's view) into ``out``.
 
         ``with_coarse`` also upsamples the global branch's own mask to full size. ``region``
-        names the part of the original image this is, for the ledger.
+        names the part of the original image this is, for the ledger. With ``refine="uncertain"``
+        the local branch runs only on the patches the first global pass is unsure about; the
+        others take that pass's answer (:mod:`glmed.inference.refinement`).
         """
         mode = model.sharing
         size = reader.size
@@ -245,15 +287,22 @@ class GlobalLocalInferer:
             return SegmentationResult(mask=out)  # finished by an earlier run
         global_maps: dict[str, torch.Tensor] | None = None
         coarse = None
+        first_logits = None  # the context-free pass's own answer, where refine="uncertain" uses it
+        refined = np.ones(len(grid), dtype=bool)  # which patches the local branch runs on
         if mode.has_global:  # every mode but local_only, so bidirectional and global_only too
             global_image = self._global_input(reader, config.global_size, placement)
             global_size = spatial_size(global_image)
             with self._autocast(placement):
                 global_maps = model.global_features(global_image)
-            if mode is Sharing.BIDIRECTIONAL:
+            if self.refine == "uncertain" and mode.has_local:
+                with self._autocast(placement):
+                    first_logits = model.global_logits(global_maps, global_size)[0].float()
+                refined = uncertain_patches(first_logits, grid.normalized(), self.margin)
+            if mode is Sharing.BIDIRECTIONAL and refined.any():
                 # Boxes and index stay on the host: the canvas needs them there, the model gets them
                 # sent without waiting (collect_local_context).
-                with self._patch_batches(reader, grid, placement, "collecting local features") as collecting:
+                collected = PatchGrid(grid.image_size, grid.boxes[refined])
+                with self._patch_batches(reader, collected, placement, "collecting local features") as collecting:
                     batches = ((patches, boxes, torch.zeros(len(boxes), dtype=torch.long))
                                for _, boxes, patches in collecting)
                     with self._autocast(placement):
@@ -266,21 +315,26 @@ class GlobalLocalInferer:
                 with self._autocast(placement):
                     global_logits = model.global_logits(global_maps, global_size)[0]
                 return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse))
-            if with_coarse:
+            if with_coarse and first_logits is not None:
+                coarse = upsample_to_labels(first_logits, size)
+            elif with_coarse:
                 with self._autocast(placement):
                     global_logits = model.global_logits(global_maps, global_size)[0]
                 coarse = upsample_to_labels(global_logits, size)
                 del global_logits
             # Only the maps the local passes read stay alive through them (all twelve for g2l).
             global_maps = {point: global_maps[point] for point in (*mode.global_to_local_points, FINAL)}
-        # Resume at the start of the batch that held the first unfinished patch, so every patch is
-        # batched as in an uninterrupted run (batch shape can change results in the last bits).
-        unfinished = np.flatnonzero(grid.boxes[:, 2] > done)
-        start = int(unfinished[0]) - int(unfinished[0]) % self.batch_size if unfinished.size else len(grid)
+        # Resume at the start of the batch that held the first unfinished refined patch, so every
+        # patch is batched as in an uninterrupted run (batch shape can change results in the last bits).
+        start = _resume_start(grid.boxes[:, 2] > done, refined, self.batch_size)
         remaining = PatchGrid(grid.image_size, grid.boxes[start:])
+        refined = refined[start:]
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))
-        self._stitch_patches(model, reader, remaining, global_maps, placement, out, done, record)
-        return SegmentationResult(mask=out, coarse=coarse, patches=len(remaining))
+        self._stitch_patches(model, reader, remaining, global_maps, placement, out, done, record, refined,
+                             first_logits)
+        local_patches = int(refined.sum())
+        return SegmentationResult(mask=out, coarse=coarse, patches=local_patches,
+                                  patches_skipped=len(remaining) - local_patches)
 
     def _segment_global(
         self, model: GLNet, config: GLNetConfig, reader: ImageReader, placement: Placement, out: np.ndarray
@@ -315,12 +369,12 @@ class GlobalLocalInferer:
             return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse), notes=[note])
         coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
         _fill_outside(out, boxes, 0)  # inside the boxes, a resumed run keeps what it wrote
-        patches = 0
+        patches = skipped = 0
         for box in boxes:
             view = out[box[0] : box[2], box[1] : box[3]]
-            patches += self._segment(model, config, RegionReader(reader, box), placement, view, False, ledger,
-                                     box).patches
-        return SegmentationResult(mask=out, coarse=coarse, boxes=boxes, patches=patches)
+            part = self._segment(model, config, RegionReader(reader, box), placement, view, False, ledger, box)
+            patches, skipped = patches + part.patches, skipped + part.patches_skipped
+        return SegmentationResult(mask=out, coarse=coarse, boxes=boxes, patches=patches, patches_skipped=skipped)
 
     def _stitch_patches(
         self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: dict[str, torch.Tensor] | None,
@@ -328,37 +382,67 @@ class GlobalLocalInferer:
         out: np.ndarray,
         start_row: int = 0,
         on_rows_written: Callable[[int], None] | None = None,
+        refined: np.ndarray | None = None,
+        global_logits: torch.Tensor | None = None,
     ) -> None:
-        """Run the local (and aggregation) heads on every patch of ``grid``, averaged into ``out``.
+        """Every patch of ``grid``'s probabilities, averaged into ``out`` in grid order.
 
-        The patches' probabilities are averaged into the rows of ``out`` from ``start_row`` down.
+        The patches ``refined`` marks (all by default) go through the local (and aggregation)
+        heads, in batches of the refined ones only; the others take ``global_logits`` (``K×h×w``,
+        the region's global answer) sampled at their windows. The probabilities are averaged into
+        the rows of ``out`` from ``start_row`` down.
         """
         if not len(grid):
             return
+        if refined is None:
+            refined = np.ones(len(grid), dtype=bool)
         merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0], start_row, on_rows_written)
         patch_size = grid.patch_size
-        with self._patch_batches(reader, grid, placement, "segmenting patches") as batches:
-            for pixel_boxes, host_boxes, patches in batches:
-                boxes = host_boxes.to(placement.device, non_blocking=True)
-                index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
-                with self._autocast(placement):
-                    local_maps = model.local_features(patches, global_maps, boxes, index)
-                    if global_maps is None:
-                        logits = model.local_logits(local_maps, patch_size)
-                        del local_maps
-                    else:
-                        local_final = local_maps[FINAL]
-                        del local_maps  # the shared maps are spent: only the final map goes on
-                        crop = model.crop_global(global_maps, FINAL, boxes, index, spatial_size(local_final))
-                        logits = model.aggregated_logits(local_final, crop, patch_size)
-                        del local_final, crop
-                del patches  # before the next batch's pass, not after it
-                probabilities = logits.float().softmax(dim=1).cpu()
-                del logits
-                for probs, box in zip(probabilities, pixel_boxes.tolist(), strict=True):
-                    merger.add(probs, box)
-                del probabilities, probs
+        local_grid = PatchGrid(grid.image_size, grid.boxes[refined])
+        skipped_boxes = grid.normalized()[~refined]
+        if len(skipped_boxes) and global_logits is None:
+            raise ValueError("patches that skip the local branch need the global branch's logits")
+        answers_from_global = (global_answers(global_logits, skipped_boxes, patch_size, self.batch_size)
+                               if global_logits is not None else iter(()))
+        reading: contextlib.AbstractContextManager[Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]] = (
+            self._patch_batches(reader, local_grid, placement, "segmenting patches") if len(local_grid)
+            else contextlib.nullcontext(iter(())))
+        with reading as batches:
+            refined_answers = self._refined_answers(model, batches, global_maps, placement, patch_size)
+            answers = in_grid_order(refined, refined_answers, answers_from_global)
+            for probabilities, box in zip(answers, grid.boxes.tolist(), strict=True):
+                merger.add(probabilities, box)
+            del probabilities
         merger.finish()
+
+    def _refined_answers(
+        self,
+        model: GLNet,
+        batches: Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
+        global_maps: dict[str, torch.Tensor] | None,
+        placement: Placement,
+        patch_size: Size,
+    ) -> Iterator[torch.Tensor]:
+        """Each patch's ``K×p×p`` probabilities from the local (and aggregation) heads, batch by batch, on the host."""
+        for _, host_boxes, patches in batches:
+            boxes = host_boxes.to(placement.device, non_blocking=True)
+            index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
+            with self._autocast(placement):
+                local_maps = model.local_features(patches, global_maps, boxes, index)
+                if global_maps is None:
+                    logits = model.local_logits(local_maps, patch_size)
+                    del local_maps
+                else:
+                    local_final = local_maps[FINAL]
+                    del local_maps  # the shared maps are spent: only the final map goes on
+                    crop = model.crop_global(global_maps, FINAL, boxes, index, spatial_size(local_final))
+                    logits = model.aggregated_logits(local_final, crop, patch_size)
+                    del local_final, crop
+            del patches  # before the next batch's pass, not after it
+            probabilities = logits.float().softmax(dim=1).cpu()
+            del logits
+            yield from probabilities
+            del probabilities
 
     def _autocast(self, placement: Placement) -> contextlib.AbstractContextManager[Any]:
         """The forward passes' autocast context for ``amp`` on the placement's device (a no-op when off)."""
@@ -427,6 +511,8 @@ def predict(
     global_only: bool = False,
     amp: str = DEFAULT_AMP,
     channels_last: bool = DEFAULT_CHANNELS_LAST,
+    refine: str = DEFAULT_REFINE,
+    margin: float = DEFAULT_MARGIN,
 ) -> SegmentationResult:
     """Segment a whole image of any size with ``model``; returns a full-size mask and more.
 
@@ -457,12 +543,21 @@ def predict(
             :data:`DEFAULT_AMP` for the measured reason).
         channels_last: weights and inputs in channels-last memory for this call; off by
             default (see :data:`DEFAULT_CHANNELS_LAST` for the measured figures).
+        refine: ``"box"`` (default) runs the local branch on every patch of the image, or of each
+            coarse-to-fine box; ``"uncertain"`` only on the patches where the global branch's
+            first pass of that region is unsure (more than one class, or a top-class probability
+            under ``1 - margin``, around the patch), the others taking the global branch's answer.
+            ``result.patches`` counts the refined patches, ``result.patches_skipped`` the others.
+            See :class:`GlobalLocalInferer` for what changes for bidirectional models.
+        margin: with ``refine="uncertain"``, how unsure the global branch may be and still be
+            trusted: confident means a top-class probability of at least ``1 - margin``; in (0, 1),
+            0.1 by default (:data:`~glmed.inference.refinement.DEFAULT_MARGIN`).
 
     The model is left in the mode, on the device and in the memory layout it was in.
     """
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
-                                 amp=amp, channels_last=channels_last, overlap=overlap, target_ratio=target_ratio,
-                                 per_component=per_component)
+                                 amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
+                                 target_ratio=target_ratio, per_component=per_component)
     return inferer(model, image, out=out, with_coarse=with_coarse, thumbnail=thumbnail, global_only=global_only)
 
 
@@ -484,6 +579,31 @@ class RowLedger(Protocol):
 
     def record(self, region: Box, rows: int) -> None:
         """``rows`` rows of ``region`` are now written."""
+
+
+def _resume_start(unfinished: np.ndarray, refined: np.ndarray, batch_size: int) -> int:
+    """The grid index a resumed pass starts from, so every refined patch is batched as in a whole run.
+
+    The local branch runs on the refined patches in batches of ``batch_size`` (counted over the
+    refined ones only), and a batch's shape can change its results in the last bits; so the
+    pass starts at the first unfinished patch, or earlier, at the start of the batch holding the
+    first refined patch from there on. Patches above the rows already written add nothing.
+
+    Args:
+        unfinished: ``N`` booleans in grid order, True for a patch reaching rows not yet written.
+        refined: ``N`` booleans, True for a patch the local branch runs on.
+        batch_size: refined patches per forward pass.
+
+    Returns:
+        An index into the grid; ``N`` when every patch is finished.
+    """
+    waiting = np.flatnonzero(unfinished)
+    first = int(waiting[0]) if waiting.size else len(unfinished)
+    order = np.flatnonzero(refined)  # grid indices of the refined patches, in batching order
+    position = int(np.searchsorted(order, first))  # the first refined patch at or after `first`
+    if position == len(order):
+        return first
+    return min(first, int(order[position - position % batch_size]))
 
 
 def _fill_outside(out: np.ndarray, boxes: list[Box], value: int, rows_per_chunk: int = 1024) -> None:

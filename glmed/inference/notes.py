@@ -92,3 +92,20 @@ def size_notes(image_size: Size, trained_size: Sequence[int] | None) -> list[str
     return [f"the image is {image_size[0]}×{image_size[1]}, its longer side {seen / trained:.1f}× that of the "
             f"training images (typically {trained_size[0]}×{trained_size[1]}): structures appear at another "
             "scale than the model learned, so expect a weaker result"]
+
+
+def refine_notes(refined: int, skipped: int, margin: float, boxes: int | None) -> list[str]:
+    """What ``refine="uncertain"`` did: how many patches the local branch ran on, and why the others not.
+
+    Args:
+        refined: patches the local branch processed.
+        skipped: patches that took the global branch's answer.
+        margin: the confidence margin used.
+        boxes: how many coarse-to-fine boxes were refined; None for a plain GLNet (the whole image).
+    """
+    total = refined + skipped
+    if not total:
+        return []
+    where = "in the image" if boxes is None else ("in the box" if boxes == 1 else f"in the {boxes} boxes")
+    return [f"refined {refined} of {total} patches {where}; {skipped} took the global branch's answer "
+            f"(confident: top-class probability ≥ {1 - margin:g} and one class throughout)"]

@@ -40,6 +40,8 @@ class SegmentationResult:
         notes: plain-language remarks about this prediction.
         thumbnail: the image downsampled to at most :data:`THUMBNAIL_SIDE` pixels on its
             longer side (``h×w×C`` as read), for a quick look; None when not made.
+        patches_skipped: patches of the refined regions that took the global branch's answer
+            instead of the local branch's (``refine="uncertain"``); 0 with ``refine="box"``.
     """
 
     mask: np.ndarray
@@ -48,9 +50,10 @@ class SegmentationResult:
     patches: int = 0
     notes: list[str] = field(default_factory=list)
     thumbnail: np.ndarray | None = field(default=None, repr=False)
+    patches_skipped: int = 0
 
     def summary(self) -> str:
-        """One line: size, foreground share, boxes refined, patches, notes (no array contents).
+        """One line: size, foreground share, boxes refined, patches (and those skipped), notes (no array contents).
 
         The foreground is counted a band of rows at a time, so a memory-mapped mask of a slide
         is never loaded whole.
@@ -58,7 +61,8 @@ class SegmentationResult:
         height, width = self.mask.shape[:2]
         return (f"{height}×{width}, foreground {_percent(foreground_fraction(self.mask))}, "
                 f"{_count(len(self.boxes), 'box', 'boxes')}, {_count(self.patches, 'patch', 'patches')}, "
-                f"{_count(len(self.notes), 'note', 'notes')}")
+                + (f"{self.patches_skipped} skipped, " if self.patches_skipped else "")
+                + f"{_count(len(self.notes), 'note', 'notes')}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.summary()})"

@@ -32,6 +32,7 @@ from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization
 from glmed.inference.inferer import DEFAULT_AMP, DEFAULT_CHANNELS_LAST, GlobalLocalInferer
 from glmed.inference.merging import label_dtype
+from glmed.inference.refinement import DEFAULT_MARGIN, DEFAULT_REFINE
 from glmed.io.base import ImageReader
 from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.writers import atomic_path, check_tile, write_pyramidal_tiff
@@ -51,6 +52,7 @@ class SlidePrediction:
         boxes: regions refined at full resolution by coarse-to-fine models (end-exclusive).
         patches: full-resolution patches the local branch processed.
         notes: plain-language remarks about this prediction.
+        patches_skipped: patches that took the global branch's answer (``refine="uncertain"``).
     """
 
     path: Path
@@ -58,6 +60,7 @@ class SlidePrediction:
     boxes: list[Box] = field(default_factory=list)
     patches: int = 0
     notes: list[str] = field(default_factory=list)
+    patches_skipped: int = 0
 
 
 def predict_to_tiff(
@@ -77,6 +80,8 @@ def predict_to_tiff(
     per_component: bool | None = None,
     amp: str = DEFAULT_AMP,
     channels_last: bool = DEFAULT_CHANNELS_LAST,
+    refine: str = DEFAULT_REFINE,
+    margin: float = DEFAULT_MARGIN,
 ) -> SlidePrediction:
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
@@ -102,9 +107,14 @@ def predict_to_tiff(
         amp: ``"bf16"`` for bfloat16 autocast of the forward passes, as for :func:`glmed.predict`.
         channels_last: channels-last weights and inputs for the call, as for :func:`glmed.predict`.
             Both change the mask's last bits, so a run resumes only with the settings it began with.
+        refine: ``"uncertain"`` runs the local branch only where the global branch is unsure, as
+            for :func:`glmed.predict`; ``"box"`` (default) on every patch.
+        margin: how unsure the global branch may be and still be trusted, as for :func:`glmed.predict`.
+            Both are part of what a run resumes with.
 
     Raises:
-        ValueError: a lossy compression, a bad tile side, or a ``path`` that is a folder, does not
+        ValueError: a lossy compression, a bad tile side, a ``refine``/``margin`` out of range (or
+            ``refine="uncertain"`` for a ``local_only`` model), or a ``path`` that is a folder, does not
             end in ``.tif``/``.tiff``, or whose folder does not exist (all checked before any inference).
     """
     if compression not in ("zlib", "lzw", None):
@@ -119,8 +129,8 @@ def predict_to_tiff(
                          "(for a PNG, use glmed.predict and glmed.io.writers.write_mask_png)")
     check_tile(path, tile)  # now, not after hours of inference
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
-                                 amp=amp, channels_last=channels_last, overlap=overlap, target_ratio=target_ratio,
-                                 per_component=per_component)
+                                 amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
+                                 target_ratio=target_ratio, per_component=per_component)
     inferer.config_for(model)  # bad settings fail before the slide is opened
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
@@ -139,7 +149,7 @@ def predict_to_tiff(
     notes = list(result.notes)
     if scratch.resumed:
         notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
-    return SlidePrediction(path, size, result.boxes, result.patches, notes)
+    return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped)
 
 
 class ScratchMask:
@@ -257,6 +267,9 @@ def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: Globa
         settings["amp"] = inferer.amp
     if inferer.channels_last != DEFAULT_CHANNELS_LAST:
         settings["channels_last"] = inferer.channels_last
+    if inferer.refine != DEFAULT_REFINE:  # the margin counts only where patches may be skipped
+        settings["refine"] = inferer.refine
+        settings["margin"] = inferer.margin
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())

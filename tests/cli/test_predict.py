@@ -39,8 +39,11 @@ def test_predict_writes_the_mask_predict_gives(tmp_path, trained, capsys, name):
 
 @pytest.mark.parametrize("name", ["mask.png", "mask.tif"])
 @pytest.mark.parametrize("flags, expected", [([], {}), (["--amp", "bf16", "--channels-last"],
-                                                       {"amp": "bf16", "channels_last": True})])
-def test_amp_and_channels_last_reach_predict(tmp_path, trained, monkeypatch, name, flags, expected):
+                                                       {"amp": "bf16", "channels_last": True}),
+                                          (["--refine", "uncertain", "--margin", "0.25"],
+                                           {"refine": "uncertain", "margin": 0.25}),
+                                          (["--refine", "box"], {"refine": "box"})])
+def test_amp_channels_last_and_refine_reach_predict(tmp_path, trained, monkeypatch, name, flags, expected):
     import glmed.inference.inferer as inferer
     import glmed.inference.slide as slide
 
@@ -58,7 +61,8 @@ def test_amp_and_channels_last_reach_predict(tmp_path, trained, monkeypatch, nam
     assert main(["predict", str(checkpoint), str(image), str(tmp_path / name), "--quiet", "--device", "cpu",
                  *flags]) == 0
     assert len(calls) == 1
-    assert {key: calls[0][key] for key in ("amp", "channels_last") if key in calls[0]} == expected
+    options = ("amp", "channels_last", "refine", "margin")
+    assert {key: calls[0][key] for key in options if key in calls[0]} == expected
 
 
 @pytest.mark.parametrize("case, message", [
@@ -195,6 +199,37 @@ def test_a_bad_tile_is_refused_before_any_work(tmp_path, trained, capsys):
     assert _one_line_error(capsys) == "glmed predict: --tile must be a positive multiple of 16, got 100"
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--refine", "uncertain", "--margin", "1.5"], "--margin must be in (0, 1), got 1.5"),
+    (["--refine", "uncertain", "--margin", "0"], "--margin must be in (0, 1), got 0.0"),
+    (["--margin", "0.2"], "--margin applies only with --refine uncertain (it says which patches to skip)"),
+    (["--refine", "box", "--margin", "0.2"], "--margin applies only with --refine uncertain"),
+])
+def test_a_bad_margin_is_refused_before_any_work(tmp_path, trained, capsys, monkeypatch, flags, message):
+    _, checkpoint, image = trained
+    monkeypatch.setattr("glmed.models.checkpoint.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert _predict(checkpoint, image, tmp_path / "mask.png", "--device", "cpu", *flags) == 1
+    assert _one_line_error(capsys).startswith(f"glmed predict: {message}")
+
+
+def test_a_refined_run_says_how_many_patches_took_the_global_answer(tmp_path, trained, capsys):
+    model, _, image = trained
+    with torch.no_grad():  # a global branch sure of the background everywhere: every patch is skipped
+        model.global_head.weight.zero_()
+        model.global_head.bias.copy_(torch.tensor([8.0, 0.0]))
+    save_checkpoint(tmp_path / "sure.pt", model)
+    out = tmp_path / "mask.png"
+    assert _predict(tmp_path / "sure.pt", image, out, "--device", "cpu", "--refine", "uncertain", "--margin",
+                    "0.4") == 0
+    expected = glmed.predict(model, image, refine="uncertain", margin=0.4)
+    assert expected.patches_skipped == 9 and not expected.mask.any()
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), expected.mask * 255)
+    printed = capsys.readouterr().out
+    assert (f"segmented with {expected.patches} patches ({expected.patches_skipped} more took the global "
+            "branch's answer)") in printed
+    assert f"note: refined {expected.patches} of " in printed
+
+
 def test_every_failure_in_a_folder_run_names_its_image(tmp_path, trained, capsys, monkeypatch):
     import glmed.inference.inferer as inferer
 
@@ -290,6 +325,7 @@ def test_another_checkpoint_recomputes_every_mask_and_says_what_changed(tmp_path
 
 @pytest.mark.parametrize("option, change", [(["--batch-size", "2"], "batch_size 4 → 2"),
                                             (["--channels-last"], "channels_last None → True"),
+                                            (["--refine", "uncertain"], "margin None → 0.1; refine None → 'uncertain'"),
                                             (["--format", "tif"], None)])
 def test_changed_options_recompute_every_mask(tmp_path, trained, capsys, option, change):
     _, checkpoint, _ = trained
@@ -303,6 +339,19 @@ def test_changed_options_recompute_every_mask(tmp_path, trained, capsys, option,
     printed = capsys.readouterr().out
     assert "made by another run" in printed and change in printed and printed.count("wrote ") == 3
     assert all(_mtimes(out)[name] != before[name] for name in before)
+
+
+def test_refine_box_keeps_the_masks_of_a_run_without_it(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images, out = _images(tmp_path / "images"), tmp_path / "masks"
+    assert _predict(checkpoint, images, out, "--device", "cpu") == 0  # a record without refine, as older runs
+    capsys.readouterr()
+    assert _predict(checkpoint, images, out, "--device", "cpu", "--refine", "box") == 0
+    assert "kept 3 mask(s)" in capsys.readouterr().out
+    assert _predict(checkpoint, images, out, "--device", "cpu", "--refine", "uncertain", "--margin", "0.3") == 0
+    assert "refine None → 'uncertain'" in capsys.readouterr().out
+    assert _predict(checkpoint, images, out, "--device", "cpu", "--refine", "uncertain", "--margin", "0.2") == 0
+    assert "margin 0.3 → 0.2" in capsys.readouterr().out
 
 
 def test_masks_without_a_record_are_recomputed(tmp_path, trained, capsys):

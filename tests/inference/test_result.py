@@ -29,6 +29,12 @@ def test_repr_counts_in_plural_and_never_rounds_some_foreground_to_nothing():
         "SegmentationResult(4×4, foreground 0.0%, 0 boxes, 0 patches, 0 notes)")
 
 
+def test_repr_counts_the_patches_that_took_the_global_answer_only_when_there_are_some():
+    assert repr(a_result(patches=12, patches_skipped=18)) == (
+        "SegmentationResult(40×50, foreground 20.0%, 0 boxes, 12 patches, 18 skipped, 0 notes)")
+    assert "skipped" not in repr(a_result(patches=12))
+
+
 def test_repr_of_a_memory_mapped_mask(tmp_path):
     mask = np.lib.format.open_memmap(tmp_path / "mask.npy", mode="w+", dtype=np.uint8, shape=(3000, 20))
     mask[:1500] = 1
@@ -39,9 +45,10 @@ def test_still_a_dataclass_with_its_fields_in_order():
     import dataclasses
 
     fields = dataclasses.fields(SegmentationResult)
-    assert [f.name for f in fields] == ["mask", "coarse", "boxes", "patches", "notes", "thumbnail"]
+    assert [f.name for f in fields] == ["mask", "coarse", "boxes", "patches", "notes", "thumbnail", "patches_skipped"]
     result = SegmentationResult(np.zeros((2, 2), np.uint8))
-    assert (result.coarse, result.boxes, result.patches, result.notes, result.thumbnail) == (None, [], 0, [], None)
+    assert (result.coarse, result.boxes, result.patches, result.notes, result.thumbnail, result.patches_skipped) == (
+        None, [], 0, [], None, 0)
 
 
 def test_notebook_picture_is_a_png_when_there_is_a_thumbnail():
