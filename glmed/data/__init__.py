@@ -27,8 +27,8 @@ _EXPORTS = {
     ),
     **dict.fromkeys(
         ("make_aerial_image", "make_dermoscopy_image", "make_hard_dermoscopy_image", "make_landcover_image",
-         "make_slide_image",
-         "write_deepglobe_dataset", "write_inria_dataset", "write_isic_dataset"),
+         "make_slide_image", "make_tissue_scene",
+         "write_deepglobe_dataset", "write_inria_dataset", "write_isic_dataset", "write_synthetic_slide"),
         "glmed.data.synthetic",
     ),
 }
