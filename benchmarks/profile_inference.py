@@ -35,6 +35,8 @@ Memory: the peak resident set size (``VmHWM``) during inference, reset before it
     python benchmarks/profile_inference.py --amp bf16 --save-mask /tmp/bf16.npy
     python benchmarks/profile_inference.py --compare /tmp/off.npy /tmp/bf16.npy
     python benchmarks/profile_inference.py --matrix                  # each lever in a fresh process
+    python benchmarks/profile_inference.py --collect-pass-ab 5       # collect pass: all maps vs shared ones
+    python benchmarks/profile_inference.py --fold-ab 5               # local pass: batch norm folded or not
 
 Timings on a shared machine are noisy: compare fractions, and repeat a run that looks disturbed.
 """
@@ -494,6 +496,30 @@ def matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_batch(args: argparse.Namespace, sharing: str) -> tuple[Any, Any, Any, Any, Any]:
+    """A seeded model and one batch of ``--batch-size`` patches side by side in a generated image.
+
+    Returns ``(model, global_image 1×3×g×g, patches N×3×p×p, boxes N×4, image index N)``.
+    """
+    import torch
+
+    from glmed.data.normalize import to_model_input
+    from glmed.data.synthetic import make_dermoscopy_image
+    from glmed.io.base import ArrayReader
+
+    torch.set_num_threads(args.threads)
+    model = build("glnet", args.backbone, sharing, args.seed)
+    side = model.config.patch_size
+    image, _ = make_dermoscopy_image((side, side * args.batch_size), args.seed)
+    patches = to_model_input(image.reshape(side, args.batch_size, side, 3).transpose(1, 0, 2, 3))
+    global_side = model.config.global_size
+    global_image = to_model_input(ArrayReader(image).resized((global_side, global_side)))[None]
+    width = 1.0 / args.batch_size
+    boxes = torch.tensor([[0.0, i * width, 1.0, (i + 1) * width] for i in range(args.batch_size)])
+    index = torch.zeros(args.batch_size, dtype=torch.long)
+    return model, global_image, patches, boxes, index
+
+
 def local_pass_ab(args: argparse.Namespace) -> int:
     """One batch's local pass in float32, default layout against channels-last, alternated in one process.
 
@@ -505,22 +531,12 @@ def local_pass_ab(args: argparse.Namespace) -> int:
 
     import torch
 
-    from glmed.data.normalize import to_model_input
-    from glmed.data.synthetic import make_dermoscopy_image
     from glmed.inference.inferer import _restore_layouts, _to_channels_last
-    from glmed.io.base import ArrayReader
     from glmed.models.fpn import FINAL
 
-    torch.set_num_threads(args.threads)
-    model = build("glnet", args.backbone, args.sharing if args.sharing != "bidirectional" else "g2l", args.seed)
+    model, global_image, patches, boxes, index = one_batch(args, args.sharing if args.sharing != "bidirectional"
+                                                           else "g2l")
     side = model.config.patch_size
-    image, _ = make_dermoscopy_image((side, side * args.batch_size), args.seed)
-    patches = to_model_input(image.reshape(side, args.batch_size, side, 3).transpose(1, 0, 2, 3))
-    global_side = model.config.global_size
-    global_image = to_model_input(ArrayReader(image).resized((global_side, global_side)))[None]
-    width = 1.0 / args.batch_size
-    boxes = torch.tensor([[0.0, i * width, 1.0, (i + 1) * width] for i in range(args.batch_size)])
-    index = torch.zeros(args.batch_size, dtype=torch.long)
     times: dict[str, list[float]] = {"float32": [], "channels_last": []}
     with torch.inference_mode():
         global_maps = model.global_features(global_image)
@@ -541,6 +557,97 @@ def local_pass_ab(args: argparse.Namespace) -> int:
               f"(runs {', '.join(f'{v:.2f}' for v in values)})")
     ratio = statistics.median(times["channels_last"]) / statistics.median(times["float32"])
     print(f"channels_last / default layout: {ratio:.3f}")
+    return 0
+
+
+def alternate(variants: dict[str, Callable[[], Any]], repeats: int, batch_size: int) -> dict[str, Any]:
+    """Run each variant ``repeats`` times, alternating, and print the medians and the second's ratio to the first.
+
+    Alternating within one process spreads a disturbance on a shared machine over every variant.
+    Both clocks are printed: the wall clock, and the process's CPU time, which other jobs on the
+    cores inflate far less (with one torch thread it is the pass's own cost, cache and memory
+    contention aside). Returns each variant's output of its last run.
+    """
+    import statistics
+
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    outputs: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            outputs.pop(name, None)  # the last run's output is not alive during this one
+            start, start_cpu = time.perf_counter(), time.process_time()
+            outputs[name] = run()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+            print(name, f"wall {wall[name][-1]:.2f} s, cpu {cpu[name][-1]:.2f} s", flush=True)
+    first, second = list(variants)[:2]
+    for clock, times in (("wall", wall), ("cpu", cpu)):
+        for name, values in times.items():
+            print(f"{name}: median {clock} {statistics.median(values):.2f} s per batch of {batch_size} "
+                  f"(runs {', '.join(f'{v:.2f}' for v in values)})")
+        print(f"{clock}: {second} / {first}: {statistics.median(times[second]) / statistics.median(times[first]):.3f}")
+    return outputs
+
+
+def collect_pass_ab(args: argparse.Namespace) -> int:
+    """One batch of bidirectional sharing's collect pass: every map (as before) against the shared maps only.
+
+    Each pass is the local branch with its global→local crops plus the L→G canvas add, as
+    :func:`glmed.models.sharing.collect_local_context` runs it per batch; "full" computes the whole
+    branch (refining convolutions and the final map included), "points" only the maps the canvas
+    reads. Prints the FLOPs of each (one patch, ``torch.utils.flop_counter``), their times
+    (:func:`alternate`, ``--collect-pass-ab`` runs each) and whether the stitched maps agree bit for bit.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from glmed.models.sharing import LocalToGlobalCanvas
+
+    model, global_image, patches, boxes, index = one_batch(args, "bidirectional")
+    points = model.sharing.local_to_global_points
+    with torch.inference_mode():
+        global_maps = model.global_features(global_image)
+
+        def collect(wanted: tuple[str, ...] | None) -> dict[str, torch.Tensor]:
+            canvas = LocalToGlobalCanvas.like(global_maps, points)
+            canvas.add(model.local_features(patches, global_maps, boxes, index, points=wanted), boxes, index)
+            return canvas.maps()
+
+        for name, wanted in (("full", None), ("points", points)):
+            with FlopCounterMode(display=False) as counter:
+                model.local_features(patches[:1], global_maps, boxes[:1], index[:1], points=wanted)
+            print(f"{name}: {counter.get_total_flops() / 1e9:.1f} GFLOP per patch", flush=True)
+        stitched = alternate({"full": lambda: collect(None), "points": lambda: collect(points)},
+                             args.collect_pass_ab, args.batch_size)
+    same = all(torch.equal(stitched["points"][p], stitched["full"][p]) for p in points)
+    print(f"stitched maps bit-identical: {same}")
+    return 0 if same else 1
+
+
+def fold_ab(args: argparse.Namespace) -> int:
+    """One batch's local pass of a bidirectional model, batch norm as built against folded (glmed.models.folding).
+
+    The pass is the local branch with its global→local crops (each model's own global maps);
+    ``--fold-ab`` runs of each, alternated (:func:`alternate`). Prints the largest difference of
+    the final maps.
+    """
+    import torch
+
+    from glmed.models.folding import fold_batch_norm
+    from glmed.models.fpn import FINAL
+
+    model, global_image, patches, boxes, index = one_batch(args, "bidirectional")
+    models = {"as built": model, "folded": fold_batch_norm(model)}
+    with torch.inference_mode():
+        global_maps = {name: m.global_features(global_image) for name, m in models.items()}
+        finals = alternate(
+            {name: (lambda m=m, g=global_maps[name]: m.local_features(patches, g, boxes, index)[FINAL])
+             for name, m in models.items()},
+            args.fold_ab, args.batch_size)
+    difference = float((finals["folded"] - finals["as built"]).abs().max())
+    print(f"largest difference of the final maps: {difference:.2e} (largest value "
+          f"{float(finals['as built'].abs().max()):.2e})")
     return 0
 
 
@@ -576,9 +683,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="--matrix also runs the glmed package found in DIR (e.g. an earlier checkout's copy)")
     parser.add_argument("--local-pass-ab", type=int, default=0, metavar="N",
                         help="time one batch's local pass N times in each layout, alternating, then exit")
+    parser.add_argument("--collect-pass-ab", type=int, default=0, metavar="N",
+                        help="time one batch's collect pass N times computing every map and the shared maps only, "
+                             "alternating, then exit")
+    parser.add_argument("--fold-ab", type=int, default=0, metavar="N",
+                        help="time one batch's local pass N times with batch norm as built and folded, alternating, "
+                             "then exit")
     args = parser.parse_args(argv)
     if args.local_pass_ab:
         return local_pass_ab(args)
+    if args.collect_pass_ab:
+        return collect_pass_ab(args)
+    if args.fold_ab:
+        return fold_ab(args)
     if args.compare:
         compare(*args.compare)
         return 0

@@ -12,7 +12,7 @@ same as an all-zero one without allocating it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import cast
 
 import torch
@@ -29,6 +29,8 @@ SMOOTH_POINTS = tuple(f"s{k}" for k in LEVELS)
 SHARED_POINTS = ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS
 FINAL = "final"
 """The branch's last map: the four pyramid outputs upsampled to 1/4 and concatenated."""
+ALL_POINTS = SHARED_POINTS + (FINAL,)
+"""Every map a branch can return: the twelve shared points and ``final``."""
 
 PartnerFn = Callable[[str, Size], torch.Tensor | None]
 """Given a shared point's name and the spatial size of this branch's map there, return the
@@ -67,7 +69,7 @@ class FusedConv(nn.Module):
 
 
 class FPNBranch(nn.Module):
-    """ResNet encoder + FPN decoder that returns every shared map and its final map.
+    """ResNet encoder + FPN decoder that returns every shared map and its final map (or only those asked for).
 
     Args:
         backbone: ResNet name (``resnet18``, ``resnet34``, ``resnet50``).
@@ -126,8 +128,37 @@ class FPNBranch(nn.Module):
         lateral, smooth, refine = self._stages()
         return list(zip(ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS, lateral + smooth + refine, strict=True))
 
-    def forward(self, image: torch.Tensor, partner: PartnerFn | None = None) -> dict[str, torch.Tensor]:
-        """``B×C×H×W`` image → dict of the twelve shared maps and ``final`` (``B×2F×H/4×W/4``)."""
+    def forward(
+        self, image: torch.Tensor, partner: PartnerFn | None = None, points: Collection[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``B×C×H×W`` image → dict of the twelve shared maps and ``final`` (``B×2F×H/4×W/4``).
+
+        Args:
+            image: ``B×C×H×W`` normalised images.
+            partner: the partner branch's maps at the shared points this branch listens to.
+            points: the maps the caller will read (names of :data:`ALL_POINTS`); None computes
+                every one. Given, the decoder stops once those exist: the top-down path only down
+                to the lowest level asked for, the smoothing convolutions only where an ``s`` map
+                (or ``final``) is asked for, the refining convolutions and ``final`` only for
+                ``final``, and the partner maps of skipped convolutions are never requested. The
+                encoder always runs whole, so every ``c`` map is returned. Bidirectional
+                sharing's collect pass reads the twelve shared maps alone and so skips the four
+                refining convolutions (with their partner halves and crops) and the final
+                concatenation. Each map returned is computed by the same operations in the same
+                order as without ``points``, so it is the same bit for bit.
+
+        Returns:
+            The requested maps, and any other computed on the way (every ``c`` map at least).
+        """
+        wanted = ALL_POINTS if points is None else frozenset(points)
+        unknown = set(wanted) - set(ALL_POINTS)
+        if unknown:
+            raise ValueError(f"unknown branch maps {sorted(unknown)}; choose from {ALL_POINTS}")
+        with_final = FINAL in wanted
+        smoothed_levels = {k for k in LEVELS if with_final or f"s{k}" in wanted}
+        topdown_levels = smoothed_levels | {k for k in LEVELS if f"p{k}" in wanted}
+        lowest = min(topdown_levels, default=LEVELS[-1] + 1)  # above every level: no top-down map at all
+
         encoded = dict(zip(ENCODER_POINTS, self.encoder(image), strict=True))
         maps: dict[str, torch.Tensor] = dict(encoded)
         lateral_convs, smooth_convs, refine_convs = self._stages()
@@ -140,16 +171,22 @@ class FPNBranch(nn.Module):
         topdown: torch.Tensor | None = None
         for index in reversed(range(len(LEVELS))):
             k = LEVELS[index]
+            if k < lowest:
+                break
             lateral = fused(lateral_convs[index], f"c{k}", encoded[f"c{k}"])
             topdown = lateral if topdown is None else lateral + _resize(topdown, lateral.shape[-2:])
             maps[f"p{k}"] = topdown
         outputs = []
         for index, k in enumerate(LEVELS):
+            if k not in smoothed_levels:
+                continue
             smoothed = F.relu(fused(smooth_convs[index], f"p{k}", maps[f"p{k}"]))
             maps[f"s{k}"] = smoothed
-            outputs.append(F.relu(fused(refine_convs[index], f"s{k}", smoothed)))
-        size = outputs[0].shape[-2:]
-        maps[FINAL] = torch.cat([_resize(o, size) for o in outputs], dim=1)
+            if with_final:
+                outputs.append(F.relu(fused(refine_convs[index], f"s{k}", smoothed)))
+        if with_final:
+            size = outputs[0].shape[-2:]
+            maps[FINAL] = torch.cat([_resize(o, size) for o in outputs], dim=1)
         return maps
 
 

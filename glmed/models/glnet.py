@@ -10,6 +10,7 @@ patches (and bidirectional sharing's collect-then-global-then-local order) lives
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar
@@ -286,6 +287,8 @@ class GLNet(nn.Module):
         global_maps: dict[str, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
         image_index: torch.Tensor | None = None,
+        *,
+        points: Collection[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run the local branch on ``N×C×p×p`` patches, taking global maps where the mode shares.
 
@@ -294,6 +297,11 @@ class GLNet(nn.Module):
             global_maps: output of :meth:`global_features` for the patches' images.
             boxes: ``N×4`` patch boxes as fractions of their image.
             image_index: ``N`` index of each patch's image in ``global_maps``.
+            points: the maps the caller will read (shared point names and/or ``final``); None
+                computes them all. Fewer points skip the convolutions (and global crops) only
+                the others need, bit-identically: bidirectional sharing's collect pass asks for
+                :attr:`Sharing.local_to_global_points` and skips the refining convolutions and
+                the final map (see :meth:`glmed.models.fpn.FPNBranch.forward`).
         """
         branch = self._require(self.local_branch, "local")
         partner: PartnerFn | None = None
@@ -303,7 +311,7 @@ class GLNet(nn.Module):
                     f"sharing mode {self.sharing.value!r} needs the global maps, patch boxes and image index"
                 )
             partner = lambda point, size: self.crop_global(global_maps, point, boxes, image_index, size)  # noqa: E731
-        return branch(patches, partner)
+        return branch(patches, partner, points)
 
     @staticmethod
     def crop_global(

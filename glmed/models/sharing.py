@@ -185,7 +185,9 @@ def collect_local_context(
     The result is the global branch's local→global input.
 
     The one implementation, used by the inferer (patches read batch by batch from an image)
-    and the trainer (a collated batch's patches in device-sized chunks).
+    and the trainer (a collated batch's patches in device-sized chunks). The local branch
+    computes only the maps the canvas reads (``points=`` of :meth:`GLNet.local_features`),
+    the same bit for bit as a full pass's, with about a fifth fewer FLOPs.
 
     Args:
         model: a :class:`~glmed.models.glnet.GLNet` with bidirectional sharing.
@@ -195,9 +197,11 @@ def collect_local_context(
             the host (as the inferer does), they are sent to the device without waiting and
             nothing comes back from it until the stitched maps are used.
     """
-    canvas = LocalToGlobalCanvas.like(global_maps, model.sharing.local_to_global_points)
+    points = model.sharing.local_to_global_points
+    canvas = LocalToGlobalCanvas.like(global_maps, points)
     for patches, boxes, image_index in batches:
         device = patches.device
         on_device = boxes.to(device, non_blocking=True), image_index.to(device, non_blocking=True)
-        canvas.add(model.local_features(patches, global_maps, *on_device), boxes, image_index)
+        # Only the maps the canvas reads: the refining convolutions and the final map are skipped.
+        canvas.add(model.local_features(patches, global_maps, *on_device, points=points), boxes, image_index)
     return canvas.maps()
