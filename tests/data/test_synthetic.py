@@ -253,3 +253,31 @@ def test_hard_generation_is_fast_at_benchmark_sizes():
     image, mask = _hard((1024, 1536), 0)
     assert time.perf_counter() - started < 2.5  # about 0.3 s on an idle core
     assert image.shape == (1024, 1536, 3) and mask.any()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
+def test_dermoscopy_lesion_fraction_is_the_one_asked_for(fraction):
+    from scipy import ndimage
+
+    image, mask = make_dermoscopy_image((240, 320), 3, lesion_fraction=fraction)
+    assert abs(mask.mean() - fraction) < 1e-3  # exact to the pixel, ties aside
+    _, regions = ndimage.label(mask)
+    assert regions == 1  # one lesion, no satellites
+    grey = image.astype(float).mean(axis=2)
+    assert grey[mask == 1].mean() < grey[mask == 0].mean() - 20  # still a dark lesion on skin
+    again, mask_again = make_dermoscopy_image((240, 320), 3, lesion_fraction=fraction)
+    np.testing.assert_array_equal(image, again)
+    np.testing.assert_array_equal(mask, mask_again)
+
+
+def test_dermoscopy_lesion_fraction_changes_the_size_only_where_asked():
+    small = make_dermoscopy_image((240, 320), 5, lesion_fraction=0.1)[1]
+    large = make_dermoscopy_image((240, 320), 5, lesion_fraction=0.5)[1]
+    assert (small & ~large).mean() < 0.01  # the same lesion, grown: the small one lies inside the large
+    drawn, drawn_mask = make_dermoscopy_image((240, 320), 5)
+    default, default_mask = make_dermoscopy_image((240, 320), 5, lesion_fraction=None)
+    np.testing.assert_array_equal(drawn, default)  # None keeps the drawn size (and every byte)
+    np.testing.assert_array_equal(drawn_mask, default_mask)
+    for bad in (0, 1, -0.2, 1.5):
+        with pytest.raises(ValueError, match="lesion_fraction"):
+            make_dermoscopy_image((64, 64), 0, lesion_fraction=bad)

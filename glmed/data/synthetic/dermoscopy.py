@@ -34,17 +34,26 @@ LESION_COLOURS = np.array([(172, 112, 78), (128, 78, 52), (78, 46, 32), (108, 10
 """Light brown, brown, dark brown, blue-grey."""
 
 
-def make_dermoscopy_image(size: Size, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_dermoscopy_image(
+    size: Size, seed: int, lesion_fraction: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A dermoscopy-like image and its lesion mask.
 
     Args:
         size: ``(height, width)``.
         seed: the same seed gives the same image, byte for byte.
+        lesion_fraction: the share of the image the lesion covers, in (0, 1): exactly, to the
+            pixel, with a single lesion (no satellites), its border level set shifted until it
+            encloses that many pixels (a large lesion may run off the image's edges, as in
+            ISIC). None (the default) draws the size at random, mostly under 20%, as before:
+            images made without it are unchanged, byte for byte.
 
     Returns:
         ``H×W×3`` uint8 RGB image and ``H×W`` uint8 mask (1 = lesion).
     """
     height, width = checked_size(size)
+    if lesion_fraction is not None and not 0 < lesion_fraction < 1:
+        raise ValueError(f"lesion_fraction must be in (0, 1), got {lesion_fraction}")
     rng = np.random.default_rng(seed)
     low = low_res_size((height, width))
     tone = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.92, 1.05)
@@ -56,11 +65,15 @@ def make_dermoscopy_image(size: Size, seed: int) -> tuple[np.ndarray, np.ndarray
     mask = np.zeros((height, width), np.uint8)
     area = math.exp(rng.uniform(math.log(0.015), math.log(0.4))) * height * width
     centre = np.array([height, width]) * (0.5 + rng.normal(0, 0.08, 2))
-    lesions = [(centre, area)]
-    for _ in range(rng.choice([0, 1, 2], p=[0.8, 0.15, 0.05])):
-        lesions.append((centre + rng.normal(0, 0.25, 2) * [height, width], area * rng.uniform(0.02, 0.1)))
-    for centre, area in lesions:
-        _paint_lesion(rng, image, mask, centre, area)
+    if lesion_fraction is not None:  # the size asked for, painted exactly, alone
+        pixels = max(1, round(lesion_fraction * height * width))
+        _paint_lesion(rng, image, mask, centre, float(pixels), pixels=pixels)
+    else:
+        lesions = [(centre, area)]
+        for _ in range(rng.choice([0, 1, 2], p=[0.8, 0.15, 0.05])):
+            lesions.append((centre + rng.normal(0, 0.25, 2) * [height, width], area * rng.uniform(0.02, 0.1)))
+        for centre, area in lesions:
+            _paint_lesion(rng, image, mask, centre, area)
     hair_rows, hair_cols = _hairs(rng, (height, width))
     hair_colour = rng.uniform(15, 45) * np.array([1.0, 0.8, 0.7])
     image[hair_rows, hair_cols] = (image[hair_rows, hair_cols] * 0.2 + hair_colour * 0.8).astype(np.uint8)
@@ -88,7 +101,8 @@ def _vignette(rng: np.random.Generator, low: Size) -> np.ndarray:
 
 
 def _paint_lesion(
-    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, centre: np.ndarray, area: float
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, centre: np.ndarray, area: float,
+    pixels: int | None = None,
 ) -> None:
     """Blend one lesion into ``image`` (in place) and mark it in ``mask``.
 
@@ -96,11 +110,16 @@ def _paint_lesion(
     harmonics, plus fractal noise down to a few pixels. Colour mixes light brown, brown,
     dark brown and blue-grey by smooth random weights, darker towards the centre, with
     dark globules. Works inside the lesion's bounding box only.
+
+    With ``pixels``, the level set is shifted so that exactly that many pixels are inside
+    (ties aside): the drawn shape grows or shrinks a little, and one that the image's edges
+    cut still covers its share. It then works in a wider box (3 rather than 1.6 major radii
+    around the centre), as the shifted border may reach past the usual one.
     """
     height, width = mask.shape
     aspect = rng.uniform(0.6, 1.0)
     major = math.sqrt(area / (math.pi * aspect))
-    reach = 1.6 * major
+    reach = 1.6 * major if pixels is None else 3.0 * major
     r0, c0 = max(int(centre[0] - reach), 0), max(int(centre[1] - reach), 0)
     r1, c1 = min(int(centre[0] + reach) + 1, height), min(int(centre[1] + reach) + 1, width)
     if r1 - r0 < 4 or c1 - c0 < 4:
@@ -122,6 +141,13 @@ def _paint_lesion(
     del radius
     level -= 1
     level += 0.1 * fractal_noise(rng, box, major / 2, max(2.0, major / 150))
+    if pixels is not None:  # move the border so that exactly ``pixels`` lie inside it
+        flat = level.ravel()
+        count = min(pixels, flat.size)
+        edge = np.partition(flat, count - 1)[count - 1]
+        above = flat[flat > edge]
+        # halfway to the next level up, so the ``count`` lowest (ties aside) are below zero
+        level -= edge + (above.min() - edge) / 2 if above.size else edge + 1
     inside = level < 0
     mask[r0:r1, c0:c1] |= inside
     depth = np.clip(-level / rng.uniform(0.08, 0.3), 0, 1)
