@@ -47,7 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the mask to write (.tif/.tiff pyramidal and streamed, or .png); a folder for a folder")
     parser.add_argument("--format", choices=["png", "tif"], default="png",
                         help="mask format in a folder run (default png, what the ISIC scorer reads)")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="patches per forward pass")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="patches per forward pass (default 4; with --max-memory, the most it may choose)")
+    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="a budget for inference's peak memory, e.g. 1GB, 512MB, 1.5GiB or bytes: the batch size "
+                             "(and bf16, where float32 cannot fit and the device runs it natively) is chosen from the "
+                             "model's passes measured first, and printed; a budget too small for one patch at a time "
+                             "is refused. On a CPU it covers the process's memory, on a GPU the GPU's")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
     parser.add_argument("--tile", type=int, default=512, help="TIFF tile side, a multiple of 16")
     parser.add_argument("--max-value", type=float, default=None, metavar="V",
@@ -65,8 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(box, the default), or only the patches where the global branch is unsure (uncertain); "
                              "the others take the global branch's answer")
     parser.add_argument("--margin", type=float, default=None, metavar="M",
-                        help="with --refine uncertain: the global branch is trusted where its top-class probability "
-                             "is at least 1 - M and one class covers the patch; in (0, 1), default 0.1")
+                        help="with --refine uncertain: also refine where the global branch's top-class probability "
+                             "is under 1 - M; in (0, 1); default none: a patch is refined where more than one class "
+                             "meets around it (focal-trained models are rarely sure enough for a probability rule)")
     parser.add_argument("--no-resume", action="store_true",
                         help="start afresh: recompute masks a folder run already wrote, and interrupted TIFFs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -128,8 +135,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _option_problem(args: argparse.Namespace) -> str | None:
     """The first option out of range, as the line to print, or None; checked before any work."""
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         return f"--batch-size must be at least 1, got {args.batch_size}"
+    if args.max_memory is not None:
+        from glmed.inference.memory_budget import parse_memory
+
+        try:
+            parse_memory(args.max_memory, option="--max-memory")
+        except ValueError as error:
+            return str(error)
     if args.tile < 16 or args.tile % 16:
         return f"--tile must be a positive multiple of 16, got {args.tile}"
     if args.max_value is not None and not args.max_value > 0:
@@ -154,10 +168,17 @@ def _resume(args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type
     The record is saved before the first mask, so a run stopped early never leaves another
     run's record beside its own masks.
     """
+    from glmed.inference.inferer import DEFAULT_BATCH_SIZE
     from glmed.inference.provenance import RECORD_NAME, RunRecord, file_digest
 
-    options: dict[str, object] = {"batch_size": args.batch_size, "format": args.format, "device": device_type,
-                                  "max_value": args.max_value}
+    options: dict[str, object] = {"format": args.format, "device": device_type, "max_value": args.max_value}
+    if args.max_memory is None:
+        options["batch_size"] = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
+    else:  # the batch is chosen per image from the budget (at most --batch-size): the same options, the same batch
+        from glmed.inference.memory_budget import parse_memory
+
+        options["max_memory"] = parse_memory(args.max_memory).nbytes
+        options["batch_size"] = args.batch_size
     # Named only when set, so folders written before these options existed still resume.
     if args.amp not in (None, "off"):
         options["amp"] = args.amp
@@ -212,7 +233,7 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
     from glmed.io.writers import write_mask_png
 
     options = {"batch_size": args.batch_size, "device": device, "progress": progress,
-               "normalization": Normalization(max_value=args.max_value)}
+               "normalization": Normalization(max_value=args.max_value), "max_memory": args.max_memory}
     if args.amp is not None:
         options["amp"] = args.amp
     if args.channels_last:

@@ -15,6 +15,7 @@ as training, so the loop is written here over :func:`glmed.geometry.patch_grid`.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -27,6 +28,7 @@ from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization, to_model_input
 from glmed.data.samples import iter_patch_batches
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
+from glmed.inference.memory_budget import MemoryBudget, MemoryPlan, parse_memory, plan_for_budget
 from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
 from glmed.inference.notes import box_edge_notes, cover_notes, foreground_fraction, refine_notes, size_notes
 from glmed.inference.refinement import (
@@ -50,6 +52,9 @@ from glmed.models.sharing import collect_local_context
 INFERENCE_SETTINGS = ("overlap", "target_ratio", "per_component")
 """Config fields a prediction may change without rebuilding the network: the patch overlap and
 coarse-to-fine's box rule. Sizes and classes are fixed by the weights."""
+
+DEFAULT_BATCH_SIZE = 4
+"""Patches per forward pass when neither ``batch_size`` nor ``max_memory`` says otherwise."""
 
 AMP_MODES = {"off": None, "bf16": torch.bfloat16}
 """Autocast modes of the forward passes: ``"off"`` (the model's own type) or bfloat16."""
@@ -92,6 +97,7 @@ class GlobalLocalInferer:
 
     Args:
         batch_size: patches per forward pass; device memory grows with it, not with the image.
+            :data:`DEFAULT_BATCH_SIZE` (4) by default; with ``max_memory``, the most it may choose.
         device: where the network runs; the model's own device by default. The model is
             moved there for the call and back afterwards.
         normalization: pixel scaling, as in training.
@@ -99,7 +105,7 @@ class GlobalLocalInferer:
         amp: ``"bf16"`` runs the forward passes under bfloat16 autocast (CPU or CUDA);
             probabilities, their averaging and the coarse mask stay float32. ``"off"``
             (:data:`DEFAULT_AMP`, see there for the measured figures) computes in the model's
-            own type.
+            own type. None (the default) is ``"off"``, unless ``max_memory`` switches bf16 on.
         channels_last: keep the weights and inputs in channels-last memory for the call (the
             model's own layout is restored afterwards). Not bit-identical to the default layout
             (other convolution kernels round differently); off by default
@@ -115,9 +121,20 @@ class GlobalLocalInferer:
             local context only around the uncertain area. ``result.coarse`` is then the first
             pass's mask (what the decision and the skipped patches used). Needs a global branch
             (refused for ``local_only``); a ``global_only`` prediction ignores it.
-        margin: with ``refine="uncertain"``, a pixel of the global map is confident when its
-            top-class probability is at least ``1 - margin``; in (0, 1), 0.1 by default
-            (:data:`~glmed.inference.refinement.DEFAULT_MARGIN` says why). Unused by ``"box"``.
+        margin: with ``refine="uncertain"``, also refine where a pixel of the global map has a
+            top-class probability below ``1 - margin``; in (0, 1). None (the default) decides by
+            the one-class rule alone: focal-trained models are too unsure for a probability rule
+            (:data:`~glmed.inference.refinement.DEFAULT_MARGIN` has the measurement). Unused by ``"box"``.
+        max_memory: a budget for the prediction's peak memory (``"1GB"``, ``"512MB"``,
+            ``"1.5GiB"`` or a number of bytes): the batch size is then the largest whose
+            estimate, measured on this model and device before the prediction starts, stays
+            under it (:mod:`glmed.inference.memory_budget` says how, and what it costs), at most
+            ``batch_size`` when that is given and at most the image's patch count; bf16 autocast
+            is switched on only when float32 cannot fit even one patch at a time, ``amp`` was left
+            unset and the device computes bfloat16 natively. ``result.notes`` says what was
+            chosen. On the CPU the budget is the process's memory (host arrays such as the mask
+            count); on a GPU, the GPU's. A budget below batch 1's estimate raises
+            :class:`ValueError` before any patch is read (see :meth:`fitted`).
         settings: overrides of :data:`INFERENCE_SETTINGS` for this inferer's predictions
             (e.g. ``target_ratio=2.0``); the model's config (what it was trained and validated
             with, and what its checkpoint records) is left as it is.
@@ -130,19 +147,21 @@ class GlobalLocalInferer:
 
     def __init__(
         self,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         device: torch.device | str | None = None,
         normalization: Normalization = DEFAULT_NORMALIZATION,
         progress: bool = False,
-        amp: str = DEFAULT_AMP,
+        amp: str | None = None,
         channels_last: bool = DEFAULT_CHANNELS_LAST,
         refine: str = DEFAULT_REFINE,
-        margin: float = DEFAULT_MARGIN,
+        margin: float | None = DEFAULT_MARGIN,
+        max_memory: str | int | float | MemoryBudget | None = None,
         **settings: Any,
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if amp not in AMP_MODES:
+        budget = None if max_memory is None else parse_memory(max_memory)
+        if amp is not None and amp not in AMP_MODES:
             raise ValueError(f"unknown amp mode {amp!r}; choose one of {sorted(AMP_MODES)}")
         problem = refine_problem(refine, margin)
         if problem is not None:
@@ -152,14 +171,17 @@ class GlobalLocalInferer:
             raise TypeError(
                 f"unknown inference setting(s) {unknown}; a prediction can change {list(INFERENCE_SETTINGS)}"
             )
-        self.batch_size = batch_size
+        self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        self.batch_cap = batch_size  # as given: with max_memory, the most a batch may hold
         self.device = None if device is None else torch.device(device)
         self.normalization = normalization
         self.progress = progress
-        self.amp = amp
+        self.amp = DEFAULT_AMP if amp is None else amp
+        self.amp_chosen = amp is not None  # max_memory may switch bf16 on only when the caller did not choose
+        self.max_memory = budget
         self.channels_last = bool(channels_last)
         self.refine = refine
-        self.margin = float(margin)
+        self.margin = None if margin is None else float(margin)
         self.settings = {name: value for name, value in settings.items() if value is not None}
 
     def config_for(self, model: GLNet) -> GLNetConfig:
@@ -207,59 +229,135 @@ class GlobalLocalInferer:
         """
         if global_only and not model.sharing.has_global:
             raise ValueError(f"global_only needs a global branch; this model's sharing is {model.sharing.value!r}")
+        if global_only and self.max_memory is not None:
+            raise ValueError("max_memory chooses the patch batch size; a global_only prediction reads no patches")
         config = self.config_for(model)  # bad overrides fail before any file is opened
         reader, opened = open_as_reader(image)
+        try:
+            if out is not None and out.shape != tuple(reader.size):
+                raise ValueError(f"out has shape {out.shape}, but {reader.name} is {tuple(reader.size)}")
+            with self._placed(model) as (placement, moved), torch.inference_mode():
+                runner, plan = self, None
+                if self.max_memory is not None:  # measured before any patch is read; refuses a budget too small
+                    runner, plan = self._fit(model, config, reader.size, placement, moved, out is None, with_coarse)
+                result = runner._predict(model, config, reader, placement, out, with_coarse, ledger, thumbnail,
+                                         global_only)
+            if plan is not None:
+                result.notes.insert(0, plan.note)
+            return result
+        finally:
+            if opened:
+                reader.close()
+
+    def fitted(
+        self, model: GLNet, image_size: Size, *, out_in_memory: bool = True, with_coarse: bool = True
+    ) -> tuple[GlobalLocalInferer, MemoryPlan | None]:
+        """This inferer with the batch size (and autocast) ``max_memory`` allows for an image of ``image_size``.
+
+        Measures the model's passes on its device (:func:`~glmed.inference.memory_budget.plan_for_budget`);
+        without ``max_memory`` returns this inferer unchanged. The returned inferer has a fixed
+        batch size and no budget, so what it records (:mod:`glmed.inference.slide`'s resume
+        identity) and computes is what the prediction will use.
+
+        A budget below the estimate at batch 1 is refused with a :class:`ValueError` naming the
+        estimate (the least budget that works), rather than run at batch 1 over it: a budget is
+        a limit the caller sets for a reason (a GPU shared with others, a machine without room
+        to swap), and an estimate already over it means a run likely to fail, or to crowd out its
+        neighbours, only after the time spent reading and computing.
+
+        Args:
+            model: the network to run.
+            image_size: ``(height, width)`` of the image to segment.
+            out_in_memory: the mask will be a new in-memory array (``out`` not given), which counts
+                against a CPU budget; a memory-mapped file's pages do not.
+            with_coarse: a full-size coarse mask will be kept too.
+        """
+        if self.max_memory is None:
+            return self, None
+        config = self.config_for(model)
+        with self._placed(model) as (placement, moved), torch.inference_mode():
+            return self._fit(model, config, image_size, placement, moved, out_in_memory, with_coarse)
+
+    def _fit(
+        self, model: GLNet, config: GLNetConfig, image_size: Size, placement: Placement, moved: bool,
+        out_in_memory: bool, with_coarse: bool,
+    ) -> tuple[GlobalLocalInferer, MemoryPlan]:
+        """Plan for ``max_memory`` with the model in place; returns the inferer to run and the plan."""
+        plan = plan_for_budget(self, model, config, placement, image_size, out_in_memory=out_in_memory,
+                               with_coarse=with_coarse, weights_moved=moved, native_bf16=_native_bf16(placement.device))
+        runner = copy.copy(self)
+        runner.batch_size, runner.amp, runner.max_memory = plan.batch_size, plan.amp, None
+        return runner, plan
+
+    @contextlib.contextmanager
+    def _placed(self, model: GLNet) -> Iterator[tuple[Placement, bool]]:
+        """The model in evaluation mode, on this inferer's device and layout, for a ``with`` block.
+
+        Yields the placement and whether the model was moved to another device for it. Each
+        module's own training flag, the model's device and its layout are restored afterwards, so
+        a trainer's frozen parts stay frozen when validation runs in the middle of a stage, and
+        the caller's model stays where the caller put it.
+        """
         placement = Placement.of(model, self.device)
         home = model_device(model)
-        # Evaluation mode and the device for this call only; each module's own flag and the model's
-        # device are restored afterwards, so a trainer's frozen parts stay frozen when validation
-        # runs in the middle of a stage, and the caller's model stays where the caller put it.
         modes = {module: module.training for module in model.modules()}
         model.eval().to(placement.device)
         layouts = None
         try:
             if self.channels_last:
                 layouts = _to_channels_last(model)
-            dtype = label_dtype(config.num_classes)
-            keep_thumbnail = thumbnail and out is None
-            if out is None:
-                out = np.empty(reader.size, dtype=dtype)
-            elif out.shape != tuple(reader.size):
-                raise ValueError(f"out has shape {out.shape}, but {reader.name} is {tuple(reader.size)}")
-            elif not np.can_cast(dtype, out.dtype):
-                raise ValueError(f"out is {out.dtype}, which cannot hold {model.config.num_classes} class indices; "
-                                 f"use {dtype}")
-            if self.amp != "off" and placement.device.type == "cpu" and not _cpu_has_bf16():
-                result_notes = ["amp='bf16' on a CPU without native bfloat16 (no AVX512-BF16/AMX): its "
-                                "convolutions fall back to slow kernels, many times slower than float32"]
-            else:
-                result_notes = []
-            with torch.inference_mode():
-                if global_only:
-                    result = self._segment_global(model, config, reader, placement, out)
-                elif isinstance(model, CoarseToFineGLNet):
-                    result = self._segment_coarse_to_fine(model, config, reader, placement, out, with_coarse, ledger)
-                else:
-                    whole = (0, 0, *reader.size)
-                    result = self._segment(model, config, reader, placement, out, with_coarse, ledger, whole)
-            if self.refine == "uncertain" and not global_only:
-                result_notes += refine_notes(result.patches, result.patches_skipped, self.margin,
-                                             len(result.boxes) if isinstance(model, CoarseToFineGLNet) else None)
-            two_class = config.num_classes == 2  # elsewhere class 0 is a class like the others (DeepGlobe)
-            result.notes += result_notes + ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
-                             + box_edge_notes(result.mask, result.boxes, reader.size)
-                             + size_notes(reader.size, config.trained_image_size))
-            if keep_thumbnail:
-                result.thumbnail = reader.resized(thumbnail_size(reader.size))
-            return result
+            target = placement.device
+            moved = home.type != target.type or None not in (home.index, target.index) and home.index != target.index
+            yield placement, moved
         finally:
             if layouts is not None:
                 _restore_layouts(layouts)
             model.to(home)
             for module, training in modes.items():
                 module.training = training
-            if opened:
-                reader.close()
+
+    def _predict(
+        self,
+        model: GLNet,
+        config: GLNetConfig,
+        reader: ImageReader,
+        placement: Placement,
+        out: np.ndarray | None,
+        with_coarse: bool,
+        ledger: RowLedger | None,
+        thumbnail: bool,
+        global_only: bool,
+    ) -> SegmentationResult:
+        """:meth:`__call__` once the model is in place (inside ``torch.inference_mode``)."""
+        dtype = label_dtype(config.num_classes)
+        keep_thumbnail = thumbnail and out is None
+        if out is None:
+            out = np.empty(reader.size, dtype=dtype)
+        elif not np.can_cast(dtype, out.dtype):
+            raise ValueError(f"out is {out.dtype}, which cannot hold {model.config.num_classes} class indices; "
+                             f"use {dtype}")
+        if self.amp != "off" and placement.device.type == "cpu" and not _cpu_has_bf16():
+            result_notes = ["amp='bf16' on a CPU without native bfloat16 (no AVX512-BF16/AMX): its "
+                            "convolutions fall back to slow kernels, many times slower than float32"]
+        else:
+            result_notes = []
+        if global_only:
+            result = self._segment_global(model, config, reader, placement, out)
+        elif isinstance(model, CoarseToFineGLNet):
+            result = self._segment_coarse_to_fine(model, config, reader, placement, out, with_coarse, ledger)
+        else:
+            whole = (0, 0, *reader.size)
+            result = self._segment(model, config, reader, placement, out, with_coarse, ledger, whole)
+        if self.refine == "uncertain" and not global_only:
+            result_notes += refine_notes(result.patches, result.patches_skipped, self.margin,
+                                         len(result.boxes) if isinstance(model, CoarseToFineGLNet) else None)
+        two_class = config.num_classes == 2  # elsewhere class 0 is a class like the others (DeepGlobe)
+        result.notes += result_notes + ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
+                         + box_edge_notes(result.mask, result.boxes, reader.size)
+                         + size_notes(reader.size, config.trained_image_size))
+        if keep_thumbnail:
+            result.thumbnail = reader.resized(thumbnail_size(reader.size))
+        return result
 
     def _segment(
         self,
@@ -458,6 +556,16 @@ class GlobalLocalInferer:
             image = image.contiguous(memory_format=torch.channels_last)
         return placement.put(image)
 
+    def _prepare_pixels(self, pixels: np.ndarray, name: str, pin: bool = False) -> torch.Tensor:
+        """``N×H×W×C`` pixels as normalised ``N×C×H×W`` float32 input on the host, in this inferer's layout.
+
+        ``pin`` page-locks them, so a copy to the GPU need not wait.
+        """
+        tensor = to_model_input(pixels, self.normalization, name=name)
+        if self.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor.pin_memory() if pin else tensor
+
     @contextlib.contextmanager
     def _patch_batches(
         self, reader: ImageReader, grid: PatchGrid, placement: Placement, what: str
@@ -474,11 +582,7 @@ class GlobalLocalInferer:
 
         def prepared() -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
             for batch in iter_patch_batches(reader, grid.boxes, self.batch_size):
-                pixels = to_model_input(batch.pixels, self.normalization, name=reader.name)
-                if self.channels_last:
-                    pixels = pixels.contiguous(memory_format=torch.channels_last)
-                if pin:  # page-locked, so the copy to the GPU need not wait
-                    pixels = pixels.pin_memory()
+                pixels = self._prepare_pixels(batch.pixels, reader.name, pin)
                 yield batch.boxes, normalized[batch.start : batch.start + len(batch.boxes)], pixels
 
         with _read_ahead(prepared(), _PREFETCH) as ready:
@@ -498,7 +602,7 @@ def predict(
     model: GLNet,
     image: ImageLike,
     *,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     normalization: Normalization = DEFAULT_NORMALIZATION,
     progress: bool = False,
@@ -509,10 +613,11 @@ def predict(
     target_ratio: float | None = None,
     per_component: bool | None = None,
     global_only: bool = False,
-    amp: str = DEFAULT_AMP,
+    amp: str | None = None,
     channels_last: bool = DEFAULT_CHANNELS_LAST,
     refine: str = DEFAULT_REFINE,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = DEFAULT_MARGIN,
+    max_memory: str | int | float | None = None,
 ) -> SegmentationResult:
     """Segment a whole image of any size with ``model``; returns a full-size mask and more.
 
@@ -522,7 +627,8 @@ def predict(
             :class:`~glmed.models.coarse_to_fine.CoarseToFineGLNet`, which refines only
             its relaxed foreground boxes and lists them in ``result.boxes``.
         image: an ``H×W×C`` array, a path to any format glmed reads, or an open reader.
-        batch_size: patches per forward pass; bounds device memory.
+        batch_size: patches per forward pass; bounds device memory. 4 by default; with
+            ``max_memory``, the most it may choose (the budget may lower it, never raise it).
         device: where to run; the model's device by default.
         normalization: pixel scaling, as in training (by pixel type, ImageNet statistics, by default).
         progress: show a progress bar.
@@ -540,24 +646,36 @@ def predict(
             global training stage is validated with.
         amp: ``"bf16"`` runs the forward passes under bfloat16 autocast (CPU or CUDA), with
             probabilities and their averaging in float32; ``"off"`` by default (see
-            :data:`DEFAULT_AMP` for the measured reason).
+            :data:`DEFAULT_AMP` for the measured reason), unless ``max_memory`` needs bf16.
         channels_last: weights and inputs in channels-last memory for this call; off by
             default (see :data:`DEFAULT_CHANNELS_LAST` for the measured figures).
         refine: ``"box"`` (default) runs the local branch on every patch of the image, or of each
             coarse-to-fine box; ``"uncertain"`` only on the patches where the global branch's
-            first pass of that region is unsure (more than one class, or a top-class probability
-            under ``1 - margin``, around the patch), the others taking the global branch's answer.
+            first pass of that region is unsure (more than one class around the patch, or, with a
+            ``margin``, a top-class probability under ``1 - margin``), the others taking the global
+            branch's answer.
             ``result.patches`` counts the refined patches, ``result.patches_skipped`` the others.
             See :class:`GlobalLocalInferer` for what changes for bidirectional models.
-        margin: with ``refine="uncertain"``, how unsure the global branch may be and still be
-            trusted: confident means a top-class probability of at least ``1 - margin``; in (0, 1),
-            0.1 by default (:data:`~glmed.inference.refinement.DEFAULT_MARGIN`).
+        margin: with ``refine="uncertain"``, also refine where the global branch's top-class
+            probability is under ``1 - margin``; in (0, 1). None by default: the one-class rule
+            alone, as focal-trained models are rarely sure (:data:`~glmed.inference.refinement.DEFAULT_MARGIN`).
+        max_memory: a budget for the prediction's peak memory, e.g. ``"1GB"``, ``"512MB"``,
+            ``"1.5GiB"`` or a number of bytes. The batch size is then the largest whose estimated
+            peak stays under it (at most ``batch_size`` when given, and the image's patch count),
+            from the memory of the model's passes measured on this device before the prediction
+            (a few patches' worth of compute, once per model and device in a process; see
+            :mod:`glmed.inference.memory_budget`). bf16 autocast is switched on only when float32
+            cannot fit one patch at a time, ``amp`` is unset and the device runs bfloat16
+            natively. ``result.notes`` says what was chosen and its estimate. A budget below the
+            estimate at batch 1 raises :class:`ValueError` naming it, before any patch is read.
+            On the CPU the budget covers the process's memory (the mask included); on a GPU, the
+            GPU's. Not with ``global_only``, which reads no patches.
 
     The model is left in the mode, on the device and in the memory layout it was in.
     """
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
-                                 target_ratio=target_ratio, per_component=per_component)
+                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory)
     return inferer(model, image, out=out, with_coarse=with_coarse, thumbnail=thumbnail, global_only=global_only)
 
 
@@ -684,6 +802,13 @@ def _restore_layouts(contiguous: list[torch.nn.Parameter]) -> None:
     """Give the tensors :func:`_to_channels_last` listed their default layout back (same values)."""
     for tensor in contiguous:
         tensor.data = tensor.data.contiguous()
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16/AMX."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and _cpu_has_bf16()
 
 
 def _cpu_has_bf16() -> bool:

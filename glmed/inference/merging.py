@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 from glmed.conventions import Box, Size
 
+UPSAMPLE_ROWS = 512
+"""Rows :func:`upsample_to_labels` computes at once by default."""
+
 
 def label_dtype(num_classes: int) -> np.dtype:
     """The type of a class-index mask: uint8, or int32 beyond 256 classes."""
@@ -22,7 +25,7 @@ def label_dtype(num_classes: int) -> np.dtype:
 
 
 def upsample_to_labels(
-    logits: torch.Tensor, size: Size, rows_per_chunk: int = 512, out: np.ndarray | None = None
+    logits: torch.Tensor, size: Size, rows_per_chunk: int = UPSAMPLE_ROWS, out: np.ndarray | None = None
 ) -> np.ndarray:
     """Bilinearly upsample ``K×h×w`` scores to ``size`` and take the arg-max, a band of rows at a time.
 
@@ -54,6 +57,16 @@ def upsample_to_labels(
         band = F.grid_sample(scores, grid, mode="bilinear", padding_mode="border", align_corners=False)
         out[start:stop] = band[0].argmax(0).cpu().numpy().astype(out.dtype)
     return out
+
+
+def upsample_band_bytes(num_classes: int, rows: int, width: int) -> int:
+    """Bytes :func:`upsample_to_labels` holds for one band of ``rows`` rows ``width`` wide.
+
+    The sampling grid (two float32 per pixel), the upsampled float32 scores, their int64 arg-max
+    and its copy as class indices: what :func:`glmed.inference.memory_budget.plan_for_budget`
+    counts for the coarse mask; ``rows`` is the smaller of ``rows_per_chunk`` and the mask's height.
+    """
+    return (8 + 4 * num_classes + 8 + 4) * rows * width
 
 
 class RowBandMerger:
@@ -91,6 +104,15 @@ class RowBandMerger:
         self._top = start_row  # image row held in buffer row 0; rows above it are written
         self._last_row0 = 0
         self._on_rows_written = on_rows_written
+
+    @staticmethod
+    def buffer_bytes(num_classes: int, rows: int, width: int) -> int:
+        """Bytes a merger holds for a band of ``rows`` rows ``width`` wide: float32 sums and int32 counts.
+
+        What :func:`glmed.inference.memory_budget.plan_for_budget` counts for it; ``rows`` is the
+        smaller of the patch height and the image's height, as the merger allocates.
+        """
+        return (num_classes * 4 + 4) * rows * width
 
     def add(self, probabilities: torch.Tensor, box: Box) -> None:
         """Add one patch's ``K×h×w`` probabilities at ``box`` (row0, col0, row1, col1) of ``out``."""

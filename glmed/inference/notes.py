@@ -94,18 +94,21 @@ def size_notes(image_size: Size, trained_size: Sequence[int] | None) -> list[str
             "scale than the model learned, so expect a weaker result"]
 
 
-def refine_notes(refined: int, skipped: int, margin: float, boxes: int | None) -> list[str]:
+def refine_notes(refined: int, skipped: int, margin: float | None, boxes: int | None) -> list[str]:
     """What ``refine="uncertain"`` did: how many patches the local branch ran on, and why the others not.
 
     Args:
         refined: patches the local branch processed.
         skipped: patches that took the global branch's answer.
-        margin: the confidence margin used.
+        margin: the confidence margin used, or None (the one-class rule alone).
         boxes: how many coarse-to-fine boxes were refined; None for a plain GLNet (the whole image).
     """
     total = refined + skipped
     if not total:
         return []
     where = "in the image" if boxes is None else ("in the box" if boxes == 1 else f"in the {boxes} boxes")
+    rule = "one class throughout"
+    if margin is not None:
+        rule = f"top-class probability ≥ {1 - margin:g} and {rule}"
     return [f"refined {refined} of {total} patches {where}; {skipped} took the global branch's answer "
-            f"(confident: top-class probability ≥ {1 - margin:g} and one class throughout)"]
+            f"(confident: {rule}, a map pixel beyond the patch included)"]

@@ -68,7 +68,7 @@ def predict_to_tiff(
     image: ImageLike,
     path: str | os.PathLike,
     *,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     normalization: Normalization = DEFAULT_NORMALIZATION,
     progress: bool = False,
@@ -78,10 +78,11 @@ def predict_to_tiff(
     overlap: int | None = None,
     target_ratio: float | None = None,
     per_component: bool | None = None,
-    amp: str = DEFAULT_AMP,
+    amp: str | None = None,
     channels_last: bool = DEFAULT_CHANNELS_LAST,
     refine: str = DEFAULT_REFINE,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = DEFAULT_MARGIN,
+    max_memory: str | int | float | None = None,
 ) -> SlidePrediction:
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
@@ -92,7 +93,8 @@ def predict_to_tiff(
         path: the ``.tif`` to write; it appears only once complete. Pixel values are class
             indices; its levels halve the size (nearest neighbour) until one tile holds the
             smallest, so slide viewers and :func:`glmed.open_image` read it at any zoom.
-        batch_size: patches per forward pass; bounds device memory.
+        batch_size: patches per forward pass; bounds device memory. 4 by default; with
+            ``max_memory``, the most it may choose.
         device: where to run; the model's device by default.
         normalization: pixel scaling, as in training.
         progress: show progress bars over the patch passes.
@@ -111,11 +113,20 @@ def predict_to_tiff(
             for :func:`glmed.predict`; ``"box"`` (default) on every patch.
         margin: how unsure the global branch may be and still be trusted, as for :func:`glmed.predict`.
             Both are part of what a run resumes with.
+        max_memory: a budget for the peak memory (``"1GB"``, ``"512MB"``, ``"1.5GiB"``, bytes), as for
+            :func:`glmed.predict`: the batch size (and, where float32 cannot fit and the device
+            runs bfloat16 natively, bf16) is chosen for it before the scratch mask is opened, and
+            the run's resume identity records the batch and autocast chosen, not the budget: a
+            run resumes when the budget gives the batch it began with, and starts afresh when it
+            gives another (a batch's shape can change the mask's last bits). The mask, on disk,
+            does not count against a CPU budget.
 
     Raises:
         ValueError: a lossy compression, a bad tile side, a ``refine``/``margin`` out of range (or
-            ``refine="uncertain"`` for a ``local_only`` model), or a ``path`` that is a folder, does not
-            end in ``.tif``/``.tiff``, or whose folder does not exist (all checked before any inference).
+            ``refine="uncertain"`` for a ``local_only`` model), a ``path`` that is a folder, does not
+            end in ``.tif``/``.tiff``, or whose folder does not exist (all checked before any inference),
+            or a ``max_memory`` that cannot be read or is below the estimate at batch 1 (checked
+            before any patch is read).
     """
     if compression not in ("zlib", "lzw", None):
         raise ValueError(f"{path}: masks need lossless compression: 'zlib', 'lzw' or None, got {compression!r}")
@@ -130,11 +141,13 @@ def predict_to_tiff(
     check_tile(path, tile)  # now, not after hours of inference
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
-                                 target_ratio=target_ratio, per_component=per_component)
+                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory)
     inferer.config_for(model)  # bad settings fail before the slide is opened
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
     try:
+        # The batch (and autocast) a budget allows, fixed before the identity records them.
+        inferer, plan = inferer.fitted(model, size, out_in_memory=False, with_coarse=False)
         identity = None
         if resume and isinstance(image, (str, os.PathLike)):
             identity = _run_identity(model, Path(image), reader, inferer)
@@ -146,7 +159,7 @@ def predict_to_tiff(
     finally:
         if opened:
             reader.close()
-    notes = list(result.notes)
+    notes = ([plan.note] if plan is not None else []) + list(result.notes)
     if scratch.resumed:
         notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
     return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped)

@@ -325,7 +325,7 @@ def test_another_checkpoint_recomputes_every_mask_and_says_what_changed(tmp_path
 
 @pytest.mark.parametrize("option, change", [(["--batch-size", "2"], "batch_size 4 → 2"),
                                             (["--channels-last"], "channels_last None → True"),
-                                            (["--refine", "uncertain"], "margin None → 0.1; refine None → 'uncertain'"),
+                                            (["--refine", "uncertain"], "refine None → 'uncertain'"),
                                             (["--format", "tif"], None)])
 def test_changed_options_recompute_every_mask(tmp_path, trained, capsys, option, change):
     _, checkpoint, _ = trained

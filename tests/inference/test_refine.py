@@ -95,7 +95,8 @@ def expected_refined(logits, region_size, margin):
     for box in grid.boxes:
         t, left, b, r = footprint(tuple(int(v) for v in box), region_size, label.shape)
         window = (slice(max(t - 1, 0), b + 1), slice(max(left - 1, 0), r + 1))
-        chosen.append(len(np.unique(label[window])) > 1 or bool((top[window] < 1 - margin).any()))
+        unsure = margin is not None and bool((top[window] < 1 - margin).any())
+        chosen.append(len(np.unique(label[window])) > 1 or unsure)
     return grid, np.array(chosen)
 
 
@@ -127,7 +128,7 @@ def test_box_is_the_default_and_an_unsure_global_branch_refines_every_patch_like
     model, pixels = global_head_says(tiny(sharing), None), image()
     default = glmed.predict(model, pixels)
     box = glmed.predict(model, pixels, refine="box")
-    unsure = glmed.predict(model, pixels, refine="uncertain")
+    unsure = glmed.predict(model, pixels, refine="uncertain", margin=0.1)
     grid = patch_grid(SIZE, PATCH, OVERLAP)
     assert default.patches == box.patches == unsure.patches == len(grid)
     assert default.patches_skipped == box.patches_skipped == unsure.patches_skipped == 0
@@ -155,7 +156,7 @@ def test_a_confident_global_branch_refines_nothing_and_the_mask_is_its_answer(sh
     assert len(passes) == (2 if model_class is CoarseToFineGLNet else 1)
     where = "in the box" if model_class is CoarseToFineGLNet else "in the image"
     assert (f"refined 0 of {result.patches_skipped} patches {where}; {result.patches_skipped} took the global "
-            "branch's answer (confident: top-class probability ≥ 0.9 and one class throughout)") in result.notes
+            "branch's answer (confident: one class throughout, a map pixel beyond the patch included)") in result.notes
     assert f"{result.patches_skipped} skipped" in repr(result)
 
 
@@ -185,10 +186,22 @@ def test_exactly_the_patches_over_the_boundary_or_an_unconfident_spot_are_refine
     assert f"top-class probability ≥ {1 - margin:g}" in result.notes[0]
 
 
+@pytest.mark.parametrize("sharing", ["g2l", "bidirectional"])
+def test_by_default_probabilities_do_not_count_only_where_classes_meet(sharing):
+    # The same unsure head as above (one class everywhere, hardly above chance): a margin would
+    # refine every patch, the default refines none, as the head never changes its mind.
+    model, pixels = global_head_says(tiny(sharing), None), image()
+    result = glmed.predict(model, pixels, refine="uncertain")
+    grid = patch_grid(SIZE, PATCH, OVERLAP)
+    assert (result.patches, result.patches_skipped) == (0, len(grid))
+    np.testing.assert_array_equal(result.mask, result.coarse)
+    assert "confident: one class throughout" in result.notes[0]
+
+
 def test_the_vectorised_decision_agrees_with_the_pixel_by_pixel_one_on_random_maps():
     rng = np.random.default_rng(3)
     for size in [(100, 130), (333, 257), (48, 700)]:
-        for margin in (0.05, 0.2, 0.45):
+        for margin in (0.05, 0.2, 0.45, None):
             logits = rng.normal(0, 1, (3, GLOBAL, GLOBAL)).astype(np.float32)
             logits[0, rng.random((GLOBAL, GLOBAL)) < 0.97] += 12  # mostly one confident class, with specks
             grid, chosen = expected_refined(logits, size, margin)
@@ -291,7 +304,7 @@ def test_predict_to_tiff_writes_predicts_mask_and_resumes_with_the_same_refineme
         with monkeypatch.context() as patched:
             patched.setattr(model, "local_features", failing_at_the_last_batch)
             with pytest.raises(RuntimeError, match="device lost"):
-                predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, refine=begun_with)
+                predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, refine=begun_with, margin=0.1)
         resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", **options)
         np.testing.assert_array_equal(read_mask(resumed.path), expected.mask)
         was_resumed = any("resumed" in note for note in resumed.notes)
