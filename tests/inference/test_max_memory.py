@@ -235,19 +235,7 @@ def slide(tmp_path):
     return path
 
 
-def _fail_at_call(model, monkeypatch, call):
-    calls = []
-
-    def local_features(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            raise RuntimeError("device lost")
-        return type(model).local_features(model, *args, **kwargs)
-
-    monkeypatch.setattr(model, "local_features", local_features)
-
-
-def test_predict_to_tiff_resumes_only_with_the_batch_it_began_with(tmp_path, slide, monkeypatch):
+def test_predict_to_tiff_resumes_only_with_the_batch_it_began_with(tmp_path, slide, monkeypatch, fail_at_call):
     model = tiny("local_only")
     minimum = least(model, SLIDE, in_memory=False)  # predict_to_tiff's mask is on disk
     per_batch = {plan(model, b, SLIDE, in_memory=False).batch_size: b
@@ -255,7 +243,7 @@ def test_predict_to_tiff_resumes_only_with_the_batch_it_began_with(tmp_path, sli
     assert 3 in per_batch and 2 in per_batch  # budgets that give batch 3 and batch 2 (measured, then cached)
     for budget, resumed in ((per_batch[3], True), (per_batch[2], False)):
         with monkeypatch.context() as patched:
-            _fail_at_call(model, patched, 6)
+            fail_at_call(model, patched, 6)
             with pytest.raises(RuntimeError):
                 predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
         result = predict_to_tiff(model, slide, tmp_path / "mask.tif", max_memory=budget)

@@ -82,27 +82,14 @@ def test_bad_settings_are_refused_before_any_inference(tmp_path, slide, monkeypa
         predict_to_tiff(model, slide, tmp_path)
 
 
-def _fail_at_call(model, monkeypatch, call):
-    """Make the model's local branch raise on its ``call``-th use, as a crash would."""
-    calls = []
-
-    def local_features(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            raise RuntimeError("device lost")
-        return type(model).local_features(model, *args, **kwargs)
-
-    monkeypatch.setattr(model, "local_features", local_features)
-
-
 @pytest.mark.parametrize("sharing", ["local_only", "bidirectional"])
-def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, slide, monkeypatch, sharing):
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, slide, monkeypatch, sharing, fail_at_call):
     torch.manual_seed(0)
     model = GLNet(2, "resnet18", sharing, **SIZES)
     uninterrupted = predict_to_tiff(model, slide, tmp_path / "whole.tif", batch_size=3)
     collect_calls = 16 if sharing == "bidirectional" else 0  # 48 patches, batches of 3
     with monkeypatch.context() as patched:
-        _fail_at_call(model, patched, collect_calls + 9)
+        fail_at_call(model, patched, collect_calls + 9)
         with pytest.raises(RuntimeError, match="device lost"):
             predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
     assert not (tmp_path / "mask.tif").exists()
@@ -115,17 +102,17 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, slide, monkeypatc
     assert sorted(os.listdir(tmp_path)) == ["mask.tif", "slide.tif", "whole.tif"]
 
 
-def test_other_weights_or_resume_false_start_afresh(tmp_path, slide, monkeypatch):
+def test_other_weights_or_resume_false_start_afresh(tmp_path, slide, monkeypatch, fail_at_call):
     torch.manual_seed(0)
     model = GLNet(2, "resnet18", "local_only", **SIZES)
     with monkeypatch.context() as patched:
-        _fail_at_call(model, patched, 9)
+        fail_at_call(model, patched, 9)
         with pytest.raises(RuntimeError):
             predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
     full = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3, resume=False)
     assert full.patches == 48 and not any("resumed" in note for note in full.notes)
     with monkeypatch.context() as patched:
-        _fail_at_call(model, patched, 9)
+        fail_at_call(model, patched, 9)
         with pytest.raises(RuntimeError):
             predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
     with torch.no_grad():
@@ -135,16 +122,16 @@ def test_other_weights_or_resume_false_start_afresh(tmp_path, slide, monkeypatch
     np.testing.assert_array_equal(read_mask(changed.path)[0], glmed.predict(model, slide, batch_size=3).mask)
 
 
-def test_an_array_input_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
+def test_an_array_input_leaves_nothing_behind_on_failure(tmp_path, monkeypatch, fail_at_call):
     model = GLNet(2, "resnet18", "local_only", **SIZES)
     image, _ = make_dermoscopy_image((200, 200), seed=1)
-    _fail_at_call(model, monkeypatch, 3)
+    fail_at_call(model, monkeypatch, 3)
     with pytest.raises(RuntimeError, match="device lost"):
         predict_to_tiff(model, image, tmp_path / "mask.tif", batch_size=3)
     assert os.listdir(tmp_path) == []
 
 
-def test_coarse_to_fine_resumes_box_by_box(tmp_path, slide, monkeypatch):
+def test_coarse_to_fine_resumes_box_by_box(tmp_path, slide, monkeypatch, fail_at_call):
     torch.manual_seed(2)
     model = CoarseToFineGLNet(2, "resnet18", "g2l", per_component=True, **SIZES)
 
@@ -158,7 +145,7 @@ def test_coarse_to_fine_resumes_box_by_box(tmp_path, slide, monkeypatch):
     uninterrupted = predict_to_tiff(model, slide, tmp_path / "whole.tif", batch_size=2)
     assert len(uninterrupted.boxes) == 2
     with monkeypatch.context() as patched:
-        _fail_at_call(model, patched, uninterrupted.patches // 2 // 2 + 3)  # inside the second box
+        fail_at_call(model, patched, uninterrupted.patches // 2 // 2 + 3)  # inside the second box
         with pytest.raises(RuntimeError):
             predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2)
     resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2)
@@ -198,12 +185,12 @@ def test_an_aperio_svs_read_through_openslide_round_trips(tmp_path):
     assert levels[0] == (300, 420)
 
 
-def test_a_run_resumes_only_with_the_layout_it_began_with(tmp_path, slide, monkeypatch):
+def test_a_run_resumes_only_with_the_layout_it_began_with(tmp_path, slide, monkeypatch, fail_at_call):
     torch.manual_seed(0)
     model = GLNet(2, "resnet18", "local_only", **SIZES)
     for resumed_layout in (False, True):  # channels-last changes the mask's last bits
         with monkeypatch.context() as patched:
-            _fail_at_call(model, patched, 9)
+            fail_at_call(model, patched, 9)
             with pytest.raises(RuntimeError):
                 predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3, channels_last=True)
         result = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3, channels_last=resumed_layout)
