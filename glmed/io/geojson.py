@@ -179,12 +179,6 @@ def write_geojson(path: str | os.PathLike, mask: np.ndarray | ImageReader | str 
     return len(collection["features"])
 
 
-def polygon_area(rings: Sequence[Sequence[Sequence[float]]]) -> float:
-    """Area of a GeoJSON Polygon's ``coordinates``: the outer ring's minus its holes' (shoelace)."""
-    areas = [abs(_signed_area(np.asarray(ring, dtype=np.float64))) for ring in rings]
-    return areas[0] - sum(areas[1:]) if areas else 0.0
-
-
 class _Region(NamedTuple):
     """One connected region: its rings in mask-corner coordinates ``(row, col)``, outer first, and pixel count."""
 
