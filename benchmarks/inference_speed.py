@@ -748,17 +748,44 @@ def finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return table[[name for name in order if name in table] + [name for name in table if name not in order]]
 
 
-def run(settings: Settings, work_dir: Path | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Prepare images and weights, then run every case at every lesion, each in a fresh process."""
+PREPARED = "prepared.json"
+"""What preparation made (images, weights, training lines), kept in ``--work-dir`` for ``--reuse``."""
+
+
+def reused_tests(tests: list[dict[str, Any]], lesions: Sequence[float]) -> list[dict[str, Any]]:
+    """The prepared test images nearest to each wanted lesion fraction, in the prepared order."""
+    wanted = {min(range(len(tests)), key=lambda index: abs(tests[index]["fraction"] - lesion)) for lesion in lesions}
+    return [test for index, test in enumerate(tests) if index in wanted]
+
+
+def run(
+    settings: Settings, work_dir: Path | None = None, log: Callable[[str], None] = print, reuse: bool = False
+) -> pd.DataFrame:
+    """Prepare images and weights, then run every case at every lesion, each in a fresh process.
+
+    With ``reuse``, the images and weights an earlier run left in ``work_dir`` (its
+    :data:`PREPARED` record) are used as they are: to time some cases again, e.g. on a quieter
+    machine, without training again.
+    """
     owned = work_dir is None
     folder = Path(tempfile.mkdtemp(prefix="glmed-inference-speed-")) if owned else Path(work_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    record = folder / PREPARED
     try:
         started = time.perf_counter()
-        prepared, why = child({"role": "prepare", "settings": settings._asdict(), "folder": str(folder)}, log)
-        if prepared is None:
-            raise RuntimeError(f"preparing the images and weights failed: {why}")
-        log(f"prepared in {(time.perf_counter() - started) / 60:.1f} min")
+        if reuse:
+            if not record.is_file():
+                raise RuntimeError(f"--reuse: {record} does not exist; run once with --work-dir {folder} first")
+            prepared = json.loads(record.read_text())
+            prepared["tests"] = reused_tests(prepared["tests"], settings.lesions)
+            log(f"reusing the images and weights of {record}")
+        else:
+            prepared, why = child({"role": "prepare", "settings": settings._asdict(), "folder": str(folder)}, log)
+            if prepared is None:
+                raise RuntimeError(f"preparing the images and weights failed: {why}")
+            if not owned:
+                record.write_text(json.dumps(prepared, indent=1))
+            log(f"prepared in {(time.perf_counter() - started) / 60:.1f} min")
         settings = settings._replace(**prepared["sizes"])
         rows = []
         for index, test in enumerate(prepared["tests"]):
@@ -900,6 +927,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--work-dir", type=Path,
                         help="keep test images and weights here, e.g. for a later --checkpoint "
                              "DIR/c2f_bidirectional.pt (default: a temporary folder, removed)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="use the images and weights an earlier run left in --work-dir (no training)")
     parser.add_argument("--csv", type=Path, help="also write the table (with notes) here")
     parser.add_argument("--plot", type=Path, help="also draw time and memory against Jaccard (PNG) here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -917,6 +946,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
         given["skip_full_image"] = True
     settings = settings._replace(**given)
     if args.child is None:
+        if args.reuse and args.work_dir is None:
+            parser.error("--reuse needs --work-dir, the folder an earlier run prepared")
         if not settings.lesions or not all(0 < f < 1 for f in settings.lesions):
             parser.error("--lesions must be fractions in (0, 1)")
         if min(settings.batch_size, settings.train_images, settings.images_per_step) < 1:
@@ -940,7 +971,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     try:
-        table = run(settings, args.work_dir)
+        table = run(settings, args.work_dir, reuse=args.reuse)
     except RuntimeError as error:  # nothing can run without images and weights
         print(error, file=sys.stderr)
         return 1

@@ -66,3 +66,13 @@ def test_quick_mode_runs_every_case_with_numbers(capsys, tmp_path):
     for label in module.CASES.values():
         assert label in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reuse_keeps_the_prepared_image_nearest_each_wanted_lesion(tmp_path):
+    module = _load()
+    tests = [{"fraction": 0.102}, {"fraction": 0.247}, {"fraction": 0.51}]
+    assert module.reused_tests(tests, [0.1]) == [tests[0]]
+    assert module.reused_tests(tests, [0.5, 0.25]) == [tests[1], tests[2]]  # prepared order
+    assert module.reused_tests(tests, [0.1, 0.25, 0.5]) == tests
+    with pytest.raises(RuntimeError, match="prepared.json"):  # nothing prepared there: says what to do
+        module.run(module.QUICK, tmp_path, log=lambda line: None, reuse=True)
