@@ -62,8 +62,19 @@ and the wall minutes from the start of the row's training to its scores.
     python benchmarks/accuracy_vs_monai.py --quick              # tiny images and network, 1 seed
     python benchmarks/accuracy_vs_monai.py --rows monai_local box box+finish --seeds 1
 
-Duration (an estimate, not a measured run): ``--quick`` measured FIXME. The full mode is
-estimated at FIXME on 2 idle cores, from FIXME.
+Duration: estimated, not measured end to end (the machine was shared with a long benchmark
+while this was written, which starved these runs and inflated their CPU time too, as two
+threads spin waiting for each other). Measured at 1024×1536 with the demo model, two threads,
+under that load: about 5-7 CPU seconds per optimiser step of two images in glmed's global,
+local and coarse-to-fine bidirectional stages and of either peer, and about 35 per step of
+plain G⇄L's bidirectional stage (its collect pass reads every patch of both whole images).
+With the defaults (8 training images: 4 steps an epoch; stages 5/4/1) a seed trains the G⇄L
+GLNet (about 5 CPU min), two box models (3.3 each), local-only (2.4) and the two peers at the
+box models' time (6.7): about 21 CPU min; three seeds about 62 CPU min, some 35-40 minutes on
+2 idle cores, plus scoring 14 images for every row (whole-image G→L, G⇄L, local-only and the
+sliding window read 50-100 patches an image): **about 45 minutes** in all, uncertain by a
+third either way. ``--quick`` (256×384, one torch thread) is estimated at about 3 minutes from a
+smaller run measured under that load (128×192, one epoch a stage: 98 CPU seconds in all).
 """
 
 from __future__ import annotations
@@ -190,10 +201,10 @@ class Settings(NamedTuple):
     """
 
     size: tuple[int, int] = (1024, 1536)
-    train: int = 12
+    train: int = 8
     val: int = 2
     test: int = 12
-    epochs: tuple[int, int, int] = (6, 4, 1)
+    epochs: tuple[int, int, int] = (5, 4, 1)
     seeds: tuple[int, ...] = (0, 1, 2)
     rows: tuple[str, ...] = tuple(ROWS)
     augment: str = "dermoscopy"
@@ -643,11 +654,11 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small images and network, one seed: minutes")
     parser.add_argument("--size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"), help="image size (1024 1536)")
-    parser.add_argument("--train", type=int, help="training images (12)")
+    parser.add_argument("--train", type=int, help="training images (8)")
     parser.add_argument("--val", type=int, help="validation images, 0 for none (2)")
     parser.add_argument("--test", type=int, help="test images (12)")
     parser.add_argument("--epochs", nargs=3, type=int, metavar=("GLOBAL", "LOCAL", "BOTH"),
-                        help="epochs of glmed's stages (6 4 1)")
+                        help="epochs of glmed's stages (5 4 1)")
     parser.add_argument("--seeds", type=int, help="training seeds per row: 0, 1, ... (3)")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), metavar="ROW",
                         help=f"rows to run, of: {' '.join(ROWS)} (all)")
