@@ -30,26 +30,22 @@ slows every epoch several-fold (one training measured 19 minutes while other job
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py, however this file is loaded
+from _common import UNDER, hard_dermoscopy_splits, markdown, recipe_settings  # noqa: E402
+from _common import sample_std as _std  # noqa: E402
+
 if TYPE_CHECKING:
     from glmed.models.glnet import GLNet
-
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "isic_c2f.py"
-"""The recipe whose ``--demo`` model and training settings are benchmarked."""
-
-UNDER = 0.65
-"""ISIC 2018's threshold: an image whose Jaccard is below it counts as 0."""
 
 
 class Settings(NamedTuple):
@@ -91,33 +87,10 @@ QUICK = Settings(size=(192, 256), train=4, val=2, test=2, epochs=(1, 1, 1), seed
 """``--quick``: tiny images and network, one epoch a stage, two seeds: a smoke test of every path."""
 
 
-def recipe_settings(
-    epochs: tuple[int, int, int], model: Sequence[tuple[str, Any]] = ()
-) -> tuple[Any, type[GLNet]]:
-    """The ISIC coarse-to-fine recipe's ``--demo`` config and network class.
-
-    Read from ``recipes/isic_c2f.py`` so the benchmark follows the recipe when its demo changes;
-    ``epochs`` per stage and the ``model`` changes replace the demo's values.
-    """
-    spec = importlib.util.spec_from_file_location("isic_c2f_recipe", RECIPE)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"cannot load the recipe {RECIPE}")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    config = recipe.RECIPE.config_class(num_classes=len(recipe.RECIPE.class_names), **recipe.DEMO)
-    return replace(config, epochs=tuple(epochs), **dict(model)).check(), recipe.RECIPE.model_class
-
-
 def make_images(settings: Settings) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """The generated hard dermoscopy images of each split (different seeds per split)."""
-    from glmed.data.synthetic import make_hard_dermoscopy_image
-
-    counts = {"train": settings.train, "val": settings.val, "test": settings.test}
-    images = {}
-    for offset, (split, count) in enumerate(counts.items()):
-        first = settings.data_seed * 1_000_000 + offset * 10_000
-        images[split] = [make_hard_dermoscopy_image(settings.size, first + index) for index in range(count)]
-    return images
+    return hard_dermoscopy_splits(settings.size, {"train": settings.train, "val": settings.val, "test": settings.test},
+                                  settings.data_seed)
 
 
 def train_and_score(config: Any, model_class: type[GLNet], images: dict[str, list], augment: str, seed: int,
@@ -188,18 +161,6 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             "CPU min": f"{group['cpu_minutes'].mean():.1f}",
         })
     return pd.DataFrame(rows)
-
-
-def _std(values: pd.Series) -> float:
-    """Sample standard deviation; 0 for a single value (one seed has no spread)."""
-    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """``table`` as a Markdown table (no extra dependency)."""
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + " --- |" * len(table.columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def run(settings: Settings, log: Any = print) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -108,6 +108,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py, however this file is loaded
+from _common import flexible_unet, flexible_unet_logits, sliding_window_mask, transfer  # noqa: E402
+
 SCRIPT = Path(__file__).resolve()
 
 CASES: dict[str, str] = {
@@ -275,32 +278,6 @@ def box_note(boxes: Sequence[Sequence[int]], truth: np.ndarray) -> str:
 # -- networks -------------------------------------------------------------------------
 
 
-def pad_to_multiple(x: Any, multiple: int = 32) -> tuple[Any, tuple[int, int, int, int]]:
-    """``x`` (N×C×H×W) reflect-padded so both sides divide by ``multiple``; returns it and the padding."""
-    import torch.nn.functional as F
-
-    height, width = x.shape[-2:]
-    extra_h, extra_w = -height % multiple, -width % multiple
-    pad = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
-    if not any(pad):
-        return x, pad
-    return F.pad(x, pad, mode="reflect"), pad
-
-
-def flexible_unet(backbone: str) -> Any:
-    """MONAI's FlexibleUNet with a ResNet encoder, random weights (``pretrained=False``: nothing is downloaded)."""
-    from monai.networks.nets import FlexibleUNet
-
-    return FlexibleUNet(in_channels=3, out_channels=2, backbone=backbone, pretrained=False)
-
-
-def flexible_unet_logits(net: Any, x: Any) -> Any:
-    """FlexibleUNet on windows of any size: padded to a multiple of 32, the output cropped back."""
-    padded, (left, right, top, bottom) = pad_to_multiple(x)
-    out = net(padded)
-    return out[..., top : out.shape[-2] - bottom, left : out.shape[-1] - right]
-
-
 def local_branch_logits(model: Any, x: Any) -> Any:
     """A local-only GLNet's logits for a batch of windows (or a whole image), at their size."""
     return model.local_logits(model.local_features(x), tuple(x.shape[-2:]))
@@ -310,27 +287,6 @@ def glnet_sizes(settings: Settings) -> dict[str, Any]:
     """GLNet keyword arguments of this run's sizes."""
     return {"fpn_channels": settings.fpn_channels, "global_size": settings.global_size,
             "patch_size": settings.patch_size, "overlap": settings.overlap}
-
-
-def transfer(weights: dict[str, Any], config: Any, kind: str, sharing: str) -> Any:
-    """A GLNet (``kind`` "glnet") or coarse-to-fine GLNet with ``sharing``, holding ``weights``.
-
-    The bidirectional weights load whole into either class; a G→L model leaves out the global
-    branch's local→global convolutions (it has none), and nothing else may be missing or left over.
-    """
-    from dataclasses import replace
-
-    import glmed
-
-    cls = glmed.CoarseToFineGLNet if kind == "c2f" else glmed.GLNet
-    values = replace(config, sharing=sharing).to_dict()
-    model = cls.from_config({key: value for key, value in values.items() if key != "trained_image_size"})
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    dropped = [key for key in unexpected if key.startswith("global_branch.") and ".partner_conv." in key]
-    if missing or len(dropped) != len(unexpected):
-        raise ValueError(f"the weights do not fit a {sharing} {cls.__name__}: missing {missing[:3]}, "
-                         f"unexpected {sorted(set(unexpected) - set(dropped))[:3]}")
-    return model.eval()
 
 
 # -- preparation: test images and weights (one child process) -------------------------------
@@ -659,22 +615,10 @@ def infer(case: str, network: Any, image: np.ndarray, settings: Settings, device
     from glmed.data.normalize import to_model_input
 
     if case in ("flexible_unet_sw", "local_sw"):
-        from monai.inferers import sliding_window_inference
-
-        windows = []
         logits_of = flexible_unet_logits if case == "flexible_unet_sw" else local_branch_logits
-
-        def predictor(tiles: torch.Tensor) -> torch.Tensor:
-            windows.append(len(tiles))
-            return logits_of(network, tiles)
-
-        with torch.inference_mode():
-            logits = sliding_window_inference(
-                to_model_input(image)[None], roi_size=(settings.patch_size,) * 2, sw_batch_size=settings.batch_size,
-                predictor=predictor, overlap=settings.overlap / settings.patch_size, mode="constant",
-                sw_device=device, device=torch.device("cpu"))
-            mask = logits[0].argmax(0).numpy().astype(np.uint8)
-        return mask, {"patches": sum(windows)}
+        mask, windows = sliding_window_mask(partial(logits_of, network), image, settings.patch_size, settings.overlap,
+                                            settings.batch_size, device)
+        return mask, {"patches": windows}
     if case == "full_image":
         with torch.inference_mode():
             logits = local_branch_logits(network, to_model_input(image)[None].to(device))
