@@ -27,7 +27,7 @@ from glmed.models.coarse_to_fine import CoarseToFineGLNet
 DEMO = dict(
     demo=True, images=46, image_size=(384, 512), split=(32, 4, 10), backbone="resnet18", fpn_channels=64,
     global_size=192, patch_size=192, overlap=24, global_lr=1e-3, local_lr=5e-4, batch_size=2,
-    patches_per_image=3, patches_per_step=4, epochs=(16, 10, 2),
+    patches_per_image=3, patches_per_step=4, epochs=(12, 7, 1),
 )
 """``--demo``: a small network on generated dermoscopy images, a few minutes on a 2-core CPU."""
 
