@@ -80,7 +80,8 @@ the whole image), ``uncertain`` at most as long, the once-cases about 15 minutes
     python benchmarks/inference_speed.py --csv speed.csv --plot speed.png     # the issue's run, ~45 min
     python benchmarks/inference_speed.py --every-lesion                       # every case at every lesion
     python benchmarks/inference_speed.py --checkpoint RUN/checkpoints/best.pt --untrained-baselines
-    python benchmarks/inference_speed.py --device cuda --threads 8            # a GPU, same protocol
+    python benchmarks/inference_speed.py --device cuda --work-dir W           # a GPU, the paper's protocol,
+    python benchmarks/inference_speed.py --device cuda --work-dir W --reuse --amp bf16   # then bf16, same weights
     python benchmarks/inference_speed.py --quick                              # tiny, ResNet18: a smoke test
 
 ``--plot`` draws time and peak memory against Jaccard per method (the paper's Figure 1 analogue);
@@ -90,6 +91,7 @@ methods without a meaningful Jaccard (untrained) appear as horizontal lines at t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -173,6 +175,10 @@ class Settings(NamedTuple):
         margin: ``refine="uncertain"``'s margin (None: predict's default).
         skip_full_image: never run ``full_image``.
         seed: seed of weights and training draws.
+        amp: ``"bf16"`` runs every case's inference under bfloat16 autocast (glmed's ``amp=``,
+            ``torch.autocast`` around the baselines' networks); ``"off"``: float32. Training is
+            float32 either way. Worth it where the device computes bfloat16 natively (recent
+            GPUs, CPUs with AMX/AVX512-BF16); on other CPUs it is many times slower.
     """
 
     size: tuple[int, int] = (4499, 6748)
@@ -199,6 +205,7 @@ class Settings(NamedTuple):
     margin: float | None = None
     skip_full_image: bool = False
     seed: int = 0
+    amp: str = "off"
 
 
 QUICK = Settings(size=(192, 256), backbone="resnet18", fpn_channels=32, global_size=64, patch_size=64, overlap=8,
@@ -614,13 +621,20 @@ def infer(case: str, network: Any, image: np.ndarray, settings: Settings, device
 
     from glmed.data.normalize import to_model_input
 
+    autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if settings.amp == "bf16"
+                else contextlib.nullcontext())
     if case in ("flexible_unet_sw", "local_sw"):
-        logits_of = flexible_unet_logits if case == "flexible_unet_sw" else local_branch_logits
-        mask, windows = sliding_window_mask(partial(logits_of, network), image, settings.patch_size, settings.overlap,
+        network_logits = flexible_unet_logits if case == "flexible_unet_sw" else local_branch_logits
+
+        def logits_of(tiles: Any) -> Any:
+            with autocast:
+                return network_logits(network, tiles).float()  # stitched in float32, as glmed does
+
+        mask, windows = sliding_window_mask(logits_of, image, settings.patch_size, settings.overlap,
                                             settings.batch_size, device)
         return mask, {"patches": windows}
     if case == "full_image":
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             logits = local_branch_logits(network, to_model_input(image)[None].to(device))
             mask = logits[0].argmax(0).to(torch.uint8).cpu().numpy()
         return mask, {"patches": 1}
@@ -629,6 +643,8 @@ def infer(case: str, network: Any, image: np.ndarray, settings: Settings, device
     import glmed
 
     options: dict[str, Any] = {"batch_size": settings.batch_size, "with_coarse": False, "thumbnail": False}
+    if settings.amp != "off":
+        options["amp"] = settings.amp
     if case == "c2f_uncertain":
         options["refine"] = "uncertain"
         if settings.margin is not None:
@@ -864,6 +880,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
                         help="run FlexibleUNet and the local branch untrained (time and memory only)")
     parser.add_argument("--checkpoint", help="a trained bidirectional GLNet or coarse-to-fine checkpoint: no training")
     parser.add_argument("--device", help="cpu or cuda[:N] (cpu)")
+    parser.add_argument("--amp", choices=["off", "bf16"],
+                        help="bfloat16 autocast for every case's inference (off); run once with and once without")
     parser.add_argument("--threads", type=int, help="torch threads in every child (torch's default)")
     parser.add_argument("--margin", type=float, help="refine='uncertain' margin (predict's default)")
     parser.add_argument("--skip-full-image", action="store_true", help="never run the full image at once")
@@ -880,7 +898,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     settings = QUICK if args.quick else Settings()
     given: dict[str, Any] = {name: getattr(args, name) for name in (
         "size", "lesions", "backbone", "fpn_channels", "batch_size", "cases", "once", "train_images", "epochs", "lr",
-        "checkpoint", "device", "threads", "margin", "seed") if getattr(args, name) is not None}
+        "checkpoint", "device", "threads", "margin", "seed", "amp") if getattr(args, name) is not None}
     given = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
     if args.every_lesion:
         given["once"] = ()
@@ -922,7 +940,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     minutes = (time.perf_counter() - started) / 60
     sizes = table.attrs["sizes"]
     threads = settings.threads or "torch's default"
-    print(f"\n{settings.size[0]}×{settings.size[1]} generated dermoscopy images, {settings.device}, "
+    precision = "bfloat16 autocast" if settings.amp == "bf16" else "float32"
+    print(f"\n{settings.size[0]}×{settings.size[1]} generated dermoscopy images, {settings.device} ({precision}), "
           f"{threads} thread(s), batch {settings.batch_size} everywhere; {sizes['backbone']} everywhere "
           f"(GLNet FPN {sizes['fpn_channels']}, global {sizes['global_size']}, windows/patches {sizes['patch_size']}, "
           f"overlap {sizes['overlap']}); each case in a fresh process; {minutes:.1f} min in all")

@@ -76,3 +76,40 @@ def test_reuse_keeps_the_prepared_image_nearest_each_wanted_lesion(tmp_path):
     assert module.reused_tests(tests, [0.1, 0.25, 0.5]) == tests
     with pytest.raises(RuntimeError, match="prepared.json"):  # nothing prepared there: says what to do
         module.run(module.QUICK, tmp_path, log=lambda line: None, reuse=True)
+
+
+def test_amp_bf16_reaches_every_kind_of_case(monkeypatch):
+    import torch
+
+    import glmed
+
+    module = _load()
+    settings = module.QUICK._replace(amp="bf16", patch_size=32, overlap=8)
+    image = np.zeros((40, 56, 3), dtype=np.uint8)
+    seen = []
+
+    def logits(network, tiles):  # records whether the baseline's network runs under bf16 autocast
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return torch.zeros(len(tiles), 2, *tiles.shape[2:], dtype=torch.bfloat16)
+
+    monkeypatch.setattr(module, "local_branch_logits", logits)
+    mask, _ = module.infer("local_sw", None, image, settings, "cpu")
+    assert mask.shape == image.shape[:2] and seen and all(seen)
+    seen.clear()
+    module.infer("full_image", None, image, settings, "cpu")
+    assert seen == [True]
+
+    asked = {}
+
+    def fake_predict(network, pixels, **options):
+        asked.update(options)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(glmed, "predict", fake_predict)
+    with pytest.raises(RuntimeError, match="stop here"):
+        module.infer("c2f_uncertain", None, image, settings, "cpu")
+    assert asked["amp"] == "bf16" and asked["refine"] == "uncertain"
+    asked.clear()
+    with pytest.raises(RuntimeError, match="stop here"):
+        module.infer("glnet_g2l", None, image, settings._replace(amp="off"), "cpu")
+    assert "amp" not in asked  # float32: predict's own default
