@@ -28,6 +28,7 @@ from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization, to_model_input
 from glmed.data.samples import iter_patch_batches
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
+from glmed.inference.finishing import finish_in_place, finish_problem
 from glmed.inference.memory_budget import MemoryBudget, MemoryPlan, parse_memory, plan_for_budget
 from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
 from glmed.inference.notes import box_edge_notes, cover_notes, foreground_fraction, refine_notes, size_notes
@@ -135,6 +136,15 @@ class GlobalLocalInferer:
             chosen. On the CPU the budget is the process's memory (host arrays such as the mask
             count); on a GPU, the GPU's. A budget below batch 1's estimate raises
             :class:`ValueError` before any patch is read (see :meth:`fitted`).
+        finish: ``"lesion"`` finishes a two-class mask as the ISIC task defines a lesion: the largest
+            connected foreground region, its holes filled
+            (:func:`~glmed.inference.finishing.finish_lesion_mask`), applied to the final mask
+            (not to ``result.coarse``) and said in ``result.notes``. Refused for models of more
+            than two classes, where it would erase the other classes. Meant for lesion images
+            held in memory, not for slides (many regions per image), so
+            :func:`~glmed.inference.slide.predict_to_tiff` does not offer it. None (default): off.
+        keep_regions_above: with ``finish``, also keep every other region of more than this
+            many pixels (counted with its filled holes); None keeps the largest alone.
         settings: overrides of :data:`INFERENCE_SETTINGS` for this inferer's predictions
             (e.g. ``target_ratio=2.0``); the model's config (what it was trained and validated
             with, and what its checkpoint records) is left as it is.
@@ -156,6 +166,8 @@ class GlobalLocalInferer:
         refine: str = DEFAULT_REFINE,
         margin: float | None = DEFAULT_MARGIN,
         max_memory: str | int | float | MemoryBudget | None = None,
+        finish: str | None = None,
+        keep_regions_above: int | None = None,
         **settings: Any,
     ) -> None:
         if batch_size is not None and batch_size < 1:
@@ -163,7 +175,7 @@ class GlobalLocalInferer:
         budget = None if max_memory is None else parse_memory(max_memory)
         if amp is not None and amp not in AMP_MODES:
             raise ValueError(f"unknown amp mode {amp!r}; choose one of {sorted(AMP_MODES)}")
-        problem = refine_problem(refine, margin)
+        problem = refine_problem(refine, margin) or finish_problem(finish, keep_regions_above)
         if problem is not None:
             raise ValueError(problem)
         unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
@@ -182,18 +194,24 @@ class GlobalLocalInferer:
         self.channels_last = bool(channels_last)
         self.refine = refine
         self.margin = None if margin is None else float(margin)
+        self.finish, self.keep_regions_above = finish, keep_regions_above
         self.settings = {name: value for name, value in settings.items() if value is not None}
 
     def config_for(self, model: GLNet) -> GLNetConfig:
         """``model``'s config with this inferer's overrides (validated like the model's own).
 
         Raises:
-            ValueError: an override the model cannot take, or ``refine="uncertain"`` for a model
-                without a global branch (``local_only``), which has nothing to be unsure with.
+            ValueError: an override the model cannot take, ``refine="uncertain"`` for a model
+                without a global branch (``local_only``), which has nothing to be unsure with, or
+                ``finish`` for a model of more than two classes.
         """
         if self.refine == "uncertain" and not model.sharing.has_global:
             raise ValueError(f"refine='uncertain' skips patches where the global branch is confident; this model's "
                              f"sharing is {model.sharing.value!r}, without a global branch: use refine='box'")
+        if self.finish is not None and model.config.num_classes != 2:
+            raise ValueError(f"finish={self.finish!r} keeps one foreground region without holes, for two-class "
+                             f"(background, lesion) models; this model has {model.config.num_classes} classes, "
+                             "whose other classes finishing would erase: leave finish=None")
         if not self.settings:
             return model.config
         foreign = sorted(name for name in self.settings if not hasattr(model.config, name))
@@ -351,6 +369,8 @@ class GlobalLocalInferer:
         if self.refine == "uncertain" and not global_only:
             result_notes += refine_notes(result.patches, result.patches_skipped, self.margin,
                                          len(result.boxes) if isinstance(model, CoarseToFineGLNet) else None)
+        if self.finish is not None:  # before the notes below, so they describe the finished mask
+            result_notes += finish_in_place(result.mask, self.keep_regions_above)
         two_class = config.num_classes == 2  # elsewhere class 0 is a class like the others (DeepGlobe)
         result.notes += result_notes + ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
                          + box_edge_notes(result.mask, result.boxes, reader.size)
@@ -618,6 +638,8 @@ def predict(
     refine: str = DEFAULT_REFINE,
     margin: float | None = DEFAULT_MARGIN,
     max_memory: str | int | float | None = None,
+    finish: str | None = None,
+    keep_regions_above: int | None = None,
 ) -> SegmentationResult:
     """Segment a whole image of any size with ``model``; returns a full-size mask and more.
 
@@ -670,12 +692,18 @@ def predict(
             estimate at batch 1 raises :class:`ValueError` naming it, before any patch is read.
             On the CPU the budget covers the process's memory (the mask included); on a GPU, the
             GPU's. Not with ``global_only``, which reads no patches.
+        finish: ``"lesion"`` finishes the mask as the ISIC task defines a lesion: the largest connected
+            foreground region, its holes filled (:func:`~glmed.inference.finishing.finish_lesion_mask`);
+            ``result.notes`` says what it changed. Two-class models only (refused otherwise); not for
+            slides. None (default): the mask as the network made it.
+        keep_regions_above: with ``finish``, also keep other regions of more than this many pixels.
 
     The model is left in the mode, on the device and in the memory layout it was in.
     """
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
-                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory)
+                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory,
+                                 finish=finish, keep_regions_above=keep_regions_above)
     return inferer(model, image, out=out, with_coarse=with_coarse, thumbnail=thumbnail, global_only=global_only)
 
 

@@ -121,6 +121,10 @@ def predict_to_tiff(
             gives another (a batch's shape can change the mask's last bits). The mask, on disk,
             does not count against a CPU budget.
 
+    There is no ``finish`` here, unlike :func:`glmed.predict`: ISIC finishing keeps one
+    connected region without holes, which would erase all but one of a slide's many regions
+    (tissue, tumour foci, glands); it is meant for one lesion per image.
+
     Raises:
         ValueError: a lossy compression, a bad tile side, a ``refine``/``margin`` out of range (or
             ``refine="uncertain"`` for a ``local_only`` model), a ``path`` that is a folder, does not
