@@ -74,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --refine uncertain: also refine where the global branch's top-class probability "
                              "is under 1 - M; in (0, 1); default none: a patch is refined where more than one class "
                              "meets around it (focal-trained models are rarely sure enough for a probability rule)")
+    parser.add_argument("--tta", choices=["flips", "dihedral"], default=None,
+                        help="test-time augmentation: probabilities averaged over the image and its horizontal and "
+                             "vertical flips (flips, 3× the compute), or also its 90° rotations and other reflections "
+                             "(dihedral, 8×, for slides and images without an up); default none")
     parser.add_argument("--finish", action="store_true",
                         help="ISIC finishing of two-class masks: keep the largest connected lesion region and fill "
                              "its holes, as the ISIC task defines a lesion (not for .tif outputs: slides have many "
@@ -214,6 +218,8 @@ def _resume(args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type
 
         options["refine"] = args.refine
         options["margin"] = DEFAULT_MARGIN if args.margin is None else args.margin
+    if args.tta is not None:
+        options["tta"] = args.tta
     if args.finish:
         options["finish"] = "lesion"
         options["keep_regions_above"] = args.keep_regions_above
@@ -270,6 +276,8 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
         options["refine"] = args.refine
     if args.margin is not None:
         options["margin"] = args.margin
+    if args.tta is not None:
+        options["tta"] = args.tta
     result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)

@@ -42,7 +42,8 @@ def test_predict_writes_the_mask_predict_gives(tmp_path, trained, capsys, name):
                                                        {"amp": "bf16", "channels_last": True}),
                                           (["--refine", "uncertain", "--margin", "0.25"],
                                            {"refine": "uncertain", "margin": 0.25}),
-                                          (["--refine", "box"], {"refine": "box"})])
+                                          (["--refine", "box"], {"refine": "box"}),
+                                          (["--tta", "dihedral"], {"tta": "dihedral"})])
 def test_amp_channels_last_and_refine_reach_predict(tmp_path, trained, monkeypatch, name, flags, expected):
     import glmed.inference.inferer as inferer
     import glmed.inference.slide as slide
@@ -61,7 +62,7 @@ def test_amp_channels_last_and_refine_reach_predict(tmp_path, trained, monkeypat
     assert main(["predict", str(checkpoint), str(image), str(tmp_path / name), "--quiet", "--device", "cpu",
                  *flags]) == 0
     assert len(calls) == 1
-    options = ("amp", "channels_last", "refine", "margin")
+    options = ("amp", "channels_last", "refine", "margin", "tta")
     assert {key: calls[0][key] for key in options if key in calls[0]} == expected
 
 
@@ -482,3 +483,13 @@ def test_finish_is_refused_for_a_folder_of_tiffs_and_a_multi_class_checkpoint(tm
     save_checkpoint(tmp_path / "three.pt", GLNet(3, "resnet18", "g2l", **SIZES))
     assert _predict(tmp_path / "three.pt", image, tmp_path / "mask.png", "--device", "cpu", "--finish") == 1
     assert "has 3 classes, whose other classes it would erase: drop --finish" in _one_line_error(capsys)
+
+
+def test_tta_is_noted_and_recorded_for_a_folder_run(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images = _images(tmp_path / "images", names=("ISIC_0000000.jpg",))
+    masks = tmp_path / "masks"
+    assert _predict(checkpoint, images, masks, "--device", "cpu", "--tta", "flips") == 0
+    assert "note: test-time augmentation (flips): probabilities averaged over 3 views" in capsys.readouterr().out
+    assert _predict(checkpoint, images, masks, "--device", "cpu") == 0  # without it, the mask is recomputed
+    assert "recomputing the 1 mask(s) already in" in capsys.readouterr().out
