@@ -201,14 +201,20 @@ def test_uncertain_refinement_averages_the_skipped_patches_global_answers():
 # --- slides: the same mask, streamed; and a resumed run must have the same views -------------------------------
 
 @pytest.mark.parametrize("tta", ["flips", "dihedral"])
-def test_predict_to_tiff_with_tta_writes_the_mask_predict_gives(tmp_path, tta):
+def test_predict_to_tiff_with_tta_writes_the_mask_predict_gives(tmp_path, monkeypatch, tta):
     model = tiny("bidirectional", overlap=8)
     pixels = image(100, 130)
+    added = _recording_merger(monkeypatch)
+    glmed.predict(model, pixels, batch_size=3)
+    margins = np.concatenate([np.log(p[0] / p[1]).ravel() for p in added.values()])
+    with torch.no_grad():  # balance the untrained head, so the mask is about half foreground
+        model.aggregate.bias[1] += float(np.median(margins))
     expected = glmed.predict(model, pixels, tta=tta, batch_size=3)
     written = glmed.predict_to_tiff(model, pixels, tmp_path / "mask.tif", tta=tta, batch_size=3)
     with glmed.open_image(written.path) as reader:
         np.testing.assert_array_equal(reader.read((0, 0, *reader.size))[..., 0], expected.mask)
     assert any(note.startswith(f"test-time augmentation ({tta})") for note in written.notes)
+    assert 0.1 < expected.mask.mean() < 0.9
     assert (expected.mask != glmed.predict(model, pixels, batch_size=3).mask).any()  # the views changed something
 
 
