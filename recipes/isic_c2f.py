@@ -8,7 +8,9 @@ Builds the split of ``ISIC2018_Task1-2_Training_Input`` / ``ISIC2018_Task1_Train
 (the paper's 2077/260/259 proportions), trains in the paper's stages (global; local in the
 relaxed boxes; bidirectional), keeps the checkpoint with the best validation thresholded
 Jaccard, writes ``RUN_DIR/submission/ISIC_XXXXXXX_segmentation.png`` for the test split and
-scores it with glmed's ISIC scorer (``glmed score``). See docs/recipes.md.
+scores it with glmed's ISIC scorer (``glmed score``). The test masks are finished as the ISIC task
+defines a lesion (the largest region, holes filled; ``--finish none`` keeps the network's masks as
+they are). See docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ RECIPE = recipe_support.Recipe(
     demo_defaults=DEMO,
     write_demo=write_demo,
     augmentation="dermoscopy",
+    finish="lesion",
     metric=IsicMetric(),
     output=IsicSubmission(),
 )

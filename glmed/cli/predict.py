@@ -74,6 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --refine uncertain: also refine where the global branch's top-class probability "
                              "is under 1 - M; in (0, 1); default none: a patch is refined where more than one class "
                              "meets around it (focal-trained models are rarely sure enough for a probability rule)")
+    parser.add_argument("--tta", choices=["flips", "dihedral"], default=None,
+                        help="test-time augmentation: probabilities averaged over the image and its horizontal and "
+                             "vertical flips (flips, 3× the compute), or also its 90° rotations and other reflections "
+                             "(dihedral, 8×, for slides and images without an up); default none")
+    parser.add_argument("--finish", action="store_true",
+                        help="ISIC finishing of two-class masks: keep the largest connected lesion region and fill "
+                             "its holes, as the ISIC task defines a lesion (not for .tif outputs: slides have many "
+                             "regions)")
+    parser.add_argument("--keep-regions-above", type=int, default=None, metavar="N",
+                        help="with --finish: also keep other regions of more than N pixels")
     parser.add_argument("--no-resume", action="store_true",
                         help="start afresh: recompute masks a folder run already wrote, and interrupted TIFFs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -106,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, map_location=device).to(device)  # once, not per image
     except (OSError, ValueError) as error:
         return _fail(str(error))
+    if args.finish and model.config.num_classes != 2:
+        return _fail(f"--finish keeps one lesion region of a two-class mask; {args.checkpoint} has "
+                     f"{model.config.num_classes} classes, whose other classes it would erase: drop --finish")
     for note in notes:
         print(note)
     record = None
@@ -152,12 +165,28 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         return f"--margin must be in (0, 1), got {args.margin}"
     if args.margin is not None and args.refine != "uncertain":
         return "--margin applies only with --refine uncertain (it says which patches to skip)"
+    problem = _finish_problem(args)
+    if problem is not None:
+        return problem
     if args.device is not None:
         from glmed.models.checkpoint import device_problem
 
         problem = device_problem(args.device)
         if problem is not None:
             return f"--device {args.device}: {problem}"
+    return None
+
+
+def _finish_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--finish``/``--keep-regions-above`` cannot apply to this run, or None."""
+    if args.keep_regions_above is not None and not args.finish:
+        return "--keep-regions-above applies only with --finish (it says which other regions finishing keeps)"
+    if args.keep_regions_above is not None and args.keep_regions_above < 0:
+        return f"--keep-regions-above must be a pixel count >= 0, got {args.keep_regions_above}"
+    tiff = args.out.suffix.lower() in TIFF_SUFFIXES or (args.image.is_dir() and args.format == "tif")
+    if args.finish and tiff:
+        return ("--finish is for lesion masks written as PNG: a .tif output streams a slide, whose many regions "
+                "finishing (one region, no holes) would erase; drop --finish or write .png")
     return None
 
 
@@ -189,6 +218,11 @@ def _resume(args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type
 
         options["refine"] = args.refine
         options["margin"] = DEFAULT_MARGIN if args.margin is None else args.margin
+    if args.tta is not None:
+        options["tta"] = args.tta
+    if args.finish:
+        options["finish"] = "lesion"
+        options["keep_regions_above"] = args.keep_regions_above
     if args.format == "tif":
         options["tile"] = args.tile
     record = RunRecord(checkpoint=file_digest(args.checkpoint), checkpoint_path=str(args.checkpoint),
@@ -242,11 +276,14 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
         options["refine"] = args.refine
     if args.margin is not None:
         options["margin"] = args.margin
+    if args.tta is not None:
+        options["tta"] = args.tta
     result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)
     else:
-        segmentation = predict(model, image, with_coarse=False, thumbnail=False, **options)
+        finish = {"finish": "lesion", "keep_regions_above": args.keep_regions_above} if args.finish else {}
+        segmentation = predict(model, image, with_coarse=False, thumbnail=False, **options, **finish)
         write_mask_png(out, segmentation.mask, model.config.num_classes)
         result = segmentation
     refined = f", refined {len(result.boxes)} box(es)" if result.boxes else ""

@@ -79,6 +79,9 @@ class RecipeConfig(GLNetConfig):
     validate_every: int = setting(1, "validate every N epochs of a stage (a stage's last epoch always is); the "
                                      "global stage validates the global branch's own mask")
     # inference and the run
+    finish: str | None = setting(None, "finishing of the test masks: lesion (keep the largest region, fill its "
+                                       "holes: what an ISIC lesion is) or none (default: the dataset's own, lesion "
+                                       "for ISIC, none otherwise)", choices=["lesion", "none"])
     predict_batch_size: int = setting(4, "patches per forward pass at inference")
     workers: int | None = setting(None, "processes that load images and build training samples (default: the "
                                         "machine's cores minus one, none below 4 cores; 0 builds them in the "
@@ -130,6 +133,9 @@ class RecipeConfig(GLNetConfig):
             need(0 < getattr(self, name) < 1, name, "in (0, 1)")
         need(self.workers is None or self.workers >= 0, "workers", "0 or more")
         need(self.validate_every >= 1, "validate_every", "at least 1")
+        need(self.finish in (None, "lesion", "none"), "finish", "lesion or none")
+        need(self.finish != "lesion" or self.num_classes == 2, "finish",
+             f"lesion finishing keeps one region of a two-class mask; this dataset has {self.num_classes} classes")
         for name in ("batch_size", "patches_per_image", "patches_per_step", "predict_batch_size"):
             need(getattr(self, name) >= 1, name, "at least 1")
         need(len(self.epochs) == 3 and min(self.epochs) >= 0 and sum(self.epochs) > 0, "epochs",

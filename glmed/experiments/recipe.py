@@ -50,6 +50,7 @@ from glmed.experiments.config import (
     given_values,
 )
 from glmed.experiments.outputs import ClassMapPredictions, IsicSubmission
+from glmed.inference.finishing import UNCHANGED_NOTE
 from glmed.inference.inferer import predict
 from glmed.io.labels import mask_to_index
 from glmed.io.open import open_image
@@ -88,6 +89,9 @@ class Recipe:
         ignore_index: a label value the loss skips (DeepGlobe's ``unknown``), or None.
         augmentation: the training augmentation preset when ``--augment`` is not given
             (:meth:`glmed.data.augment.Augmentation.preset`).
+        finish: how the test masks are finished when ``--finish`` is not given: ``"lesion"``
+            (:func:`glmed.inference.finishing.finish_lesion_mask`, for one lesion per image) or
+            None (the network's masks as they are).
     """
 
     name: str
@@ -103,6 +107,13 @@ class Recipe:
     output: IsicSubmission | ClassMapPredictions
     ignore_index: int | None = None
     augmentation: str = "none"
+    finish: str | None = None
+
+    def finish_for(self, config: RecipeConfig) -> str | None:
+        """The finishing of this run's test masks: ``--finish`` when given (``none`` is None), else the dataset's."""
+        if config.finish is None:
+            return self.finish
+        return None if config.finish == "none" else config.finish
 
 
 class LoadedPairs(Sequence[tuple[np.ndarray, np.ndarray]]):
@@ -334,18 +345,22 @@ def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: 
 
         rows = progress_bar(rows, total=len(test), desc="predicting the test split", unit="image", leave=False)
     seconds = []
+    finish = recipe.finish_for(config)
+    finished = 0  # test masks finishing changed
     with PeakMemory(device) as peak:
         for row in rows:
             started = time.perf_counter()
-            mask = predict(model, row.image_path, batch_size=config.predict_batch_size, device=device,
-                           with_coarse=False, thumbnail=False).mask
+            segmentation = predict(model, row.image_path, batch_size=config.predict_batch_size, device=device,
+                                   with_coarse=False, thumbnail=False, finish=finish)
             seconds.append(time.perf_counter() - started)
-            recipe.output.write(recipe.output.path(folder, row.image_id), mask)
+            finished += finish is not None and UNCHANGED_NOTE not in segmentation.notes
+            recipe.output.write(recipe.output.path(folder, row.image_id), segmentation.mask)
     per_image, summary = recipe.output.score(out, test, folder)
     with atomic_path(out / "scores.csv") as temporary:
         per_image.to_csv(temporary, float_format="%.17g")
     inference = {"seconds_per_image": float(np.mean(seconds)), "peak_memory_mb": peak.megabytes,
-                 "peak_memory_kind": peak.kind, "device": str(device)}
+                 "peak_memory_kind": peak.kind, "device": str(device), "finish": finish or "none",
+                 "masks_changed_by_finishing": int(finished)}
     everything = {"test": summary, "inference": inference, "best_validation": result.best}
     with atomic_path(out / "summary.json") as temporary:
         Path(temporary).write_text(json.dumps(everything, indent=2) + "\n")
@@ -354,6 +369,9 @@ def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: 
     print(f"test ({summary['images']} images): {headline} {summary[headline]:.4f} | {others}")
     print(f"inference: {inference['seconds_per_image']:.2f} s per image, peak memory {peak.megabytes:.0f} MB "
           f"({peak.kind})")
+    if finish is not None:
+        print(f"finishing: {finish} (largest region, holes filled) changed {finished} of {len(test)} test masks "
+              "(--finish none turns it off)")
     print(f"outputs in {out}: {recipe.output.folder}/, scores.csv, summary.json, metrics.csv, curves.png, "
           "checkpoints/best.pt")
     return everything

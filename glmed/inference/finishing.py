@@ -28,6 +28,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+FINISH_MODES = ("lesion",)
+"""What ``predict(finish=...)`` accepts: ``"lesion"``, :func:`finish_lesion_mask` (one region, no holes)."""
+
 FOREGROUND_CONNECTIVITY = (4, 8)
 """The foreground connectivities :func:`finish_lesion_mask` accepts (the background takes the other)."""
 
@@ -106,6 +109,35 @@ def finish_lesion_mask(
     result = np.zeros_like(array)
     result[finished] = value
     return result, notes
+
+
+UNCHANGED_NOTE = "ISIC finishing (one lesion region, no holes) changed nothing"
+"""The note :func:`finish_in_place` gives a mask that was already finished."""
+
+
+def finish_problem(finish: str | None, keep_regions_above: int | None) -> str | None:
+    """Why ``finish`` or ``keep_regions_above`` (``predict``'s options) is out of range; None when both are valid."""
+    if finish is not None and finish not in FINISH_MODES:
+        return f"unknown finish {finish!r}; choose one of {list(FINISH_MODES)} or None"
+    if keep_regions_above is None:
+        return None
+    if finish is None:
+        return "keep_regions_above applies only with finish='lesion' (it says which other regions finishing keeps)"
+    if isinstance(keep_regions_above, bool) or not isinstance(keep_regions_above, int) or keep_regions_above < 0:
+        return f"keep_regions_above must be a pixel count >= 0, got {keep_regions_above!r}"
+    return None
+
+
+def finish_in_place(mask: np.ndarray, keep_other_regions_above: int | None = None) -> list[str]:
+    """:func:`finish_lesion_mask` written back into ``mask`` (an array or a memory-mapped file); returns the notes.
+
+    Always says that finishing ran, so a prediction's notes record it even when it changed nothing.
+    """
+    finished, notes = finish_lesion_mask(mask, keep_other_regions_above)
+    if not notes:
+        return [UNCHANGED_NOTE]
+    mask[...] = finished
+    return [f"ISIC finishing: {note}" for note in notes]
 
 
 def _foreground_value(array: np.ndarray, foreground: np.ndarray) -> object | None:

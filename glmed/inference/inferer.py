@@ -28,6 +28,7 @@ from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization, to_model_input
 from glmed.data.samples import iter_patch_batches
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
+from glmed.inference.finishing import finish_in_place, finish_problem
 from glmed.inference.memory_budget import MemoryBudget, MemoryPlan, parse_memory, plan_for_budget
 from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
 from glmed.inference.notes import box_edge_notes, cover_notes, foreground_fraction, refine_notes, size_notes
@@ -40,6 +41,7 @@ from glmed.inference.refinement import (
     uncertain_patches,
 )
 from glmed.inference.result import SegmentationResult, thumbnail_size
+from glmed.inference.tta import Dihedral, combined_scores, mean_answers, tta_note, tta_problem, views_for
 from glmed.io.base import ImageReader
 from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.region import RegionReader
@@ -135,6 +137,26 @@ class GlobalLocalInferer:
             chosen. On the CPU the budget is the process's memory (host arrays such as the mask
             count); on a GPU, the GPU's. A budget below batch 1's estimate raises
             :class:`ValueError` before any patch is read (see :meth:`fitted`).
+        finish: ``"lesion"`` finishes a two-class mask as the ISIC task defines a lesion: the largest
+            connected foreground region, its holes filled
+            (:func:`~glmed.inference.finishing.finish_lesion_mask`), applied to the final mask
+            (not to ``result.coarse``) and said in ``result.notes``. Refused for models of more
+            than two classes, where it would erase the other classes. Meant for lesion images
+            held in memory, not for slides (many regions per image), so
+            :func:`~glmed.inference.slide.predict_to_tiff` does not offer it. None (default): off.
+        keep_regions_above: with ``finish``, also keep every other region of more than this
+            many pixels (counted with its filled holes); None keeps the largest alone.
+        tta: test-time augmentation: ``"flips"`` averages the probabilities of the image, its
+            horizontal and its vertical flip (3 views); ``"dihedral"`` adds the 90° rotations and the
+            other reflections (8 views, for slides and other images without an up). Each view runs
+            the global branch on the transformed global view and the local branch on the
+            transformed patches at their transformed places; each patch's probabilities are turned
+            back and averaged over the views before they are merged, so streaming to a slide and
+            resuming work as without it. The coarse mask, coarse-to-fine's boxes and
+            ``refine="uncertain"``'s choice come from the views' mean global probabilities, and
+            skipped patches take the global answer averaged over the views. Costs ×3 or ×8 passes
+            and holds each view's global maps through the local passes
+            (:mod:`glmed.inference.tta`). None (default): off.
         settings: overrides of :data:`INFERENCE_SETTINGS` for this inferer's predictions
             (e.g. ``target_ratio=2.0``); the model's config (what it was trained and validated
             with, and what its checkpoint records) is left as it is.
@@ -156,6 +178,9 @@ class GlobalLocalInferer:
         refine: str = DEFAULT_REFINE,
         margin: float | None = DEFAULT_MARGIN,
         max_memory: str | int | float | MemoryBudget | None = None,
+        finish: str | None = None,
+        keep_regions_above: int | None = None,
+        tta: str | None = None,
         **settings: Any,
     ) -> None:
         if batch_size is not None and batch_size < 1:
@@ -163,7 +188,7 @@ class GlobalLocalInferer:
         budget = None if max_memory is None else parse_memory(max_memory)
         if amp is not None and amp not in AMP_MODES:
             raise ValueError(f"unknown amp mode {amp!r}; choose one of {sorted(AMP_MODES)}")
-        problem = refine_problem(refine, margin)
+        problem = refine_problem(refine, margin) or finish_problem(finish, keep_regions_above) or tta_problem(tta)
         if problem is not None:
             raise ValueError(problem)
         unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
@@ -182,18 +207,30 @@ class GlobalLocalInferer:
         self.channels_last = bool(channels_last)
         self.refine = refine
         self.margin = None if margin is None else float(margin)
+        self.finish, self.keep_regions_above = finish, keep_regions_above
+        self.tta = tta
         self.settings = {name: value for name, value in settings.items() if value is not None}
+
+    @property
+    def views(self) -> tuple[Dihedral, ...]:
+        """The transforms a prediction averages over (:mod:`glmed.inference.tta`); the identity alone without tta."""
+        return views_for(self.tta)
 
     def config_for(self, model: GLNet) -> GLNetConfig:
         """``model``'s config with this inferer's overrides (validated like the model's own).
 
         Raises:
-            ValueError: an override the model cannot take, or ``refine="uncertain"`` for a model
-                without a global branch (``local_only``), which has nothing to be unsure with.
+            ValueError: an override the model cannot take, ``refine="uncertain"`` for a model
+                without a global branch (``local_only``), which has nothing to be unsure with, or
+                ``finish`` for a model of more than two classes.
         """
         if self.refine == "uncertain" and not model.sharing.has_global:
             raise ValueError(f"refine='uncertain' skips patches where the global branch is confident; this model's "
                              f"sharing is {model.sharing.value!r}, without a global branch: use refine='box'")
+        if self.finish is not None and model.config.num_classes != 2:
+            raise ValueError(f"finish={self.finish!r} keeps one foreground region without holes, for two-class "
+                             f"(background, lesion) models; this model has {model.config.num_classes} classes, "
+                             "whose other classes finishing would erase: leave finish=None")
         if not self.settings:
             return model.config
         foreign = sorted(name for name in self.settings if not hasattr(model.config, name))
@@ -351,6 +388,11 @@ class GlobalLocalInferer:
         if self.refine == "uncertain" and not global_only:
             result_notes += refine_notes(result.patches, result.patches_skipped, self.margin,
                                          len(result.boxes) if isinstance(model, CoarseToFineGLNet) else None)
+        if self.tta is not None:
+            reads_patches = not global_only and model.sharing is not Sharing.GLOBAL_ONLY
+            result_notes.append(tta_note(self.tta, self.views, reads_patches))
+        if self.finish is not None:  # before the notes below, so they describe the finished mask
+            result_notes += finish_in_place(result.mask, self.keep_regions_above)
         two_class = config.num_classes == 2  # elsewhere class 0 is a class like the others (DeepGlobe)
         result.notes += result_notes + ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
                          + box_edge_notes(result.mask, result.boxes, reader.size)
@@ -375,7 +417,8 @@ class GlobalLocalInferer:
         ``with_coarse`` also upsamples the global branch's own mask to full size. ``region``
         names the part of the original image this is, for the ledger. With ``refine="uncertain"``
         the local branch runs only on the patches the first global pass is unsure about; the
-        others take that pass's answer (:mod:`glmed.inference.refinement`).
+        others take that pass's answer (:mod:`glmed.inference.refinement`). With ``tta`` every
+        pass runs once per view and the views' answers are averaged (:mod:`glmed.inference.tta`).
         """
         mode = model.sharing
         size = reader.size
@@ -383,65 +426,96 @@ class GlobalLocalInferer:
         done = ledger.rows_done(region) if ledger is not None and mode is not Sharing.GLOBAL_ONLY else 0
         if done >= size[0] and not with_coarse:
             return SegmentationResult(mask=out)  # finished by an earlier run
-        global_maps: dict[str, torch.Tensor] | None = None
+        views = self.views
+        view_maps: list[dict[str, torch.Tensor] | None] = [None] * len(views)  # what each view's local passes read
         coarse = None
-        first_logits = None  # the context-free pass's own answer, where refine="uncertain" uses it
+        first_logits: list[torch.Tensor] | None = None  # each view's context-free answer, for refine="uncertain"
         refined = np.ones(len(grid), dtype=bool)  # which patches the local branch runs on
         if mode.has_global:  # every mode but local_only, so bidirectional and global_only too
             global_image = self._global_input(reader, config.global_size, placement)
             global_size = spatial_size(global_image)
-            with self._autocast(placement):
-                global_maps = model.global_features(global_image)
+            maps = [self._global_features(model, view, global_image, placement) for view in views]
             if self.refine == "uncertain" and mode.has_local:
-                with self._autocast(placement):
-                    first_logits = model.global_logits(global_maps, global_size)[0].float()
-                refined = uncertain_patches(first_logits, grid.normalized(), self.margin)
+                first_logits = [self._view_logits(model, view, view_maps_, global_size, placement)
+                                for view, view_maps_ in zip(views, maps, strict=True)]
+                refined = uncertain_patches(combined_scores(first_logits), grid.normalized(), self.margin)
             if mode is Sharing.BIDIRECTIONAL and refined.any():
-                # Boxes and index stay on the host: the canvas needs them there, the model gets them
-                # sent without waiting (collect_local_context).
                 collected = PatchGrid(grid.image_size, grid.boxes[refined])
-                with self._patch_batches(reader, collected, placement, "collecting local features") as collecting:
-                    batches = ((patches, boxes, torch.zeros(len(boxes), dtype=torch.long))
-                               for _, boxes, patches in collecting)
-                    with self._autocast(placement):
-                        context = collect_local_context(model, global_maps, batches)
-                del global_maps  # the second pass recomputes every map: the first pass's can go before it
-                with self._autocast(placement):
-                    global_maps = model.global_features(global_image, context)
-                del context
-            if mode is Sharing.GLOBAL_ONLY:
-                with self._autocast(placement):
-                    global_logits = model.global_logits(global_maps, global_size)[0]
-                return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse))
-            if with_coarse and first_logits is not None:
-                coarse = upsample_to_labels(first_logits, size)
-            elif with_coarse:
-                with self._autocast(placement):
-                    global_logits = model.global_logits(global_maps, global_size)[0]
-                coarse = upsample_to_labels(global_logits, size)
-                del global_logits
+                for number, view in enumerate(views):
+                    context = self._collect(model, reader, collected, maps[number], view, placement)
+                    maps[number] = {}  # the second pass recomputes every map: the first pass's can go before it
+                    maps[number] = self._global_features(model, view, global_image, placement, context)
+                    del context
+            if mode is Sharing.GLOBAL_ONLY or with_coarse:
+                scores = (combined_scores(first_logits) if first_logits is not None else combined_scores(
+                    [self._view_logits(model, view, view_maps_, global_size, placement)
+                     for view, view_maps_ in zip(views, maps, strict=True)]))
+                if mode is Sharing.GLOBAL_ONLY:
+                    return SegmentationResult(mask=out, coarse=_coarse_into(scores, out, with_coarse))
+                coarse = upsample_to_labels(scores, size)
+                del scores
             # Only the maps the local passes read stay alive through them (all twelve for g2l).
-            global_maps = {point: global_maps[point] for point in (*mode.global_to_local_points, FINAL)}
+            view_maps = [{point: view_maps_[point] for point in (*mode.global_to_local_points, FINAL)}
+                         for view_maps_ in maps]
+            del maps
         # Resume at the start of the batch that held the first unfinished refined patch, so every
         # patch is batched as in an uninterrupted run (batch shape can change results in the last bits).
         start = _resume_start(grid.boxes[:, 2] > done, refined, self.batch_size)
         remaining = PatchGrid(grid.image_size, grid.boxes[start:])
         refined = refined[start:]
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))
-        self._stitch_patches(model, reader, remaining, global_maps, placement, out, done, record, refined,
-                             first_logits)
+        self._stitch_patches(model, reader, remaining, list(zip(views, view_maps, strict=True)), placement, out,
+                             done, record, refined, first_logits)
         local_patches = int(refined.sum())
         return SegmentationResult(mask=out, coarse=coarse, patches=local_patches,
                                   patches_skipped=len(remaining) - local_patches)
+
+    def _global_features(
+        self, model: GLNet, view: Dihedral, global_image: torch.Tensor, placement: Placement,
+        context: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The global branch's maps of ``view`` of the global image (with local context, for a second pass)."""
+        with self._autocast(placement):
+            return model.global_features(self._oriented(view, global_image), context)
+
+    def _view_logits(
+        self, model: GLNet, view: Dihedral, maps: dict[str, torch.Tensor], size: Size, placement: Placement
+    ) -> torch.Tensor:
+        """``K×g×g`` float32 global logits of one view's maps, turned back to the image's orientation."""
+        with self._autocast(placement):
+            logits = model.global_logits(maps, view.size(size))[0].float()
+        return view.undo(logits)
+
+    def _collect(
+        self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: dict[str, torch.Tensor],
+        view: Dihedral, placement: Placement,
+    ) -> dict[str, torch.Tensor]:
+        """Bidirectional sharing's collect pass over ``view`` of ``grid``'s patches: the stitched local maps."""
+        what = "collecting local features" + ("" if view.is_identity else f" ({view.name})")
+        # Boxes and index stay on the host: the canvas needs them there, the model gets them
+        # sent without waiting (collect_local_context).
+        with self._patch_batches(reader, grid, placement, what) as collecting:
+            batches = ((self._oriented(view, patches), view.boxes(boxes), torch.zeros(len(boxes), dtype=torch.long))
+                       for _, boxes, patches in collecting)
+            with self._autocast(placement):
+                return collect_local_context(model, global_maps, batches)
+
+    def _oriented(self, view: Dihedral, tensor: torch.Tensor) -> torch.Tensor:
+        """``view`` of an ``N×C×H×W`` input, in this inferer's memory layout (the tensor itself for the identity)."""
+        if view.is_identity:
+            return tensor
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return view.apply(tensor).contiguous(memory_format=layout)
 
     def _segment_global(
         self, model: GLNet, config: GLNetConfig, reader: ImageReader, placement: Placement, out: np.ndarray
     ) -> SegmentationResult:
         """The global branch's own mask, upsampled into ``out``; no patch is read."""
         global_image = self._global_input(reader, config.global_size, placement)
-        with self._autocast(placement):
-            logits = model.global_logits(model.global_features(global_image), spatial_size(global_image))[0]
-        upsample_to_labels(logits, out.shape, out=out)
+        scores = combined_scores([self._view_logits(model, view, self._global_features(model, view, global_image,
+                                                                                       placement),
+                                                    spatial_size(global_image), placement) for view in self.views])
+        upsample_to_labels(scores, out.shape, out=out)
         return SegmentationResult(mask=out, notes=["the global branch alone (global_only): no patch was refined"])
 
     def _segment_coarse_to_fine(
@@ -454,10 +528,12 @@ class GlobalLocalInferer:
         with_coarse: bool,
         ledger: RowLedger | None,
     ) -> SegmentationResult:
-        """Coarse mask from the global branch; GLNet passes over the relaxed boxes only."""
+        """Coarse mask from the global branch (averaged over the views); GLNet passes over the relaxed boxes only."""
         global_image = self._global_input(reader, config.global_size, placement)
-        with self._autocast(placement):
-            global_logits = model.global_logits(model.global_features(global_image), spatial_size(global_image))[0]
+        global_logits = combined_scores([self._view_logits(model, view, self._global_features(model, view,
+                                                                                              global_image, placement),
+                                                           spatial_size(global_image), placement)
+                                         for view in self.views])
         del global_image
         foreground = global_logits.argmax(0).cpu().numpy() != 0
         min_size = patch_size_for(reader.size, (config.patch_size, config.patch_size))
@@ -475,20 +551,23 @@ class GlobalLocalInferer:
         return SegmentationResult(mask=out, coarse=coarse, boxes=boxes, patches=patches, patches_skipped=skipped)
 
     def _stitch_patches(
-        self, model: GLNet, reader: ImageReader, grid: PatchGrid, global_maps: dict[str, torch.Tensor] | None,
+        self, model: GLNet, reader: ImageReader, grid: PatchGrid,
+        views: list[tuple[Dihedral, dict[str, torch.Tensor] | None]],
         placement: Placement,
         out: np.ndarray,
         start_row: int = 0,
         on_rows_written: Callable[[int], None] | None = None,
         refined: np.ndarray | None = None,
-        global_logits: torch.Tensor | None = None,
+        global_logits: list[torch.Tensor] | None = None,
     ) -> None:
         """Every patch of ``grid``'s probabilities, averaged into ``out`` in grid order.
 
         The patches ``refined`` marks (all by default) go through the local (and aggregation)
-        heads, in batches of the refined ones only; the others take ``global_logits`` (``K×h×w``,
-        the region's global answer) sampled at their windows. The probabilities are averaged into
-        the rows of ``out`` from ``start_row`` down.
+        heads, in batches of the refined ones only, once per view with that view's global maps
+        (``views``: each transform and its maps, None without a global branch); the others take
+        ``global_logits`` (one ``K×h×w`` map per view, turned back to the region's orientation)
+        sampled at their windows, averaged over the views. The probabilities are averaged into the
+        rows of ``out`` from ``start_row`` down.
         """
         if not len(grid):
             return
@@ -500,13 +579,14 @@ class GlobalLocalInferer:
         skipped_boxes = grid.normalized()[~refined]
         if len(skipped_boxes) and global_logits is None:
             raise ValueError("patches that skip the local branch need the global branch's logits")
-        answers_from_global = (global_answers(global_logits, skipped_boxes, patch_size, self.batch_size)
+        answers_from_global = (mean_answers([global_answers(logits, skipped_boxes, patch_size, self.batch_size)
+                                             for logits in global_logits])
                                if global_logits is not None else iter(()))
         reading: contextlib.AbstractContextManager[Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]] = (
             self._patch_batches(reader, local_grid, placement, "segmenting patches") if len(local_grid)
             else contextlib.nullcontext(iter(())))
         with reading as batches:
-            refined_answers = self._refined_answers(model, batches, global_maps, placement, patch_size)
+            refined_answers = self._refined_answers(model, batches, views, placement, patch_size)
             answers = in_grid_order(refined, refined_answers, answers_from_global)
             for probabilities, box in zip(answers, grid.boxes.tolist(), strict=True):
                 merger.add(probabilities, box)
@@ -517,30 +597,58 @@ class GlobalLocalInferer:
         self,
         model: GLNet,
         batches: Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
-        global_maps: dict[str, torch.Tensor] | None,
+        views: list[tuple[Dihedral, dict[str, torch.Tensor] | None]],
         placement: Placement,
         patch_size: Size,
     ) -> Iterator[torch.Tensor]:
-        """Each patch's ``K×p×p`` probabilities from the local (and aggregation) heads, batch by batch, on the host."""
+        """Each patch's ``K×p×p`` probabilities from the local (and aggregation) heads, batch by batch, on the host.
+
+        With several ``views`` (each transform with its global maps), each batch runs once per
+        view, on the transformed patches at the transformed boxes; the probabilities are turned
+        back and averaged over the views before they leave the device.
+        """
+        (first_view, first_maps), others = views[0], views[1:]
         for _, host_boxes, patches in batches:
-            boxes = host_boxes.to(placement.device, non_blocking=True)
-            index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
-            with self._autocast(placement):
-                local_maps = model.local_features(patches, global_maps, boxes, index)
-                if global_maps is None:
-                    logits = model.local_logits(local_maps, patch_size)
-                    del local_maps
-                else:
-                    local_final = local_maps[FINAL]
-                    del local_maps  # the shared maps are spent: only the final map goes on
-                    crop = model.crop_global(global_maps, FINAL, boxes, index, spatial_size(local_final))
-                    logits = model.aggregated_logits(local_final, crop, patch_size)
-                    del local_final, crop
+            total = first_view.undo(self._local_probabilities(
+                model, self._oriented(first_view, patches), first_view.boxes(host_boxes), first_maps, placement,
+                first_view.size(patch_size)))
+            for view, global_maps in others:
+                total = total + view.undo(self._local_probabilities(
+                    model, self._oriented(view, patches), view.boxes(host_boxes), global_maps, placement,
+                    view.size(patch_size)))
             del patches  # before the next batch's pass, not after it
-            probabilities = logits.float().softmax(dim=1).cpu()
-            del logits
+            if others:
+                total = total / len(views)
+            probabilities = total.cpu()
+            del total
             yield from probabilities
             del probabilities
+
+    def _local_probabilities(
+        self,
+        model: GLNet,
+        patches: torch.Tensor,
+        host_boxes: torch.Tensor,
+        global_maps: dict[str, torch.Tensor] | None,
+        placement: Placement,
+        patch_size: Size,
+    ) -> torch.Tensor:
+        """One batch's ``N×K×p×p`` float32 probabilities from the local (and aggregation) heads, on the device."""
+        boxes = host_boxes.to(placement.device, non_blocking=True)
+        index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
+        with self._autocast(placement):
+            local_maps = model.local_features(patches, global_maps, boxes, index)
+            if global_maps is None:
+                logits = model.local_logits(local_maps, patch_size)
+                del local_maps
+            else:
+                local_final = local_maps[FINAL]
+                del local_maps  # the shared maps are spent: only the final map goes on
+                crop = model.crop_global(global_maps, FINAL, boxes, index, spatial_size(local_final))
+                logits = model.aggregated_logits(local_final, crop, patch_size)
+                del local_final, crop
+        del patches
+        return logits.float().softmax(dim=1)
 
     def _autocast(self, placement: Placement) -> contextlib.AbstractContextManager[Any]:
         """The forward passes' autocast context for ``amp`` on the placement's device (a no-op when off)."""
@@ -618,6 +726,9 @@ def predict(
     refine: str = DEFAULT_REFINE,
     margin: float | None = DEFAULT_MARGIN,
     max_memory: str | int | float | None = None,
+    finish: str | None = None,
+    keep_regions_above: int | None = None,
+    tta: str | None = None,
 ) -> SegmentationResult:
     """Segment a whole image of any size with ``model``; returns a full-size mask and more.
 
@@ -670,12 +781,22 @@ def predict(
             estimate at batch 1 raises :class:`ValueError` naming it, before any patch is read.
             On the CPU the budget covers the process's memory (the mask included); on a GPU, the
             GPU's. Not with ``global_only``, which reads no patches.
+        finish: ``"lesion"`` finishes the mask as the ISIC task defines a lesion: the largest connected
+            foreground region, its holes filled (:func:`~glmed.inference.finishing.finish_lesion_mask`);
+            ``result.notes`` says what it changed. Two-class models only (refused otherwise); not for
+            slides. None (default): the mask as the network made it.
+        keep_regions_above: with ``finish``, also keep other regions of more than this many pixels.
+        tta: test-time augmentation, probabilities averaged over views of the image: ``"flips"``
+            (the image, its horizontal and vertical flips: ×3 compute) or ``"dihedral"`` (also the
+            90° rotations and other reflections: ×8); see :class:`GlobalLocalInferer`. None by default.
+            ``result.notes`` says which views ran.
 
     The model is left in the mode, on the device and in the memory layout it was in.
     """
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
-                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory)
+                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory,
+                                 finish=finish, keep_regions_above=keep_regions_above, tta=tta)
     return inferer(model, image, out=out, with_coarse=with_coarse, thumbnail=thumbnail, global_only=global_only)
 
 

@@ -24,7 +24,10 @@ the CPU (where the budget is the process's memory, so host arrays count), the me
 rows (:meth:`~glmed.inference.merging.RowBandMerger.buffer_bytes`), the output and coarse masks
 when they are held in memory, the batch being read ahead (measured: reading and normalising one
 batch) and the previous batch's probabilities. On a GPU the budget is the GPU's memory, and those
-stay on the host.
+stay on the host. With test-time augmentation (``tta``) the local pass is measured running every
+view (each view's transformed patches and the running sum of their probabilities), and each view's
+global maps (and, for ``refine="uncertain"``, its first answer) count once per view, as the
+inferer holds them all through the local passes.
 
 Every phase (global pass, coarse mask, collect pass, second global pass, local pass) is then a
 line ``fixed + per_patch × batch`` through its totals at batch 1 and 2, and the estimate at a
@@ -366,14 +369,16 @@ _MEASURED: dict[tuple, PassMemory] = {}
 """Measurements of this process (batch 2 included), by :func:`_cache_key`."""
 
 
-def _cache_key(model: GLNet, config: GLNetConfig, placement: Placement, amp: str, channels_last: bool) -> tuple:
+def _cache_key(
+    model: GLNet, config: GLNetConfig, placement: Placement, amp: str, channels_last: bool, views: int
+) -> tuple:
     network = (config.num_classes, config.backbone, config.sharing, config.fpn_channels, config.in_channels,
                config.global_size, config.patch_size)
     # The modules and weights counted too, so a model changed in place (batch norm folded) is measured anew;
     # the thread count changes which convolution kernels PyTorch picks.
     structure = (sum(1 for _ in model.modules()), sum(p.numel() for p in model.parameters()))
     return (type(model).__qualname__, network, structure, str(placement.device), str(placement.dtype), amp,
-            channels_last, torch.get_num_threads())
+            channels_last, torch.get_num_threads(), views)
 
 
 def measure_passes(
@@ -402,7 +407,7 @@ def measure_passes(
         stop_after_1: called with the batch-1 figures; True stops there (batch 2 would not fit
             anyway), and the result is not cached.
     """
-    key = _cache_key(model, config, placement, inferer.amp, inferer.channels_last)
+    key = _cache_key(model, config, placement, inferer.amp, inferer.channels_last, len(inferer.views))
     if key in _MEASURED:
         return _MEASURED[key]
     meter = MemoryMeter(placement.device)
@@ -483,7 +488,8 @@ class _Passes:
         with meter.block() as self.blocks[f"local {batch}"]:
             patches = placement.put(pixels)
             batches = iter([(np.zeros((batch, 4), dtype=np.int64), boxes, patches)])
-            answers = list(inferer._refined_answers(model, batches, self.kept, placement, (patch, patch)))
+            views = [(view, self.kept) for view in inferer.views]  # one set of maps stands in for each view's
+            answers = list(inferer._refined_answers(model, batches, views, placement, (patch, patch)))
             del patches
         self.per_batch["probabilities"][batch] = _storage_bytes(*answers)
 
@@ -635,7 +641,7 @@ def plan_for_budget(
 
         def phases_of(measured: PassMemory) -> list[Phase]:
             return _phases(measured, model, config, placement, image_size, inferer.refine, out_in_memory,
-                           with_coarse, weights_moved)
+                           with_coarse, weights_moved, len(inferer.views))
 
         def over_at_1(measured: PassMemory) -> bool:  # then batch 2 need not be measured
             return max(phase.at(1) for phase in phases_of(measured)) > budget.nbytes
@@ -683,8 +689,13 @@ def _phases(
     out_in_memory: bool,
     with_coarse: bool,
     weights_moved: bool,
+    views: int = 1,
 ) -> list[Phase]:
-    """The prediction's phases as lines through their totals at batch 1 and 2 (see the module's docstring)."""
+    """The prediction's phases as lines through their totals at batch 1 and 2 (see the module's docstring).
+
+    With test-time augmentation (``views`` > 1) each view's global maps (and first answer) are
+    held together, so they count once per view; the local pass was measured with every view.
+    """
     mode = model.sharing
     coarse_to_fine = isinstance(model, CoarseToFineGLNet)
     uncertain = refine == "uncertain" and mode.has_global
@@ -692,7 +703,9 @@ def _phases(
     height, width = int(image_size[0]), int(image_size[1])
     masks = (int(out_in_memory) + int(with_coarse)) * height * width * label_dtype(config.num_classes).itemsize
     always = (masks if on_host else 0) + (_weights_bytes(model) if weights_moved else 0)
-    logits = measured.logits * (int(coarse_to_fine) + int(uncertain))  # the answers kept through the local passes
+    # the answers kept through the local passes: one per view for refine="uncertain"
+    logits = measured.logits * (int(coarse_to_fine) + views * int(uncertain))
+    others = (views - 1) * measured.maps  # the other views' maps, held beside the one being computed
     band = RowBandMerger.buffer_bytes(config.num_classes, min(config.patch_size, height), width) if on_host else 0
 
     def reading(i: int) -> int:
@@ -701,18 +714,18 @@ def _phases(
 
     phases = []
     if mode.has_global:
-        total = always + measured.image + measured.first_global + (measured.logits if coarse_to_fine else 0)
+        total = always + measured.image + others + measured.first_global + (measured.logits if coarse_to_fine else 0)
         phases.append(Phase("global pass", total, 0))
         if with_coarse or coarse_to_fine:  # the coarse mask upsampled, a band of rows at a time
             upsampling = upsample_band_bytes(config.num_classes, min(UPSAMPLE_ROWS, height), width)
-            phases.append(Phase("coarse mask", always + measured.image + measured.maps + logits + measured.logits
-                                + upsampling, 0))
+            phases.append(Phase("coarse mask", always + measured.image + views * measured.maps + logits
+                                + views * measured.logits + upsampling, 0))
     if mode is Sharing.BIDIRECTIONAL:
-        base = always + measured.image + measured.maps + logits
+        base = always + measured.image + views * measured.maps + logits
         phases.append(Phase.through("collect pass", *(base + measured.collect[i] + reading(i) for i in (0, 1))))
-        phases.append(Phase("second global pass", always + measured.image + measured.context + logits
+        phases.append(Phase("second global pass", always + measured.image + others + measured.context + logits
                             + measured.second_global, 0))
-    base = always + band + measured.image + measured.kept + logits
+    base = always + band + measured.image + views * measured.kept + logits
     previous = 2 if uncertain else 1  # the previous batch's answers (and, skipping patches, the global ones')
     local = (base + measured.local[i] + reading(i) + (previous * measured.probabilities[i] if on_host else 0)
              for i in (0, 1))

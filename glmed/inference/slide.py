@@ -83,6 +83,7 @@ def predict_to_tiff(
     refine: str = DEFAULT_REFINE,
     margin: float | None = DEFAULT_MARGIN,
     max_memory: str | int | float | None = None,
+    tta: str | None = None,
 ) -> SlidePrediction:
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
@@ -120,6 +121,15 @@ def predict_to_tiff(
             run resumes when the budget gives the batch it began with, and starts afresh when it
             gives another (a batch's shape can change the mask's last bits). The mask, on disk,
             does not count against a CPU budget.
+        tta: test-time augmentation, as for :func:`glmed.predict`: ``"dihedral"`` (the slide's 4
+            rotations and 4 reflections, ×8 compute: slides have no up) or ``"flips"`` (×3). Each
+            patch's probabilities are averaged over the views before they are merged, so the mask
+            still streams a band of rows at a time and a run resumes; a run resumes only with the
+            ``tta`` it began with.
+
+    There is no ``finish`` here, unlike :func:`glmed.predict`: ISIC finishing keeps one
+    connected region without holes, which would erase all but one of a slide's many regions
+    (tissue, tumour foci, glands); it is meant for one lesion per image.
 
     Raises:
         ValueError: a lossy compression, a bad tile side, a ``refine``/``margin`` out of range (or
@@ -141,7 +151,8 @@ def predict_to_tiff(
     check_tile(path, tile)  # now, not after hours of inference
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
-                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory)
+                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory,
+                                 tta=tta)
     inferer.config_for(model)  # bad settings fail before the slide is opened
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
@@ -280,6 +291,8 @@ def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: Globa
         settings["amp"] = inferer.amp
     if inferer.channels_last != DEFAULT_CHANNELS_LAST:
         settings["channels_last"] = inferer.channels_last
+    if inferer.tta is not None:
+        settings["tta"] = inferer.tta
     if inferer.refine != DEFAULT_REFINE:  # the margin counts only where patches may be skipped
         settings["refine"] = inferer.refine
         settings["margin"] = inferer.margin

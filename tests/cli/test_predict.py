@@ -42,7 +42,8 @@ def test_predict_writes_the_mask_predict_gives(tmp_path, trained, capsys, name):
                                                        {"amp": "bf16", "channels_last": True}),
                                           (["--refine", "uncertain", "--margin", "0.25"],
                                            {"refine": "uncertain", "margin": 0.25}),
-                                          (["--refine", "box"], {"refine": "box"})])
+                                          (["--refine", "box"], {"refine": "box"}),
+                                          (["--tta", "dihedral"], {"tta": "dihedral"})])
 def test_amp_channels_last_and_refine_reach_predict(tmp_path, trained, monkeypatch, name, flags, expected):
     import glmed.inference.inferer as inferer
     import glmed.inference.slide as slide
@@ -61,7 +62,7 @@ def test_amp_channels_last_and_refine_reach_predict(tmp_path, trained, monkeypat
     assert main(["predict", str(checkpoint), str(image), str(tmp_path / name), "--quiet", "--device", "cpu",
                  *flags]) == 0
     assert len(calls) == 1
-    options = ("amp", "channels_last", "refine", "margin")
+    options = ("amp", "channels_last", "refine", "margin", "tta")
     assert {key: calls[0][key] for key in options if key in calls[0]} == expected
 
 
@@ -445,3 +446,50 @@ def test_max_value_reads_float_images_of_0_to_255(tmp_path, trained, capsys):
     assert (written == glmed.predict(model, pixels).mask).mean() > 0.99
     assert main(["predict", str(checkpoint), str(image), str(out), "--max-value", "0"]) == 1
     assert "--max-value must be positive" in capsys.readouterr().err
+
+
+# --- ISIC finishing ------------------------------------------------------------------------------------------
+
+def test_finish_writes_the_finished_mask_and_says_what_changed(tmp_path, trained, capsys):
+    model, checkpoint, image = trained
+    out = tmp_path / "mask.png"
+    assert _predict(checkpoint, image, out, "--device", "cpu", "--finish", "--keep-regions-above", "40") == 0
+    expected = glmed.predict(model, image, finish="lesion", keep_regions_above=40)
+    assert (expected.mask != glmed.predict(model, image).mask).any()  # finishing changed this mask
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), expected.mask * 255)
+    printed = capsys.readouterr().out
+    assert all(f"note: {note}" in printed for note in expected.notes if note.startswith("ISIC finishing"))
+
+
+@pytest.mark.parametrize("flags, out, message", [
+    (["--finish"], "mask.tif", "--finish is for lesion masks written as PNG: a .tif output streams a slide"),
+    (["--keep-regions-above", "5"], "mask.png", "--keep-regions-above applies only with --finish"),
+    (["--finish", "--keep-regions-above", "-1"], "mask.png", "--keep-regions-above must be a pixel count >= 0"),
+])
+def test_finish_options_that_cannot_apply_are_refused_before_any_work(tmp_path, trained, capsys, monkeypatch,
+                                                                      flags, out, message):
+    _, checkpoint, image = trained
+    monkeypatch.setattr("glmed.models.checkpoint.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert _predict(checkpoint, image, tmp_path / out, "--device", "cpu", *flags) == 1
+    assert _one_line_error(capsys).startswith(f"glmed predict: {message}")
+
+
+def test_finish_is_refused_for_a_folder_of_tiffs_and_a_multi_class_checkpoint(tmp_path, trained, capsys):
+    _, checkpoint, image = trained
+    images = _images(tmp_path / "images")
+    assert _predict(checkpoint, images, tmp_path / "masks", "--device", "cpu", "--format", "tif", "--finish") == 1
+    assert "--finish is for lesion masks written as PNG" in _one_line_error(capsys)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "three.pt", GLNet(3, "resnet18", "g2l", **SIZES))
+    assert _predict(tmp_path / "three.pt", image, tmp_path / "mask.png", "--device", "cpu", "--finish") == 1
+    assert "has 3 classes, whose other classes it would erase: drop --finish" in _one_line_error(capsys)
+
+
+def test_tta_is_noted_and_recorded_for_a_folder_run(tmp_path, trained, capsys):
+    _, checkpoint, _ = trained
+    images = _images(tmp_path / "images", names=("ISIC_0000000.jpg",))
+    masks = tmp_path / "masks"
+    assert _predict(checkpoint, images, masks, "--device", "cpu", "--tta", "flips") == 0
+    assert "note: test-time augmentation (flips): probabilities averaged over 3 views" in capsys.readouterr().out
+    assert _predict(checkpoint, images, masks, "--device", "cpu") == 0  # without it, the mask is recomputed
+    assert "recomputing the 1 mask(s) already in" in capsys.readouterr().out

@@ -151,3 +151,85 @@ def test_more_regions_than_16_bits_hold_are_counted_exactly():
     out, notes = finish_lesion_mask(mask, fill_holes=False)
     assert np.count_nonzero(out) == 81 and out[0:9, 0:9].all()
     assert notes[0].startswith(f"removed {260 * 260 - 25} foreground regions besides the largest")
+
+
+# --- as an option of predict -------------------------------------------------------------------------------------
+
+def _tiny(sharing="global_only", classes=2, size=64):
+    import torch
+
+    from glmed.models.glnet import GLNet
+
+    torch.manual_seed(0)
+    return GLNet(classes, "resnet18", sharing, fpn_channels=8, global_size=size, patch_size=size, overlap=8).eval()
+
+
+def _answering(model, monkeypatch, mask):
+    """Make ``model``'s global branch answer ``mask`` (an image-sized 0/1 array, image = global size)."""
+    import torch
+
+    logits = torch.from_numpy(np.stack([1.0 - mask, mask.astype(np.float32)]).astype(np.float32))[None]
+    monkeypatch.setattr(model, "global_logits", lambda maps, size: logits.clone())
+
+
+def _speckled_lesion():
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[16:48, 12:44] = 1
+    mask[28:32, 26:30] = 0  # a hole
+    mask[2:4, 58:61] = 1  # a speck
+    return mask
+
+
+def test_predict_finishes_the_lesion_mask_and_says_so(monkeypatch):
+    import glmed
+
+    model = _tiny()
+    raw = _speckled_lesion()
+    _answering(model, monkeypatch, raw)
+    pixels = np.zeros((64, 64, 3), dtype=np.uint8)
+    plain = glmed.predict(model, pixels, global_only=True)
+    np.testing.assert_array_equal(plain.mask, raw)  # the controlled answer comes through unfinished
+    finished = glmed.predict(model, pixels, global_only=True, finish="lesion")
+    expected, expected_notes = finish_lesion_mask(raw)
+    np.testing.assert_array_equal(finished.mask, expected)
+    assert not finished.mask[2:4, 58:61].any() and finished.mask[28:32, 26:30].all()
+    assert [n for n in finished.notes if n.startswith("ISIC finishing")] == [
+        f"ISIC finishing: {note}" for note in expected_notes]
+    kept = glmed.predict(model, pixels, global_only=True, finish="lesion", keep_regions_above=5)
+    assert kept.mask[2:4, 58:61].all() and kept.mask[28:32, 26:30].all()  # the 6-pixel speck stays
+
+
+def test_finish_agrees_with_finishing_the_plain_prediction():
+    import glmed
+
+    model = _tiny("g2l")
+    pixels = np.random.default_rng(3).integers(0, 256, (100, 90, 3), dtype=np.uint8)
+    plain = glmed.predict(model, pixels)
+    finished = glmed.predict(model, pixels, finish="lesion")
+    assert (finished.mask != plain.mask).any()  # this untrained model's mask has holes to fill
+    np.testing.assert_array_equal(finished.mask, finish_lesion_mask(plain.mask)[0])
+    np.testing.assert_array_equal(finished.coarse, plain.coarse)  # the global branch's own mask is left as it was
+    assert any(note.startswith("ISIC finishing") for note in finished.notes)
+
+
+def test_a_finished_mask_gets_a_note_that_nothing_changed(monkeypatch):
+    import glmed
+
+    model = _tiny()
+    _answering(model, monkeypatch, lesion((64, 64)))
+    result = glmed.predict(model, np.zeros((64, 64, 3), dtype=np.uint8), global_only=True, finish="lesion")
+    assert "ISIC finishing (one lesion region, no holes) changed nothing" in result.notes
+
+
+def test_finish_is_refused_for_multi_class_models_and_bad_settings():
+    import glmed
+
+    pixels = np.zeros((64, 64, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="3 classes.*leave finish=None"):
+        glmed.predict(_tiny(classes=3), pixels, finish="lesion")
+    with pytest.raises(ValueError, match="unknown finish 'holes'"):
+        glmed.predict(_tiny(), pixels, finish="holes")
+    with pytest.raises(ValueError, match="keep_regions_above applies only with finish"):
+        glmed.predict(_tiny(), pixels, keep_regions_above=10)
+    with pytest.raises(ValueError, match="pixel count >= 0"):
+        glmed.predict(_tiny(), pixels, finish="lesion", keep_regions_above=-1)

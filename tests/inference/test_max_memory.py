@@ -117,6 +117,24 @@ def test_the_estimate_bounds_the_memory_of_a_real_prediction(monkeypatch, sharin
             assert estimate.estimate(batch) <= 1.2 * whole.peak + 100_000
 
 
+@pytest.mark.parametrize("sharing, refine", [("bidirectional", "box"), ("g2l", "uncertain")])
+def test_the_estimate_with_tta_bounds_a_real_prediction_and_exceeds_the_plain_one(monkeypatch, sharing, refine):
+    model, pixels = tiny(sharing), image()
+    monkeypatch.setattr(inferer, "_PREFETCH", False)  # read in line, where the meter sees it
+    monkeypatch.setattr(inferer, "uncertain_patches", lambda logits, boxes, margin: np.arange(len(boxes)) % 2 == 0)
+    _, estimate = GlobalLocalInferer(batch_size=2, max_memory=2**40, refine=refine, tta="flips").fitted(
+        model, SIZE, out_in_memory=False, with_coarse=False)
+    _, plain = GlobalLocalInferer(batch_size=2, max_memory=2**40, refine=refine).fitted(
+        model, SIZE, out_in_memory=False, with_coarse=False)
+    out = np.zeros(SIZE, dtype=np.uint8)
+    meter = memory_budget.MemoryMeter(torch.device("cpu"))
+    with meter.session(), meter.block() as whole:
+        glmed.predict(model, pixels, batch_size=2, out=out, with_coarse=False, thumbnail=False, refine=refine,
+                      tta="flips")
+    assert plain.estimate(2) < estimate.estimate(2)
+    assert whole.peak <= estimate.estimate(2) <= 1.2 * whole.peak + 100_000
+
+
 # -- choosing the batch ----------------------------------------------------------------------
 
 

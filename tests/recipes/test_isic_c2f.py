@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,8 @@ from PIL import Image
 
 from glmed.cli import main as glmed_main
 from glmed.data.layouts import read_manifest
+from glmed.experiments.config import ConfigError
+from glmed.inference.finishing import finish_lesion_mask
 from glmed.models.checkpoint import load_checkpoint
 from glmed.models.resnet import ResNetEncoder
 
@@ -65,6 +68,11 @@ def test_demo_writes_every_output(demo_run):
     assert "s per image, peak memory" in stdout and "VmHWM" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["inference"]["seconds_per_image"] > 0 and summary["inference"]["peak_memory_mb"] > 0
+    # ISIC finishing by default: the submission holds one lesion region without holes, and says so
+    assert summary["inference"]["finish"] == "lesion" and summary["inference"]["masks_changed_by_finishing"] in (0, 1)
+    assert "finishing: lesion (largest region, holes filled) changed" in stdout
+    with Image.open(out / "submission" / f"{test.image_id}_segmentation.png") as mask:
+        assert finish_lesion_mask(np.asarray(mask))[1] == []
 
 
 def test_scores_file_agrees_with_glmed_score_on_the_submission(demo_run, tmp_path, capsys):
@@ -191,3 +199,28 @@ def test_the_boundary_loss_options_are_checked_before_any_work(isic, tmp_path, c
     error = capsys.readouterr().err
     assert "--boundary-weight -1" in error and "--boundary-width 0" in error
     assert not out.exists()
+
+
+def test_finishing_is_on_for_isic_unless_turned_off_and_off_for_the_other_datasets(isic, load_recipe):
+    from glmed.experiments.config import RecipeConfig
+
+    config = isic.RECIPE.config_class(demo=True)
+    assert isic.RECIPE.finish_for(config) == "lesion"
+    assert isic.RECIPE.finish_for(replace(config, finish="none")) is None
+    for name in ("deepglobe_glnet", "inria_glnet"):
+        other = load_recipe(name).RECIPE
+        assert other.finish_for(other.config_class(demo=True)) is None
+    assert load_recipe("inria_glnet").RECIPE.finish_for(RecipeConfig(demo=True, finish="lesion")) == "lesion"
+    with pytest.raises(ConfigError, match="--finish lesion: lesion finishing keeps one region of a two-class mask; "
+                                          "this dataset has 7 classes"):
+        RecipeConfig(demo=True, finish="lesion", num_classes=7).check()
+
+
+def test_finish_none_is_an_option_of_the_command_line(isic):
+    from glmed.experiments.config import given_values
+    from glmed.experiments.recipe import build_parser
+
+    args = build_parser(isic.RECIPE).parse_args(["--out", "run", "--finish", "none"])
+    assert given_values(args, isic.RECIPE.config_class)["finish"] == "none"
+    with pytest.raises(SystemExit):
+        build_parser(isic.RECIPE).parse_args(["--out", "run", "--finish", "nothing"])
