@@ -16,8 +16,13 @@ Point = tuple[int, int]
 """``(row, col)`` in pixels."""
 
 RUN_RECORD_NAME = ".glmed-run.json"
-"""The file in an output folder that records which model and options made its masks
-(:mod:`glmed.inference.provenance`); folder scans (the ISIC scorer's among them) skip it."""
+"""How the files that record which model and options made each mask of an output folder end
+(``.NAME.glmed-run.json``, :mod:`glmed.inference.provenance`); folder scans (the ISIC scorer's
+among them) skip them without a word."""
+
+RUN_SUMMARY_NAME = "summary.csv"
+"""The line-per-image summary a folder run of ``glmed predict`` writes into its output folder
+(:mod:`glmed.cli.summary`); the ISIC scorer skips it without a word."""
 
 Box = tuple[int, int, int, int]
 """``(row0, col0, row1, col1)`` in pixels, end-exclusive."""

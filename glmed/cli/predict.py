@@ -7,12 +7,21 @@ indices otherwise. With a folder of images, ``OUT`` is a folder: each image gets
 the ISIC scorer (``ISIC_0000000.jpg`` → ``ISIC_0000000_segmentation.png``, others
 ``NAME_mask.png``). Hidden files (``.DS_Store``) and files named like masks
 (``*_segmentation.png``, ``*_mask.png``) are skipped, and the run says how many. The folder
-keeps a record (``OUT/.glmed-run.json``, :mod:`glmed.inference.provenance`) of the checkpoint
-and options that made its masks: run again with the same ones and the masks already made are
+keeps a record (:mod:`glmed.inference.provenance`) of the checkpoint and options that made
+each of its masks: run again with the same ones and the masks already made are
 kept, so a stopped run resumes; with another checkpoint or other options every mask is
 recomputed, and the run says what changed. An unreadable image is reported at the end, by
 name, without stopping the others. Options are checked before any work. Exit status 1 and
 the reasons when anything failed.
+
+Each mask's record is a dot-file beside it (``OUT/.NAME.glmed-run.json``), so processes that share
+the folder (``--part K/N`` on several machines, or ``torchrun --nproc_per_node N -m glmed.cli
+predict ...``, each taking share ``RANK + 1`` of ``WORLD_SIZE``) never overwrite each other's.
+A folder run ends by writing ``OUT/summary.csv``, a line per image: size, µm/px, tissue and
+foreground areas, patches, seconds, and ``done``, ``skipped`` (kept from an earlier run),
+``failed`` (with the error) or ``pending`` (another share, not finished yet)
+(:mod:`glmed.cli.summary`). With a ``.tif`` mask, ``--thumbnail`` and ``--geojson`` add an outline
+picture and QuPath annotations (:func:`glmed.inference.slide.predict_to_tiff`).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from glmed.inference.provenance import RunRecord
@@ -87,6 +96,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", action="store_true",
                         help="start afresh: recompute masks a folder run already wrote, and interrupted TIFFs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--classes", default=None, metavar="NAMES",
+                        help="class names, background first, comma-separated (background,tumour): recorded in the "
+                             "TIFF mask's metadata and the GeoJSON; default background,foreground for two classes")
+    parser.add_argument("--thumbnail", nargs="?", const="", default=None, metavar="PATH",
+                        help="with a .tif mask, also write a PNG of the slide's overview with the predicted regions "
+                             "outlined; PATH for one slide, else NAME_thumbnail.png beside each mask")
+    parser.add_argument("--geojson", nargs="?", const="", default=None, metavar="PATH",
+                        help="with a .tif mask, also write the predicted regions as QuPath annotations (GeoJSON "
+                             "polygons in level-0 pixels, µm² areas when the slide says its µm/px); PATH for one "
+                             "slide, else NAME.geojson beside each mask")
+    parser.add_argument("--part", default=None, metavar="K/N",
+                        help="with a folder: segment only share K of N (1-based) of its sorted images, images K, "
+                             "K+N, K+2N, ...: run N processes (machines) with K = 1..N and they split the folder "
+                             "without overlap. Under torchrun (RANK and WORLD_SIZE set) the share is RANK+1 of "
+                             "WORLD_SIZE unless --part is given, and each process takes the GPU cuda:LOCAL_RANK")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     from glmed.models.checkpoint import load_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or _default_device(torch.cuda.is_available())
     try:
         model = load_model(args.checkpoint, map_location=device).to(device)  # once, not per image
     except (OSError, ValueError) as error:
@@ -119,31 +143,94 @@ def run(args: argparse.Namespace) -> int:
     if args.finish and model.config.num_classes != 2:
         return _fail(f"--finish keeps one lesion region of a two-class mask; {args.checkpoint} has "
                      f"{model.config.num_classes} classes, whose other classes it would erase: drop --finish")
+    if args.classes is not None and len(_class_names(args) or []) != model.config.num_classes:
+        return _fail(f"--classes names {len(_class_names(args) or [])} classes, the checkpoint's model has "
+                     f"{model.config.num_classes} (background included)")
     for note in notes:
         print(note)
-    record = None
-    todo = jobs
-    if folder_run:
-        record, todo = _resume(args, jobs, torch.device(device).type)
-    failures = []
-    for image, out in _progress(todo, args, folder_run):
+    if not folder_run:
         try:
-            print(_predict_one(model, image, out, device, args, progress=not folder_run and not args.quiet))
+            print(_predict_one(model, args.image, args.out, device, args, progress=not args.quiet)[0])
+        # missing/bad files, unreadable images, images the network cannot take (RuntimeError from torch)
+        except (OSError, ValueError, RuntimeError) as error:
+            return _fail(_failure_line(args.image, error))
+        return 0
+    return _folder_run(model, jobs, device, args)
+
+
+def _folder_run(model, jobs: list[tuple[Path, Path]], device: str, args: argparse.Namespace) -> int:
+    """Segment this process's share of a folder's images, record each beside its mask, write summary.csv."""
+    import dataclasses
+    import time
+
+    import torch
+
+    from glmed.cli.parts import share, this_part
+    from glmed.cli.summary import failed_row, result_row, write_summary
+    from glmed.inference.provenance import RunRecord, record_path
+
+    try:
+        part = this_part(args.part)
+    except ValueError as error:
+        return _fail(str(error))
+    mine = jobs if part is None else share(jobs, part[0])
+    if part is not None:
+        print(f"part {part[0][0]}/{part[0][1]} (from {part[1]}): {len(mine)} of the {len(jobs)} image(s) in "
+              f"{args.image}")
+    record, todo, rows = _resume(args, mine, torch.device(device).type)
+    failures = []
+    for image, out in _progress(todo, args, True):
+        began = time.perf_counter()
+        earlier = RunRecord.load(out) if out.exists() else None
+        # another run's record must not outlive its mask: were this run killed once the new mask is in place,
+        # a rerun with that other checkpoint would keep this one's mask
+        record_path(out).unlink(missing_ok=True)
+        try:
+            line, result = _predict_one(model, image, out, device, args, progress=False)
         # missing/bad files, unreadable images, images the network cannot take (RuntimeError from torch)
         except (OSError, ValueError, RuntimeError) as error:
             failures.append(_failure_line(image, error))
-            if record is not None and out.exists() and out.name not in record.finished:
+            if out.exists() and (earlier is None or not earlier.same_run(record)):
                 out.unlink()  # another run's mask: it must not pass for this checkpoint's
                 failures[-1] += f" (removed {out.name}, which an earlier run had left)"
-            continue
-        if record is not None:
-            record.finished.append(out.name)
-            record.save(args.out)  # after each mask, so a killed run resumes with what is done
-    if failures and not folder_run:
-        return _fail(failures[0])
+            rows[out] = failed_row(image, out, failures[-1], time.perf_counter() - began)
+        else:
+            print(line)
+            rows[out] = result_row(image, out, result, time.perf_counter() - began)
+        # beside each mask, right after it, so a killed run resumes with what is done
+        dataclasses.replace(record, summary=rows[out]).save(out)
+    summary = write_summary(args.out, _summary_rows(jobs, rows, record))
+    print(f"summary in {summary}: {len(mine) - len(failures)} of {len(mine)} image(s) have their mask"
+          + ("" if part is None else f" in part {part[0][0]}/{part[0][1]}"))
     if failures:
         return _fail(f"{len(failures)} of {len(todo)} image(s) failed:\n  " + "\n  ".join(failures))
     return 0
+
+
+def _summary_rows(jobs: list[tuple[Path, Path]], rows: dict[Path, dict], record: RunRecord) -> list[dict]:
+    """A line per image of the folder: this process's own, else what another process's record beside it says."""
+    from glmed.cli.summary import pending_row
+    from glmed.inference.provenance import RunRecord
+
+    lines = []
+    for image, out in jobs:
+        if out in rows:
+            lines.append(rows[out])
+            continue
+        other = RunRecord.load(out)
+        done = other is not None and other.same_run(record) and other.summary.get("status") in ("done", "failed")
+        lines.append(dict(other.summary) if done and other is not None else pending_row(image, out))
+    return lines
+
+
+def _default_device(cuda: bool) -> str:
+    """CUDA when there is one (under torchrun, the process's own GPU, ``cuda:LOCAL_RANK``), else the CPU."""
+    import os
+
+    if not cuda:
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    return f"cuda:{int(local_rank)}" if local_rank is not None and local_rank.isdigit() else "cuda"
 
 
 def _option_problem(args: argparse.Namespace) -> str | None:
@@ -165,7 +252,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         return f"--margin must be in (0, 1), got {args.margin}"
     if args.margin is not None and args.refine != "uncertain":
         return "--margin applies only with --refine uncertain (it says which patches to skip)"
-    problem = _finish_problem(args)
+    problem = _finish_problem(args) or _slide_output_problem(args) or _part_problem(args)
     if problem is not None:
         return problem
     if args.device is not None:
@@ -190,12 +277,58 @@ def _finish_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _resume(args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type: str) -> tuple[RunRecord, list]:
-    """This run's record, and the jobs to do: all of them unless the folder's record is this very run's.
+def _slide_output_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--thumbnail``/``--geojson``/``--classes`` cannot be honoured, or None."""
+    asked = [flag for flag, value in (("--thumbnail", args.thumbnail), ("--geojson", args.geojson))
+             if value is not None]
+    if args.image.is_dir():
+        given = [flag for flag, value in (("--thumbnail", args.thumbnail), ("--geojson", args.geojson)) if value]
+        if given:
+            return f"{' and '.join(given)} take no PATH with a folder of images: each goes beside its mask"
+        if asked and args.format != "tif":
+            return f"{' and '.join(asked)} need TIFF masks: add --format tif"
+    elif asked and args.out.suffix.lower() not in TIFF_SUFFIXES:
+        return f"{' and '.join(asked)} need a .tif mask (OUT ending in .tif or .tiff), got {args.out}"
+    if args.classes is not None and not all(name.strip() for name in args.classes.split(",")):
+        return f"--classes: comma-separated non-empty names, background first, got {args.classes!r}"
+    return None
 
-    Prints one line saying which masks are kept, or why the masks already there are recomputed.
-    The record is saved before the first mask, so a run stopped early never leaves another
-    run's record beside its own masks.
+
+def _part_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--part`` (or torchrun's ``RANK``/``WORLD_SIZE``) cannot split this run, or None."""
+    from glmed.cli.parts import this_part
+
+    if not args.image.is_dir():  # one image: nothing to split, whatever torchrun set
+        return None if args.part is None else f"--part splits a folder of images; {args.image} is one file"
+    try:
+        this_part(args.part)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _class_names(args: argparse.Namespace) -> list[str] | None:
+    return None if args.classes is None else [name.strip() for name in args.classes.split(",")]
+
+
+def _slide_outputs(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """predict_to_tiff's ``classes``, ``thumbnail`` and ``geojson`` for the mask ``out``."""
+    options: dict[str, Any] = {"classes": _class_names(args)}
+    if args.thumbnail is not None:
+        options["thumbnail"] = Path(args.thumbnail) if args.thumbnail else out.with_name(f"{out.stem}_thumbnail.png")
+    if args.geojson is not None:
+        options["geojson"] = Path(args.geojson) if args.geojson else out.with_suffix(".geojson")
+    return options
+
+
+def _resume(
+    args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type: str
+) -> tuple[RunRecord, list[tuple[Path, Path]], dict[Path, dict]]:
+    """This run's record, the jobs to do, and the summary lines of the masks kept.
+
+    A mask is kept when the record beside it is this very run's (same checkpoint bytes, same
+    options) and it finished; every other mask is recomputed. Prints one line saying how many
+    masks are kept, and one for each reason masks already there are recomputed.
     """
     from glmed.inference.inferer import DEFAULT_BATCH_SIZE
     from glmed.inference.provenance import RECORD_NAME, RunRecord, file_digest
@@ -225,32 +358,39 @@ def _resume(args: argparse.Namespace, jobs: list[tuple[Path, Path]], device_type
         options["keep_regions_above"] = args.keep_regions_above
     if args.format == "tif":
         options["tile"] = args.tile
+    for name in ("classes", "thumbnail", "geojson"):  # what a slide's outputs are, named only when asked for
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     record = RunRecord(checkpoint=file_digest(args.checkpoint), checkpoint_path=str(args.checkpoint),
                        options=options)
-    earlier = None if args.no_resume else RunRecord.load(args.out)
-    existing = [out for _, out in jobs if out.exists()]
-    todo = jobs
-    if earlier is not None and earlier.same_run(record):
-        record.finished = [name for name in dict.fromkeys(earlier.finished) if (args.out / name).is_file()]
-        kept = set(record.finished)
-        todo = [(image, out) for image, out in jobs if out.name not in kept]
-        if len(todo) < len(jobs):
-            print(f"kept {len(jobs) - len(todo)} mask(s) made by this checkpoint with these options in {args.out} "
-                  "(--no-resume recomputes them)")
-        unlisted = [out for out in existing if out.name not in kept]
-        if unlisted:
-            print(f"recomputing {len(unlisted)} mask(s) in {args.out} that its {RECORD_NAME} does not list as "
-                  "made by this checkpoint with these options")
-    elif existing and args.no_resume:
+    todo: list[tuple[Path, Path]] = []
+    kept: dict[Path, dict] = {}
+    unrecorded: list[Path] = []
+    others: list[RunRecord] = []
+    for image, out in jobs:
+        earlier = RunRecord.load(out) if out.exists() and not args.no_resume else None
+        if earlier is not None and earlier.same_run(record) and earlier.summary.get("status") == "done":
+            kept[out] = {**earlier.summary, "status": "skipped", "error": None}
+            continue
+        todo.append((image, out))
+        if out.exists() and not args.no_resume:
+            if earlier is None:
+                unrecorded.append(out)
+            else:
+                others.append(earlier)
+    existing = [out for _, out in todo if out.exists()]
+    if kept:
+        print(f"kept {len(kept)} mask(s) made by this checkpoint with these options in {args.out} "
+              "(--no-resume recomputes them)")
+    if existing and args.no_resume:
         print(f"recomputing the {len(existing)} mask(s) already in {args.out} (--no-resume)")
-    elif existing and earlier is None:
-        print(f"recomputing the {len(existing)} mask(s) already in {args.out}: no {RECORD_NAME} there records "
-              "which checkpoint and options made them")
-    elif existing and earlier is not None:
-        print(f"recomputing the {len(existing)} mask(s) already in {args.out}, made by another run: "
-              + "; ".join(record.differences(earlier)))
-    record.save(args.out)
-    return record, todo
+    if unrecorded:
+        print(f"recomputing the {len(unrecorded)} mask(s) already in {args.out} with no record beside them "
+              f"(.NAME{RECORD_NAME}) of which checkpoint and options made them")
+    if others:
+        print(f"recomputing the {len(others)} mask(s) already in {args.out}, made by another run: "
+              + "; ".join(record.differences(others[0])))
+    return record, todo, kept
 
 
 def _failure_line(image: Path, error: BaseException) -> str:
@@ -259,8 +399,10 @@ def _failure_line(image: Path, error: BaseException) -> str:
     return message if image.name in message else f"{image}: {message}"
 
 
-def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Namespace, progress: bool) -> str:
-    """Segment one image into ``out``; returns the line to print."""
+def _predict_one(
+    model, image: Path, out: Path, device: str, args: argparse.Namespace, progress: bool
+) -> tuple[str, SlidePrediction | SegmentationResult]:
+    """Segment one image into ``out``; returns the line to print and what the prediction returned."""
     from glmed.data.normalize import Normalization
     from glmed.inference.inferer import predict
     from glmed.inference.slide import predict_to_tiff
@@ -280,7 +422,8 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
         options["tta"] = args.tta
     result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
-        result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options)
+        result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options,
+                                 **_slide_outputs(args, out))
     else:
         finish = {"finish": "lesion", "keep_regions_above": args.keep_regions_above} if args.finish else {}
         segmentation = predict(model, image, with_coarse=False, thumbnail=False, **options, **finish)
@@ -291,7 +434,7 @@ def _predict_one(model, image: Path, out: Path, device: str, args: argparse.Name
     patches = f"{result.patches} patch" + ("" if result.patches == 1 else "es")
     if result.patches_skipped:
         patches += f" ({result.patches_skipped} more took the global branch's answer)"
-    return f"wrote {out}: {image.name} segmented with {patches}{refined}{notes}"
+    return f"wrote {out}: {image.name} segmented with {patches}{refined}{notes}", result
 
 
 def _folder_jobs(folder: Path, out: Path, mask_format: str) -> tuple[list[tuple[Path, Path]], list[str]] | str:

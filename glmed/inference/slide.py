@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,9 +34,19 @@ from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization
 from glmed.inference.inferer import DEFAULT_AMP, DEFAULT_CHANNELS_LAST, GlobalLocalInferer
 from glmed.inference.merging import label_dtype
 from glmed.inference.refinement import DEFAULT_MARGIN, DEFAULT_REFINE
+from glmed.inference.slide_outputs import (
+    GEOJSON_SUFFIXES,
+    check_output_path,
+    class_pixel_counts,
+    write_mask_geojson,
+    write_outline_thumbnail,
+)
 from glmed.io.base import ImageReader
+from glmed.io.mask_tiff import MaskEncoding, mask_encoding, write_mask_tiff
 from glmed.io.open import ImageLike, open_as_reader
-from glmed.io.writers import atomic_path, check_tile, write_pyramidal_tiff
+from glmed.io.resolution import microns_per_pixel
+from glmed.io.tissue import TissueMask, detect_tissue
+from glmed.io.writers import atomic_path, check_tile
 from glmed.models.glnet import GLNet
 from glmed.models.placement import Placement
 
@@ -53,6 +64,13 @@ class SlidePrediction:
         patches: full-resolution patches the local branch processed.
         notes: plain-language remarks about this prediction.
         patches_skipped: patches that took the global branch's answer (``refine="uncertain"``).
+        mpp: ``(rows, cols)`` µm per level-0 pixel of the slide (carried into the mask TIFF), or None.
+        class_pixels: level-0 pixels of each class in the mask, by class index.
+        thumbnail: the outline thumbnail PNG written, or None.
+        geojson: the GeoJSON of the predicted regions written, or None.
+        tissue: where the tissue is on the slide (:func:`glmed.io.tissue.detect_tissue`), or None when
+            not detected (``tissue=False``, or an image without colour). Reported only: every patch
+            is still segmented.
     """
 
     path: Path
@@ -61,6 +79,21 @@ class SlidePrediction:
     patches: int = 0
     notes: list[str] = field(default_factory=list)
     patches_skipped: int = 0
+    mpp: tuple[float, float] | None = None
+    class_pixels: list[int] = field(default_factory=list)
+    thumbnail: Path | None = None
+    geojson: Path | None = None
+    tissue: TissueMask | None = None
+
+    @property
+    def foreground_px(self) -> int:
+        """Level-0 pixels of every class but the background (class 0)."""
+        return int(sum(self.class_pixels[1:]))
+
+    @property
+    def foreground_um2(self) -> float | None:
+        """The foreground's area in µm², or None when the slide's µm/px is unknown."""
+        return None if self.mpp is None else self.foreground_px * self.mpp[0] * self.mpp[1]
 
 
 def predict_to_tiff(
@@ -84,6 +117,10 @@ def predict_to_tiff(
     margin: float | None = DEFAULT_MARGIN,
     max_memory: str | int | float | None = None,
     tta: str | None = None,
+    classes: Sequence[str] | None = None,
+    thumbnail: str | os.PathLike | None = None,
+    geojson: str | os.PathLike | None = None,
+    tissue: bool = True,
 ) -> SlidePrediction:
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
@@ -91,9 +128,12 @@ def predict_to_tiff(
         model: a GLNet or CoarseToFineGLNet, as for :func:`glmed.predict`.
         image: a slide path (any format glmed reads: SVS, NDPI, pyramidal TIFF, ...), an open
             reader or an array.
-        path: the ``.tif`` to write; it appears only once complete. Pixel values are class
-            indices; its levels halve the size (nearest neighbour) until one tile holds the
-            smallest, so slide viewers and :func:`glmed.open_image` read it at any zoom.
+        path: the ``.tif`` to write; it appears only once complete. Its values are what a viewer
+            shows (:mod:`glmed.io.mask_tiff`): 0/255 for a two-class model, class indices with a
+            colour map for more; level 0's ImageDescription is JSON naming the classes, the stored
+            values, the slide's level-0 size and µm/px, which the resolution tags carry too. Its
+            levels halve the size (nearest neighbour) until one tile holds the smallest, so slide
+            viewers and :func:`glmed.open_image` read it at any zoom.
         batch_size: patches per forward pass; bounds device memory. 4 by default; with
             ``max_memory``, the most it may choose.
         device: where to run; the model's device by default.
@@ -126,6 +166,18 @@ def predict_to_tiff(
             patch's probabilities are averaged over the views before they are merged, so the mask
             still streams a band of rows at a time and a run resumes; a run resumes only with the
             ``tta`` it began with.
+        classes: a name per class, background first, for the TIFF's metadata and the GeoJSON;
+            ``("background", "foreground")`` for two classes, ``"class N"`` otherwise.
+        thumbnail: a ``.png`` to write too: the slide's overview, at most
+            :data:`~glmed.inference.slide_outputs.DEFAULT_THUMBNAIL_SIDE` pixels a side, with the
+            predicted regions outlined in their class colours.
+        geojson: a ``.geojson`` to write too: the predicted regions as QuPath annotations in level-0
+            pixel coordinates, from a downsampled level of the mask
+            (:func:`~glmed.inference.slide_outputs.write_mask_geojson`), with µm² areas when the
+            slide's µm/px is known.
+        tissue: find the tissue on the slide (Otsu on saturation of a 2048-pixel view,
+            :func:`glmed.io.tissue.detect_tissue`) and report it as ``result.tissue`` (its area in
+            the folder summary); colour images only. It does not yet skip patches of glass.
 
     There is no ``finish`` here, unlike :func:`glmed.predict`: ISIC finishing keeps one
     connected region without holes, which would erase all but one of a slide's many regions
@@ -136,7 +188,8 @@ def predict_to_tiff(
             ``refine="uncertain"`` for a ``local_only`` model), a ``path`` that is a folder, does not
             end in ``.tif``/``.tiff``, or whose folder does not exist (all checked before any inference),
             or a ``max_memory`` that cannot be read or is below the estimate at batch 1 (checked
-            before any patch is read).
+            before any patch is read), bad ``classes``, or a ``thumbnail``/``geojson`` name that is not a
+            ``.png``/``.geojson`` in an existing folder (checked before any inference).
     """
     if compression not in ("zlib", "lzw", None):
         raise ValueError(f"{path}: masks need lossless compression: 'zlib', 'lzw' or None, got {compression!r}")
@@ -149,6 +202,7 @@ def predict_to_tiff(
         raise ValueError(f"{path}: predict_to_tiff writes a pyramidal TIFF, so the name must end in .tif or .tiff "
                          "(for a PNG, use glmed.predict and glmed.io.writers.write_mask_png)")
     check_tile(path, tile)  # now, not after hours of inference
+    encoding, extras = _output_plan(model, classes, thumbnail, geojson)
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
                                  target_ratio=target_ratio, per_component=per_component, max_memory=max_memory,
@@ -157,6 +211,7 @@ def predict_to_tiff(
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
     try:
+        found = _tissue(reader) if tissue else None  # before inference, which is to skip glass with it
         # The batch (and autocast) a budget allows, fixed before the identity records them.
         inferer, plan = inferer.fitted(model, size, out_in_memory=False, with_coarse=False)
         identity = None
@@ -164,16 +219,48 @@ def predict_to_tiff(
             identity = _run_identity(model, Path(image), reader, inferer)
         with ScratchMask(path, reader.size, label_dtype(model.config.num_classes), identity) as scratch:
             result = inferer(model, reader, out=scratch.mask, with_coarse=False, ledger=scratch)
-            write_pyramidal_tiff(path, scratch.mask, tile=tile, compression=compression, resampling="nearest",
-                                 progress=progress)
+            mpp = microns_per_pixel(reader)
+            write_mask_tiff(path, scratch.mask, encoding, mpp=mpp, source=os.path.basename(reader.name), tile=tile,
+                            compression=compression, progress=progress)
+            class_pixels = class_pixel_counts(scratch.mask, len(encoding.classes)).tolist()
             scratch.finished = True
+        _write_extras(reader, path, encoding, extras)
     finally:
         if opened:
             reader.close()
     notes = ([plan.note] if plan is not None else []) + list(result.notes)
     if scratch.resumed:
         notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
-    return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped)
+    return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped, mpp=mpp,
+                           class_pixels=class_pixels, tissue=found, **extras)
+
+
+def _tissue(reader: ImageReader) -> TissueMask | None:
+    """The slide's tissue, or None for an image without colour (saturation needs RGB)."""
+    if reader.channels not in (3, 4):
+        return None
+    return detect_tissue(reader)
+
+
+def _output_plan(
+    model: GLNet, classes: Sequence[str] | None, thumbnail: str | os.PathLike | None,
+    geojson: str | os.PathLike | None,
+) -> tuple[MaskEncoding, dict[str, Path | None]]:
+    """How the mask is stored and which extra files to write, checked before any inference."""
+    encoding = mask_encoding(model.config.num_classes, classes)
+    extras = {
+        "thumbnail": None if thumbnail is None else check_output_path(thumbnail, (".png",), "thumbnail"),
+        "geojson": None if geojson is None else check_output_path(geojson, GEOJSON_SUFFIXES, "GeoJSON"),
+    }
+    return encoding, extras
+
+
+def _write_extras(reader: ImageReader, mask: Path, encoding: MaskEncoding, extras: dict[str, Path | None]) -> None:
+    """The thumbnail and GeoJSON asked for, from the mask TIFF just written."""
+    if extras["thumbnail"] is not None:
+        write_outline_thumbnail(reader, mask, extras["thumbnail"], encoding)
+    if extras["geojson"] is not None:
+        write_mask_geojson(mask, extras["geojson"], encoding.classes)
 
 
 class ScratchMask:

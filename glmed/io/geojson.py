@@ -50,6 +50,17 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 """Default class colours ``[r, g, b]``, by class index (wrapping around): red for class 1, the usual tumour class."""
 
+
+
+def class_colour(value: int) -> tuple[int, int, int]:
+    """Class ``value``'s default ``(r, g, b)``: :data:`PALETTE` from class 1 on, wrapping; black for 0 (background).
+
+    The one class-to-colour rule of glmed's slide outputs: GeoJSON classifications, the mask
+    TIFF's colour map and the outline thumbnail all use it.
+    """
+    return (0, 0, 0) if value == 0 else PALETTE[(value - 1) % len(PALETTE)]
+
+
 DEFAULT_VIEW_SIDE = 4096
 """Longest side of the view a mask file is polygonised from: 24 level-0 pixels (6 µm at 40x) a
 view pixel on a 100k-pixel slide. Memory grows with its square: about 240 MB at the peak for 4096
@@ -366,6 +377,6 @@ def _class_colors(
         checked[int(value)] = [int(v) for v in triple]
 
     def color(value: int) -> list[int]:
-        return checked.get(value) or list(PALETTE[(value - 1) % len(PALETTE)])
+        return checked.get(value) or list(class_colour(value))
 
     return color

@@ -7,6 +7,7 @@ crash or an interrupted run leaves the old file (or none), never a truncated one
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -146,11 +147,18 @@ def write_pyramidal_tiff(
     compression: str | None = "jpeg",
     resampling: str = "area",
     progress: bool = False,
+    *,
+    lookup: np.ndarray | None = None,
+    colormap: np.ndarray | None = None,
+    description: str | None = None,
+    mpp: tuple[float, float] | None = None,
 ) -> None:
     """Write a tiled pyramidal TIFF that both tifffile and OpenSlide (as generic-tiff) read with all levels.
 
     Levels are written as reduced-resolution pages in the main page chain, not as SubIFDs,
     which OpenSlide does not see. BigTIFF is used when level 0 exceeds 2 GB uncompressed.
+    Each level's resolution tags (pixels per centimetre) say its own µm/px when ``mpp`` is given,
+    so a viewer's scale bar and :func:`glmed.io.resolution.microns_per_pixel` read it back.
 
     Args:
         path: the ``.tif`` to write.
@@ -162,6 +170,13 @@ def write_pyramidal_tiff(
         compression: ``"jpeg"`` (lossy; encoded by ``imagecodecs``), ``"zlib"`` or ``"lzw"`` (lossless), or ``None``.
         resampling: ``"area"`` for images, ``"nearest"`` for masks.
         progress: show a progress bar over the tiles of all levels.
+        lookup: a table applied to every tile as it is written (``stored = lookup[value]``), so a
+            class-index mask is stored with the values a viewer shows without a second copy of it.
+            The levels are resampled before the table is applied: use it with ``"nearest"``.
+        colormap: a ``3 x 2**bits`` uint16 TIFF colour map: single-channel values are then indices
+            into it (photometric palette), shown as colours by viewers, read as indices by tifffile.
+        description: level 0's ImageDescription (e.g. JSON metadata); with it tifffile adds none of its own.
+        mpp: ``(rows, cols)`` microns per level-0 pixel, for the resolution tags.
     """
     import tifffile
 
@@ -171,8 +186,13 @@ def write_pyramidal_tiff(
     check_tile(path, tile)
     if compression == "jpeg" and (image.dtype != np.uint8 or channels not in (1, 3)):
         raise ValueError(f"{path}: JPEG holds 1 or 3 channels of uint8, got {channels} of {image.dtype}; use zlib")
-    photometric = "rgb" if channels in (3, 4) else "minisblack"
+    if colormap is not None and channels != 1:
+        raise ValueError(f"{path}: a colour map needs a single-channel image, got {channels} channels")
+    if mpp is not None and not all(math.isfinite(v) and v > 0 for v in mpp):
+        raise ValueError(f"{path}: mpp (microns per pixel) must be positive, got {mpp}")
+    photometric = "rgb" if channels in (3, 4) else "minisblack" if colormap is None else "palette"
     levels_written = [level if channels > 1 else level[..., 0] for level in pyramid(image, levels, tile, resampling)]
+    stored_dtype = image.dtype if lookup is None else np.asarray(lookup).dtype
     bar = None
     if progress:
         from glmed.progress import progress_bar
@@ -182,22 +202,33 @@ def write_pyramidal_tiff(
     try:
         with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=image.nbytes > 2**31) as writer:
             for index, level in enumerate(levels_written):
+                extra: dict[str, Any] = {}
+                if colormap is not None:
+                    extra["colormap"] = colormap
+                if description is not None:
+                    extra["metadata"] = None  # no tifffile JSON: ours is level 0's description
+                    if index == 0:
+                        extra["description"] = description
+                if mpp is not None:
+                    extra.update(resolution=_per_centimetre(mpp, image.shape[:2], level.shape[:2]),
+                                 resolutionunit="CENTIMETER")
                 writer.write(
-                    _tiles(level, tile, bar),
+                    _tiles(level, tile, bar, lookup),
                     shape=level.shape,
-                    dtype=level.dtype,
+                    dtype=stored_dtype,
                     tile=(tile, tile),
                     compression=compression,
                     photometric=photometric,
                     subfiletype=1 if index else 0,
+                    **extra,
                 )
     finally:
         if bar is not None:
             bar.close()
 
 
-def _tiles(level: np.ndarray, tile: int, bar: Any = None) -> Iterator[np.ndarray]:
-    """The level's tiles in row-major order, copied one at a time.
+def _tiles(level: np.ndarray, tile: int, bar: Any = None, lookup: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """The level's tiles in row-major order, copied one at a time (through ``lookup`` when given).
 
     A memory-mapped or strided level (a mask's nearest-neighbour levels are views) is never
     copied whole. ``bar`` (a progress bar) counts them.
@@ -206,4 +237,16 @@ def _tiles(level: np.ndarray, tile: int, bar: Any = None) -> Iterator[np.ndarray
         for col in range(0, level.shape[1], tile):
             if bar is not None:
                 bar.update()  # before yielding: the writer does not come back after a level's last tile
-            yield np.ascontiguousarray(level[row : row + tile, col : col + tile])
+            block = level[row : row + tile, col : col + tile]
+            yield np.ascontiguousarray(block if lookup is None else lookup[block])
+
+
+def _per_centimetre(mpp: tuple[float, float], size: tuple[int, ...], level: tuple[int, ...]) -> tuple[float, float]:
+    """TIFF ``(XResolution, YResolution)`` in pixels per centimetre of a level of ``level`` pixels.
+
+    A level's pixel covers ``size / level`` level-0 pixels along each axis (``ceil`` halvings are
+    not exactly 2).
+    """
+    microns_x = mpp[1] * size[1] / level[1]
+    microns_y = mpp[0] * size[0] / level[0]
+    return (1e4 / microns_x, 1e4 / microns_y)

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, UnidentifiedImageError
 
+from glmed.conventions import RUN_SUMMARY_NAME
 from glmed.io.grey_png import decode_grey8_png
 from glmed.metrics.confusion import FOREGROUND_ABOVE, METRICS, BinaryCounts, binary_metrics
 
@@ -230,7 +231,8 @@ def _match(truth_dir: Path, prediction_dir: Path) -> _Matched:
                                     f"file for {image_id} should be"))
         else:
             outcome.append(ImagePair(image_id, truth, candidates[0]))
-    ignored = tuple(sorted(p for p in predictions if p not in claimed))
+    # glmed predict's own summary.csv is no prediction, and no stray file either
+    ignored = tuple(sorted(p for p in predictions if p not in claimed and p.name != RUN_SUMMARY_NAME))
     return _Matched(truth_dir, prediction_dir, truths, outcome, truth_problems, ignored,
                     tuple(hidden + hidden_predictions))
 
@@ -382,10 +384,10 @@ def _warn_faint(results: Sequence[_PairResult], stacklevel: int = 3) -> None:
 
 
 def _warn_hidden(hidden: Sequence[Path]) -> None:
-    """Name the hidden entries left out of the folders; glmed's own run record goes unmentioned."""
+    """Name the hidden entries left out of the folders; glmed's own run records go unmentioned."""
     from glmed.conventions import RUN_RECORD_NAME as RECORD_NAME
 
-    shown = [path for path in hidden if path.name != RECORD_NAME]
+    shown = [path for path in hidden if not path.name.endswith(RECORD_NAME)]
     if shown:
         names = ", ".join(str(path) for path in shown[:_MAX_LISTED]) + (", ..." if len(shown) > _MAX_LISTED else "")
         warnings.warn(f"ignored {len(shown)} hidden file(s) (names starting with '.'): {names}",

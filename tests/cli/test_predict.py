@@ -7,7 +7,7 @@ from PIL import Image
 
 import glmed
 from glmed.cli import main
-from glmed.inference.provenance import RECORD_NAME
+from glmed.inference.provenance import RECORD_NAME, record_path
 from glmed.io import open_image
 from glmed.models.checkpoint import save_checkpoint
 from glmed.models.glnet import GLNet
@@ -33,7 +33,7 @@ def test_predict_writes_the_mask_predict_gives(tmp_path, trained, capsys, name):
     expected = glmed.predict(model, image).mask
     with open_image(out) as reader:
         written = reader.read((0, 0, *reader.size))[..., 0]
-    np.testing.assert_array_equal(written, expected * (255 if name.endswith(".png") else 1))
+    np.testing.assert_array_equal(written, expected * 255)  # 0/255 in both: what viewers show
     assert f"wrote {out}" in capsys.readouterr().out
 
 
@@ -99,10 +99,11 @@ def test_a_folder_becomes_a_scorable_isic_submission_and_resumes(tmp_path, train
     (images / "LICENSE.txt").write_text("CC-0")
     submission = tmp_path / "submission"
     assert main(["predict", str(checkpoint), str(images), str(submission), "--quiet", "--device", "cpu"]) == 0
-    # adapted: the folder also holds the run's provenance record, a dot-file the scorer ignores
+    # adapted: the folder also holds a provenance record beside each mask (dot-files the scorer ignores) and the
+    # run's summary.csv (which the scorer skips too)
     assert sorted(p.name for p in submission.iterdir() if not p.name.startswith(".")) == [
-        f"ISIC_{i:07d}_segmentation.png" for i in range(3)]
-    assert (submission / RECORD_NAME).is_file()
+        f"ISIC_{i:07d}_segmentation.png" for i in range(3)] + ["summary.csv"]
+    assert all(record_path(submission / f"ISIC_{i:07d}_segmentation.png").is_file() for i in range(3))
     expected = glmed.predict(model, images / "ISIC_0000001.jpg").mask * 255
     np.testing.assert_array_equal(np.asarray(Image.open(submission / "ISIC_0000001_segmentation.png")), expected)
     assert len(glmed.score_submission(truth, submission)) == 3
@@ -127,7 +128,8 @@ def test_a_folder_run_reports_bad_images_and_finishes_the_others(tmp_path, train
     )
     error = capsys.readouterr().err
     assert "1 of 2 image(s) failed" in error and "b.png" in error
-    assert sorted(p.name for p in out.iterdir() if p.name != RECORD_NAME) == ["a_mask.tif"]  # adapted: + record
+    # adapted: + the records (dot-files) and the summary
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a_mask.tif", "summary.csv"]
 
 
 # --- options, devices and checkpoints: one line naming the option or file, before any work ----------------
@@ -273,7 +275,7 @@ def test_a_folder_run_skips_hidden_files_and_masks_and_says_so(tmp_path, trained
     assert (f"skipped 2 file(s) in {images} named like masks, not images: ISIC_0000000_segmentation.png, "
             "photo_mask.png") in printed
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "ISIC_0000000_segmentation.png", "photo_mask.png"]
+        "ISIC_0000000_segmentation.png", "photo_mask.png", "summary.csv"]  # adapted: + the run's summary
 
 
 def test_a_folder_of_masks_only_says_what_was_skipped(tmp_path, trained, capsys):
@@ -285,7 +287,9 @@ def test_a_folder_of_masks_only_says_what_was_skipped(tmp_path, trained, capsys)
 
 
 def _mtimes(folder):
-    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if not p.name.startswith(".")}
+    # the masks: the run's records (dot-files) and summary.csv are rewritten by every run
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()
+            if not p.name.startswith(".") and p.name != "summary.csv"}
 
 
 def _other_checkpoint(tmp_path):
@@ -359,11 +363,12 @@ def test_masks_without_a_record_are_recomputed(tmp_path, trained, capsys):
     _, checkpoint, _ = trained
     images, out = _images(tmp_path / "images"), tmp_path / "masks"
     assert _predict(checkpoint, images, out, "--device", "cpu") == 0
-    (out / RECORD_NAME).unlink()  # masks from an older glmed, or copied in by hand
+    for record in out.glob(f".*{RECORD_NAME}"):
+        record.unlink()  # masks from an older glmed, or copied in by hand
     capsys.readouterr()
     assert _predict(checkpoint, images, out, "--device", "cpu") == 0
     printed = capsys.readouterr().out
-    assert f"recomputing the 3 mask(s) already in {out}: no {RECORD_NAME} there records" in printed
+    assert f"recomputing the 3 mask(s) already in {out} with no record beside them (.NAME{RECORD_NAME})" in printed
     assert printed.count("wrote ") == 3
 
 
@@ -391,7 +396,9 @@ def test_a_killed_run_with_another_checkpoint_resumes_without_keeping_the_old_ma
     assert _predict(other_path, images, out, "--device", "cpu") == 0
     printed = capsys.readouterr().out
     assert f"kept 1 mask(s) made by this checkpoint with these options in {out}" in printed
-    assert f"recomputing 2 mask(s) in {out} that its {RECORD_NAME} does not list" in printed
+    # the killed image's old record went first (it must not outlive the mask), the last one's is the old run's
+    assert f"recomputing the 1 mask(s) already in {out} with no record beside them" in printed
+    assert f"recomputing the 1 mask(s) already in {out}, made by another run: checkpoint" in printed
     assert printed.count("wrote ") == 2 and "ISIC_0000000" not in printed.split("kept")[1]
 
 
@@ -418,7 +425,7 @@ def test_no_resume_recomputes_and_the_record_never_reaches_the_scorer(tmp_path, 
     assert _predict(checkpoint, images, out, "--device", "cpu", "--no-resume") == 0
     printed = capsys.readouterr().out
     assert f"recomputing the 3 mask(s) already in {out} (--no-resume)" in printed and printed.count("wrote ") == 3
-    assert (out / RECORD_NAME).is_file()
+    assert record_path(out / "ISIC_0000000_segmentation.png").is_file()
     assert main(["score", str(truth), str(out)]) == 0
     captured = capsys.readouterr()
     assert "3 images" in captured.out and captured.err == ""
