@@ -1,32 +1,17 @@
 """benchmarks/accuracy_vs_monai.py: every row trained and scored, the peers at glmed's CPU time, rows grouped right."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy_vs_monai.py"
+from benchmark_scripts import load_script, markdown_table
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_accuracy_vs_monai", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("accuracy_vs_monai")
 
 
 def _first_table(text: str) -> list[dict[str, str]]:
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| row "))
-    table = []
-    for line in lines[start:]:
-        if not line.startswith("| "):
-            break
-        table.append([cell.strip() for cell in line.strip("|").split("|")])
-    assert set("".join(table[1]).split("---")) <= {""}  # the Markdown rule under the header
-    return [dict(zip(table[0], row)) for row in table[2:]]
+    return markdown_table(text, "row")
 
 
 def test_rows_share_a_training_only_when_their_weights_are_the_same():

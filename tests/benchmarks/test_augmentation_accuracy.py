@@ -1,31 +1,16 @@
 """benchmarks/augmentation_accuracy.py: the quick mode trains with and without augmentation and prints both rows."""
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "augmentation_accuracy.py"
+from benchmark_scripts import load_script, markdown_table
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_augmentation_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("augmentation_accuracy")
 
 
 def _first_table(text: str) -> list[dict[str, str]]:
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| setting "))
-    table = []
-    for line in lines[start:]:
-        if not line.startswith("| "):
-            break
-        table.append([cell.strip() for cell in line.strip("|").split("|")])
-    assert set("".join(table[1]).split("---")) <= {""}  # the Markdown rule under the header
-    return [dict(zip(table[0], row)) for row in table[2:]]
+    return markdown_table(text, "setting")
 
 
 @pytest.mark.slow

@@ -1,21 +1,15 @@
 """benchmarks/inference_speed.py: every case runs in quick mode, with numbers, ratios to the sliding window."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "inference_speed.py"
+from benchmark_scripts import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_inference_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("inference_speed")
 
 
 def test_ratios_divide_by_the_sliding_window_of_the_same_lesion():

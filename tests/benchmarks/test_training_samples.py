@@ -1,18 +1,11 @@
 """benchmarks/training_samples.py: the quick mode prints a row for every stage kind and path, all rates positive."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "training_samples.py"
+from benchmark_scripts import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_training_samples", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("training_samples")
 
 
 def _table(text: str) -> list[dict[str, str]]:
