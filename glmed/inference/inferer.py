@@ -41,7 +41,15 @@ from glmed.inference.refinement import (
     uncertain_patches,
 )
 from glmed.inference.result import SegmentationResult, thumbnail_size
-from glmed.inference.tta import Dihedral, combined_scores, mean_answers, tta_note, tta_problem, views_for
+from glmed.inference.tta import (
+    Dihedral,
+    combined_scores,
+    mean_answers,
+    rotation_aspect_note,
+    tta_note,
+    tta_problem,
+    views_for,
+)
 from glmed.io.base import ImageReader
 from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.region import RegionReader
@@ -391,6 +399,9 @@ class GlobalLocalInferer:
         if self.tta is not None:
             reads_patches = not global_only and model.sharing is not Sharing.GLOBAL_ONLY
             result_notes.append(tta_note(self.tta, self.views, reads_patches))
+            squashed = rotation_aspect_note(self.tta, reader.size)
+            if squashed is not None:
+                result_notes.append(squashed)
         if self.finish is not None:  # before the notes below, so they describe the finished mask
             result_notes += finish_in_place(result.mask, self.keep_regions_above)
         two_class = config.num_classes == 2  # elsewhere class 0 is a class like the others (DeepGlobe)

@@ -158,6 +158,21 @@ def mean_answers(answers: Sequence[Iterator[torch.Tensor]]) -> Iterator[torch.Te
         yield torch.stack(per_view).mean(dim=0)
 
 
+ROTATION_ASPECT_LIMIT = 1.5
+"""Above this long-to-short side ratio, ``"dihedral"``'s rotated views get a note: their square
+global view is squashed along the other axis than in training."""
+
+
+def rotation_aspect_note(tta: str, size: Size) -> str | None:
+    """A note when ``"dihedral"`` rotates an image far from square (views the model never saw); else None."""
+    ratio = max(size) / max(min(size), 1)
+    if tta != "dihedral" or ratio <= ROTATION_ASPECT_LIMIT:
+        return None
+    return (f"test-time augmentation (dihedral) rotated an image of {size[0]}×{size[1]} (sides {ratio:.1f}:1): its "
+            "rotated views show the global branch the square global view squashed along the other axis than in "
+            "training, which can lower the averaged answer; tta='flips' avoids it")
+
+
 def tta_note(tta: str, views: Sequence[Dihedral], reads_patches: bool) -> str:
     """What test-time augmentation did and cost, for ``result.notes``."""
     passes = "global and local passes" if reads_patches else "global passes"

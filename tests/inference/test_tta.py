@@ -235,3 +235,12 @@ def test_a_run_resumes_only_with_the_views_it_began_with(tmp_path):
 def test_unknown_tta_is_refused():
     with pytest.raises(ValueError, match="unknown tta 'rotations'; choose one of \\['flips', 'dihedral'\\]"):
         glmed.predict(tiny("g2l"), image(64, 64), tta="rotations")
+
+
+def test_dihedral_on_an_image_far_from_square_says_its_rotated_views_are_squashed():
+    model = tiny("g2l")
+    wide = glmed.predict(model, image(64, 160), tta="dihedral")
+    assert any("squashed" in note and "tta='flips'" in note for note in wide.notes)
+    square = glmed.predict(model, image(128, 128), tta="dihedral")
+    flips = glmed.predict(model, image(64, 160), tta="flips")
+    assert not any("squashed" in note for note in square.notes + flips.notes)
