@@ -95,12 +95,12 @@ class GLNetEnsemble(GLNet):
     def global_logits(self, global_maps: dict[str, torch.Tensor], size: Size) -> torch.Tensor:
         """The log of the members' mean global probabilities (their softmax is that mean)."""
         return mean_log_probabilities([member.global_logits(maps, size)
-                                       for member, maps in zip(self.networks, self._split(global_maps), strict=True)])
+                                       for member, maps in zip(self.networks, self._parts(global_maps), strict=True)])
 
     def local_logits(self, local_maps: dict[str, torch.Tensor], size: Size) -> torch.Tensor:
         """The log of the members' mean local-branch probabilities."""
         return mean_log_probabilities([member.local_logits(maps, size)
-                                       for member, maps in zip(self.networks, self._split(local_maps), strict=True)])
+                                       for member, maps in zip(self.networks, self._parts(local_maps), strict=True)])
 
     def aggregated_logits(
         self, local_final: torch.Tensor, global_final_crop: torch.Tensor, size: Size
@@ -118,9 +118,13 @@ class GLNetEnsemble(GLNet):
 
     def _split(self, maps: dict[str, torch.Tensor] | None) -> list[dict[str, torch.Tensor] | None]:
         """Each member's share of channel-stacked maps (None for each when there are none)."""
-        count = len(self.members)
         if maps is None:
-            return [None] * count
+            return [None] * len(self.members)
+        return list(self._parts(maps))
+
+    def _parts(self, maps: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Each member's share of channel-stacked maps: its own block of channels at every point."""
+        count = len(self.members)
         chunks = {point: tensor.chunk(count, dim=1) for point, tensor in maps.items()}
         return [{point: parts[number] for point, parts in chunks.items()} for number in range(count)]
 
