@@ -106,12 +106,17 @@ def load_checkpoints(
     Raises:
         ValueError: the run kept fewer checkpoints than asked for (the message says how many it has).
     """
+    return [load_model(path, map_location) for path in kept_checkpoint_files(run_dir, best)]
+
+
+def kept_checkpoint_files(run_dir: str | os.PathLike, best: int | None = None) -> list[Path]:
+    """The files :func:`load_checkpoints` reads for ``best`` (see there), best first."""
     root = Path(run_dir)
     if best is not None and (int(best) != best or best < 1):
         raise ValueError(f"best must be a whole number >= 1, got {best}")
+    if best == 1:  # the same epoch as the first kept one; every run has it
+        return [root / "checkpoints" / "best.pt"]
     entries = BestCheckpoints(root, 1).entries()
-    if best == 1 and not entries:
-        return [load_model(root / "checkpoints" / "best.pt", map_location)]
     if not entries:
         raise ValueError(f"{root}: the run kept only its best checkpoint (no checkpoints/{TOP_INDEX}); train it "
                          "with --keep-best K (keep_best=K) to keep its K best, or ask for best=1")
@@ -119,4 +124,4 @@ def load_checkpoints(
         raise ValueError(f"{root}: the run kept its {len(entries)} best checkpoint(s) (checkpoints/{TOP_INDEX}), "
                          f"fewer than the {best} asked for; ask for best={len(entries)} or fewer")
     chosen = entries if best is None else entries[:best]
-    return [load_model(root / "checkpoints" / entry["file"], map_location) for entry in chosen]
+    return [root / "checkpoints" / entry["file"] for entry in chosen]
