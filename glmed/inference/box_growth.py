@@ -19,6 +19,12 @@ usually reaches past the lesion: the issue's case, 22% of a lesion outside its b
 Growth is off by default (``grow_boxes=0``, the paper's method): a model that is unsure or
 untrained marks foreground along every side, and each round would then re-refine a box up to
 twice as tall and wide, for nothing. ``grow_boxes=2`` is the suggested setting for trained models.
+Measured on a small case (a 320×400 image with a 120×160 lesion, 48-pixel patches, a refinement
+that segments what it sees, the coarse pass seeing only the lesion's left part): with 37% of the
+lesion outside its box, Jaccard 0.78 → 1.00 after one round (16 → 40 patches); with 60% outside,
+0.51 → 0.83 → 1.00 after two (12 → 28 → 52 patches); a box around the whole lesion never grew (30
+patches either way). An untrained ResNet18 coarse-to-fine model on a 384×512 generated dermoscopy
+image grew for nothing: 14 → 63 patches, 3.4 s → 11.2 s.
 
 Resumable slide runs (:mod:`glmed.inference.slide`) remember each round's decision in their
 ledger before the grown boxes are written: a grown box overwrites the sides the decision read, so

@@ -1,5 +1,7 @@
 """Coarse-to-fine boxes that grow where the refined mask runs into them, and specks that get no box."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +156,34 @@ def test_only_specks_refine_nothing_and_say_why():
 def test_bad_growth_settings_are_refused_before_any_work(bad, message):
     with pytest.raises(ValueError, match=message):
         glmed.predict(ScriptedCoarse(lesion_coarse_mask()), "no/such/image.png", **bad)
+
+
+def test_a_slide_run_stopped_while_a_grown_box_is_refined_resumes_to_the_same_mask(tmp_path, slide, monkeypatch,
+                                                                                      fail_at_call):
+    from glmed.inference.slide import predict_to_tiff
+    from tests.inference.test_slide import read_mask
+
+    torch.manual_seed(3)
+    model = glmed.CoarseToFineGLNet(2, "resnet18", "g2l", fpn_channels=16, global_size=64, patch_size=64, overlap=8)
+    with torch.no_grad():  # refinement says foreground everywhere: the box is cut on every side and grows
+        model.aggregate.weight.zero_()
+        model.aggregate.bias.copy_(torch.tensor([-1.0, 1.0]))
+
+    def centre_is_foreground(global_maps, size):
+        logits = torch.zeros(1, 2, *size)
+        logits[:, 1, size[0] // 3 : size[0] // 2, size[1] // 3 : size[1] // 2] = 5.0
+        return logits
+
+    monkeypatch.setattr(model, "global_logits", centre_is_foreground)
+    first_box = predict_to_tiff(model, slide, tmp_path / "first.tif", batch_size=2)
+    whole = predict_to_tiff(model, slide, tmp_path / "whole.tif", batch_size=2, grow_boxes=1)
+    assert whole.boxes != first_box.boxes and any("grew it to" in note for note in whole.notes)
+    with monkeypatch.context() as patched:
+        fail_at_call(model, patched, -(-first_box.patches // 2) + 2)  # inside the grown box
+        with pytest.raises(RuntimeError):
+            predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, grow_boxes=1)
+    ledger = json.loads((tmp_path / ".mask.tif.partial.json").read_text())
+    assert "grow_boxes round 1" in ledger["decisions"]
+    resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, grow_boxes=1)
+    np.testing.assert_array_equal(read_mask(resumed.path)[0], read_mask(whole.path)[0])
+    assert resumed.boxes == whole.boxes and resumed.patches < whole.patches
