@@ -28,7 +28,9 @@ image grew for nothing: 14 → 63 patches, 3.4 s → 11.2 s.
 
 Resumable slide runs (:mod:`glmed.inference.slide`) remember each round's decision in their
 ledger before the grown boxes are written: a grown box overwrites the sides the decision read, so
-a resumed run takes the decision it made rather than reading sides half rewritten.
+a resumed run takes the decision it made rather than reading sides half rewritten, and sets to
+background only what lies outside the boxes it had grown to (:func:`remembered_boxes`), keeping the
+rows a grown box had written.
 """
 
 from __future__ import annotations
@@ -96,6 +98,25 @@ class Growth:
         return numbered
 
 
+def remembered_boxes(ledger: object | None, rounds: int) -> list[Box] | None:
+    """The boxes of the last growth round a resumed run's ledger remembers, or None.
+
+    They hold every box before them (boxes only grow), so the caller sets to background only what
+    lies outside them: rows a grown box already wrote, outside the first boxes, are kept.
+    """
+    if not isinstance(ledger, DecisionLedger):
+        return None
+    for number in range(int(rounds), 0, -1):
+        decided = ledger.recall(_key(number))
+        if decided is not None:
+            return [tuple(int(v) for v in box) for box in decided["boxes"]]  # type: ignore[misc]
+    return None
+
+
+def _key(number: int) -> str:
+    return f"grow_boxes round {number}"
+
+
 def grown_box(box: Box, sides: Sequence[str], image_size: Size, min_step: Size) -> Box:
     """``box`` with each of ``sides`` moved outward by :data:`GROW_STEP` of its extent (at least ``min_step``).
 
@@ -146,7 +167,7 @@ def grow_boxes(
     growth = Growth(boxes=sorted(tuple(int(v) for v in box) for box in boxes), limit=int(rounds))  # type: ignore[misc]
     memory = ledger if isinstance(ledger, DecisionLedger) else None
     for number in range(1, int(rounds) + 1):
-        key = f"grow_boxes round {number}"
+        key = _key(number)
         decided = memory.recall(key) if memory is not None else None
         if decided is None:
             grown: list[tuple[Box, Box, list[str]]] = []

@@ -28,7 +28,7 @@ from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization, to_model_input
 from glmed.data.samples import iter_patch_batches
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
-from glmed.inference.box_growth import grow_boxes
+from glmed.inference.box_growth import grow_boxes, remembered_boxes
 from glmed.inference.finishing import finish_in_place, finish_problem
 from glmed.inference.memory_budget import MemoryBudget, MemoryPlan, parse_memory, plan_for_budget
 from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
@@ -560,7 +560,8 @@ class GlobalLocalInferer:
                         f"{config.min_component:g}, so nothing was refined: the mask is its coarse prediction")
             return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse), notes=[note])
         coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
-        _fill_outside(out, boxes, 0)  # inside the boxes, a resumed run keeps what it wrote
+        # inside the boxes (or those a resumed run had grown them to), a resumed run keeps what it wrote
+        _fill_outside(out, remembered_boxes(ledger, config.grow_boxes) or boxes, 0)
 
         def refine_box(box: Box) -> tuple[int, int]:
             view = out[box[0] : box[2], box[1] : box[3]]
