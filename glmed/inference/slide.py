@@ -41,6 +41,7 @@ from glmed.inference.slide_outputs import (
     write_mask_geojson,
     write_outline_thumbnail,
 )
+from glmed.inference.working_resolution import check_mpp, working_view
 from glmed.io.base import ImageReader
 from glmed.io.mask_tiff import MaskEncoding, mask_encoding, write_mask_tiff
 from glmed.io.open import ImageLike, open_as_reader
@@ -58,19 +59,22 @@ class SlidePrediction:
     """What :func:`predict_to_tiff` wrote and did.
 
     Attributes:
-        path: the pyramidal TIFF holding the ``H×W`` class-index mask (level 0 full resolution).
-        size: ``(height, width)`` of the mask, the slide's level-0 size.
+        path: the pyramidal TIFF holding the ``H×W`` class-index mask (level 0 at the working resolution).
+        size: ``(height, width)`` of the slide's level 0.
         boxes: regions refined at full resolution by coarse-to-fine models (end-exclusive).
         patches: full-resolution patches the local branch processed.
         notes: plain-language remarks about this prediction.
         patches_skipped: patches that took the global branch's answer (``refine="uncertain"``).
-        mpp: ``(rows, cols)`` µm per level-0 pixel of the slide (carried into the mask TIFF), or None.
-        class_pixels: level-0 pixels of each class in the mask, by class index.
+        mpp: ``(rows, cols)`` µm per level-0 pixel of the slide, or None.
+        class_pixels: the mask's pixels of each class, by class index.
         thumbnail: the outline thumbnail PNG written, or None.
         geojson: the GeoJSON of the predicted regions written, or None.
         tissue: where the tissue is on the slide (:func:`glmed.io.tissue.detect_tissue`), or None when
             not detected (``tissue=False``, or an image without colour). Reported only: every patch
             is still segmented.
+        mask_size: ``(height, width)`` of the mask: the slide's at the working resolution (``size``
+            when segmented at level 0).
+        mask_mpp: ``(rows, cols)`` µm per mask pixel (carried into the mask TIFF), or None.
     """
 
     path: Path
@@ -84,16 +88,23 @@ class SlidePrediction:
     thumbnail: Path | None = None
     geojson: Path | None = None
     tissue: TissueMask | None = None
+    mask_size: Size | None = None
+    mask_mpp: tuple[float, float] | None = None
 
     @property
     def foreground_px(self) -> int:
-        """Level-0 pixels of every class but the background (class 0)."""
-        return int(sum(self.class_pixels[1:]))
+        """Slide level-0 pixels of every class but the background (class 0): mask pixels scaled to level 0."""
+        pixels = sum(self.class_pixels[1:])
+        if self.mask_size is None or tuple(self.mask_size) == tuple(self.size):
+            return int(pixels)
+        return round(pixels * self.size[0] * self.size[1] / (self.mask_size[0] * self.mask_size[1]))
 
     @property
     def foreground_um2(self) -> float | None:
         """The foreground's area in µm², or None when the slide's µm/px is unknown."""
-        return None if self.mpp is None else self.foreground_px * self.mpp[0] * self.mpp[1]
+        if self.mask_mpp is None:
+            return None if self.mpp is None else self.foreground_px * self.mpp[0] * self.mpp[1]
+        return sum(self.class_pixels[1:]) * self.mask_mpp[0] * self.mask_mpp[1]
 
 
 def predict_to_tiff(
@@ -121,6 +132,7 @@ def predict_to_tiff(
     thumbnail: str | os.PathLike | None = None,
     geojson: str | os.PathLike | None = None,
     tissue: bool = True,
+    mpp: float | None = None,
 ) -> SlidePrediction:
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
@@ -178,6 +190,15 @@ def predict_to_tiff(
         tissue: find the tissue on the slide (Otsu on saturation of a 2048-pixel view,
             :func:`glmed.io.tissue.detect_tissue`) and report it as ``result.tissue`` (its area in
             the folder summary); colour images only. It does not yet skip patches of glass.
+        mpp: the µm per pixel to segment at (0.5 for 20x), the **working resolution**: patches and
+            the global view are read from the slide's pyramid level nearest it (the coarsest not
+            coarser) and resampled to it (:mod:`glmed.inference.working_resolution`). By default, the
+            model's ``trained_mpp`` (recorded by training) when the slide says its own µm/px, else
+            level 0 as it is. The mask is written at the working resolution (fewer pixels than the
+            slide for a coarser one); its metadata records its µm/px and the slide's level-0 size
+            and µm/px, the GeoJSON stays in the slide's level-0 pixels with µm² areas, and the
+            thumbnail is the slide's. A working resolution more than 1.5x from the model's training
+            gets a note. Part of what a run resumes with.
 
     There is no ``finish`` here, unlike :func:`glmed.predict`: ISIC finishing keeps one
     connected region without holes, which would erase all but one of a slide's many regions
@@ -189,7 +210,8 @@ def predict_to_tiff(
             end in ``.tif``/``.tiff``, or whose folder does not exist (all checked before any inference),
             or a ``max_memory`` that cannot be read or is below the estimate at batch 1 (checked
             before any patch is read), bad ``classes``, or a ``thumbnail``/``geojson`` name that is not a
-            ``.png``/``.geojson`` in an existing folder (checked before any inference).
+            ``.png``/``.geojson`` in an existing folder (checked before any inference), an ``mpp`` that
+            is not a positive number, or an ``mpp`` for a slide that does not say its µm/px (naming it).
     """
     if compression not in ("zlib", "lzw", None):
         raise ValueError(f"{path}: masks need lossless compression: 'zlib', 'lzw' or None, got {compression!r}")
@@ -203,6 +225,7 @@ def predict_to_tiff(
                          "(for a PNG, use glmed.predict and glmed.io.writers.write_mask_png)")
     check_tile(path, tile)  # now, not after hours of inference
     encoding, extras = _output_plan(model, classes, thumbnail, geojson)
+    check_mpp(mpp)
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
                                  target_ratio=target_ratio, per_component=per_component, max_memory=max_memory,
@@ -211,28 +234,33 @@ def predict_to_tiff(
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
     try:
+        view = working_view(reader, mpp, model.config.trained_mpp)  # the slide at the working resolution
+        work, slide_mpp, mask_mpp = view.reader, microns_per_pixel(reader), microns_per_pixel(view.reader)
         found = _tissue(reader) if tissue else None  # before inference, which is to skip glass with it
         # The batch (and autocast) a budget allows, fixed before the identity records them.
-        inferer, plan = inferer.fitted(model, size, out_in_memory=False, with_coarse=False)
+        inferer, plan = inferer.fitted(model, work.size, out_in_memory=False, with_coarse=False)
         identity = None
         if resume and isinstance(image, (str, os.PathLike)):
-            identity = _run_identity(model, Path(image), reader, inferer)
-        with ScratchMask(path, reader.size, label_dtype(model.config.num_classes), identity) as scratch:
-            result = inferer(model, reader, out=scratch.mask, with_coarse=False, ledger=scratch)
-            mpp = microns_per_pixel(reader)
-            write_mask_tiff(path, scratch.mask, encoding, mpp=mpp, source=os.path.basename(reader.name), tile=tile,
-                            compression=compression, progress=progress)
+            identity = _run_identity(model, Path(image), work, inferer, view.target)
+        with ScratchMask(path, work.size, label_dtype(model.config.num_classes), identity) as scratch:
+            result = inferer(model, work, out=scratch.mask, with_coarse=False, ledger=scratch)
+            write_mask_tiff(path, scratch.mask, encoding, mpp=mask_mpp, source=os.path.basename(reader.name),
+                            slide_size=size, slide_mpp=slide_mpp, tile=tile, compression=compression,
+                            progress=progress)
             class_pixels = class_pixel_counts(scratch.mask, len(encoding.classes)).tolist()
             scratch.finished = True
-        _write_extras(reader, path, encoding, extras)
+        mask_size = (int(work.size[0]), int(work.size[1]))  # now: a closed OpenSlide handle answers nothing
+        scale = (size[0] / mask_size[0], size[1] / mask_size[1])
+        _write_extras(reader, path, encoding, extras, scale, slide_mpp)
     finally:
         if opened:
             reader.close()
-    notes = ([plan.note] if plan is not None else []) + list(result.notes)
+    notes = ([plan.note] if plan is not None else []) + view.notes + list(result.notes)
     if scratch.resumed:
         notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
-    return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped, mpp=mpp,
-                           class_pixels=class_pixels, tissue=found, **extras)
+    return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped, mpp=slide_mpp,
+                           class_pixels=class_pixels, tissue=found, mask_size=mask_size, mask_mpp=mask_mpp,
+                           **extras)
 
 
 def _tissue(reader: ImageReader) -> TissueMask | None:
@@ -255,12 +283,19 @@ def _output_plan(
     return encoding, extras
 
 
-def _write_extras(reader: ImageReader, mask: Path, encoding: MaskEncoding, extras: dict[str, Path | None]) -> None:
-    """The thumbnail and GeoJSON asked for, from the mask TIFF just written."""
+def _write_extras(
+    reader: ImageReader, mask: Path, encoding: MaskEncoding, extras: dict[str, Path | None],
+    scale: tuple[float, float], slide_mpp: tuple[float, float] | None,
+) -> None:
+    """The thumbnail and GeoJSON asked for, from the mask TIFF just written.
+
+    ``scale`` is the slide's level-0 pixels per mask pixel: the GeoJSON is placed in the slide's
+    level-0 pixels, its areas in µm² with the slide's µm/px.
+    """
     if extras["thumbnail"] is not None:
         write_outline_thumbnail(reader, mask, extras["thumbnail"], encoding)
     if extras["geojson"] is not None:
-        write_mask_geojson(mask, extras["geojson"], encoding.classes)
+        write_mask_geojson(mask, extras["geojson"], encoding.classes, scale=scale, mpp=slide_mpp)
 
 
 class ScratchMask:
@@ -354,13 +389,17 @@ def _key(region: Box) -> str:
     return ",".join(str(int(v)) for v in region)
 
 
-def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: GlobalLocalInferer) -> str:
-    """A digest of everything the mask depends on: weights, config, slide file, settings."""
+def _run_identity(
+    model: GLNet, slide: Path, reader: ImageReader, inferer: GlobalLocalInferer, mpp: float | None = None
+) -> str:
+    """A digest of everything the mask depends on: weights, config, slide file, settings, working µm/px."""
     digest = hashlib.sha256()
     stat = slide.stat()
     placement = Placement.of(model, inferer.device)
-    # trained_image_size only feeds notes, never the mask: a reloaded or older checkpoint resumes too
+    # trained_image_size only feeds notes, never the mask: a reloaded or older checkpoint resumes too;
+    # trained_mpp counts through the working µm/px it gives (``mpp``), not as a field
     config = replace(inferer.config_for(model), trained_image_size=None).to_dict()
+    config.pop("trained_mpp", None)
     settings = {
         "model": type(model).__name__,
         "config": config,
@@ -380,6 +419,8 @@ def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: Globa
         settings["channels_last"] = inferer.channels_last
     if inferer.tta is not None:
         settings["tta"] = inferer.tta
+    if mpp is not None:
+        settings["mpp"] = mpp
     if inferer.refine != DEFAULT_REFINE:  # the margin counts only where patches may be skipped
         settings["refine"] = inferer.refine
         settings["margin"] = inferer.margin

@@ -13,10 +13,14 @@ A mask of class indices stored as is shows as a black square in any viewer (0 an
 
 Level 0's ImageDescription is JSON, ``{"glmed_mask": {...}}`` (:func:`read_mask_metadata`):
 ``classes`` (names by class index), ``values`` (stored value → class name), ``level0_size``
-``[height, width]``, ``mpp`` ``[rows, cols]`` µm per level-0 pixel or null, ``source`` (the
-slide's file name) and ``software``. With a µm/px, every level's TIFF resolution tags carry it
-too (pixels per centimetre, scaled by the level's downsample), which viewers use for their scale
-bar and :func:`glmed.io.resolution.microns_per_pixel` reads back.
+``[height, width]`` and ``mpp`` ``[rows, cols]`` µm per pixel (or null) of the mask's own level 0,
+``slide_size`` and ``slide_mpp``, the same of the slide's level 0, ``source`` (the slide's file
+name) and ``software``. A mask made at the slide's own resolution has the slide's size and µm/px;
+one made at another (``predict_to_tiff(..., mpp=0.5)`` on a 40x slide) covers the same extent in
+fewer pixels: the slide's level-0 pixel ``(r, c)`` is the mask's
+``(r * level0_size / slide_size)``. With a µm/px, every level's TIFF resolution tags carry the
+mask's (pixels per centimetre, scaled by the level's downsample), which viewers use for their
+scale bar and :func:`glmed.io.resolution.microns_per_pixel` reads back.
 """
 
 from __future__ import annotations
@@ -112,6 +116,8 @@ def write_mask_tiff(
     *,
     mpp: tuple[float, float] | None = None,
     source: str | None = None,
+    slide_size: tuple[int, int] | None = None,
+    slide_mpp: tuple[float, float] | None = None,
     tile: int = 512,
     compression: str | None = "zlib",
     progress: bool = False,
@@ -125,8 +131,11 @@ def write_mask_tiff(
         path: the ``.tif`` to write.
         mask: class indices (uint8, or uint16 for more than 256 classes); a :class:`numpy.memmap` is fine.
         encoding: from :func:`mask_encoding`.
-        mpp: ``(rows, cols)`` µm per level-0 pixel of the slide the mask is of, or None when unknown.
+        mpp: ``(rows, cols)`` µm per pixel of the mask (level 0), or None when unknown.
         source: the slide's name, recorded in the metadata.
+        slide_size: ``(height, width)`` of the slide's level 0; the mask's own size by default.
+        slide_mpp: ``(rows, cols)`` µm per level-0 pixel of the slide; ``mpp`` by default (a mask
+            at the slide's resolution).
         tile: tile side, a multiple of 16.
         compression: ``"zlib"``, ``"lzw"`` or None (lossless only: the values are classes).
         progress: a progress bar over the tiles.
@@ -137,7 +146,9 @@ def write_mask_tiff(
         "classes": list(encoding.classes),
         "values": {str(value): name for value, name in encoding.values.items()},
         "level0_size": [int(mask.shape[0]), int(mask.shape[1])],
-        "mpp": None if mpp is None else [float(mpp[0]), float(mpp[1])],
+        "mpp": _pair_or_none(mpp),
+        "slide_size": [int(v) for v in (mask.shape[:2] if slide_size is None else slide_size)],
+        "slide_mpp": _pair_or_none(mpp if slide_size is None and slide_mpp is None else slide_mpp),
         "source": source,
         "software": f"glmed {__version__}",
     }
@@ -157,3 +168,7 @@ def read_mask_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     except ValueError:
         return None
     return found.get(METADATA_KEY) if isinstance(found, dict) else None
+
+
+def _pair_or_none(pair: tuple[float, float] | None) -> list[float] | None:
+    return None if pair is None else [float(pair[0]), float(pair[1])]
