@@ -21,10 +21,11 @@ A folder run ends by writing ``OUT/summary.csv``, a line per image: size, µm/px
 foreground areas, patches, seconds, and ``done``, ``skipped`` (kept from an earlier run),
 ``failed`` (with the error) or ``pending`` (another share, not finished yet)
 (:mod:`glmed.cli.summary`). With a ``.tif`` mask, ``--thumbnail`` and ``--geojson`` add an outline
-picture and QuPath annotations, and ``--mpp UM`` segments at UM µm per pixel, read from the
-slide's nearest pyramid level (:func:`glmed.inference.slide.predict_to_tiff`); by default at the
-µm/px the checkpoint was trained at, when it records one. Folder runs show a bar over the images
-and, for slides, one over each slide's patch batches (``--quiet``: none).
+picture and QuPath annotations, ``--probabilities`` a pyramid of how sure the mask is, and
+``--mpp UM`` segments at UM µm per pixel, read from the slide's nearest pyramid level
+(:func:`glmed.inference.slide.predict_to_tiff`); by default at the µm/px the checkpoint was
+trained at, when it records one. Folder runs show a bar over the images and, for slides, one over
+each slide's patch batches (``--quiet``: none).
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with a .tif mask, also write the predicted regions as QuPath annotations (GeoJSON "
                              "polygons in level-0 pixels, µm² areas when the slide says its µm/px); PATH for one "
                              "slide, else NAME.geojson beside each mask")
+    parser.add_argument("--probabilities", nargs="?", const="", default=None, metavar="PATH",
+                        help="with a .tif mask, also write how sure it is as a greyscale pyramidal TIFF, 0-255: the "
+                             "foreground's probability for two classes, the winning class's for more; PATH for one "
+                             "slide, else NAME_probabilities.tif beside each mask")
     parser.add_argument("--mpp", type=float, default=None, metavar="UM",
                         help="with a .tif mask, segment at UM µm per pixel (0.5 for 20x): patches are read from the "
                              "slide's pyramid level nearest it and resampled, and the mask is written at it (default: "
@@ -289,11 +294,11 @@ def _finish_problem(args: argparse.Namespace) -> str | None:
 
 
 def _slide_output_problem(args: argparse.Namespace) -> str | None:
-    """Why ``--thumbnail``/``--geojson``/``--classes``/``--mpp`` cannot be honoured, or None."""
-    asked = [flag for flag, value in (("--thumbnail", args.thumbnail), ("--geojson", args.geojson))
-             if value is not None]
+    """Why ``--thumbnail``/``--geojson``/``--probabilities``/``--classes``/``--mpp`` cannot be honoured, or None."""
+    flags = (("--thumbnail", args.thumbnail), ("--geojson", args.geojson), ("--probabilities", args.probabilities))
+    asked = [flag for flag, value in flags if value is not None]
     if args.image.is_dir():
-        given = [flag for flag, value in (("--thumbnail", args.thumbnail), ("--geojson", args.geojson)) if value]
+        given = [flag for flag, value in flags if value]
         if given:
             return f"{' and '.join(given)} take no PATH with a folder of images: each goes beside its mask"
         if asked and args.format != "tif":
@@ -330,12 +335,15 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 
 
 def _slide_outputs(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """predict_to_tiff's ``classes``, ``thumbnail``, ``geojson`` and ``mpp`` for the mask ``out``."""
+    """predict_to_tiff's ``classes``, ``thumbnail``, ``geojson``, ``probabilities`` and ``mpp`` for the mask ``out``."""
     options: dict[str, Any] = {"classes": _class_names(args), "mpp": args.mpp}
     if args.thumbnail is not None:
         options["thumbnail"] = Path(args.thumbnail) if args.thumbnail else out.with_name(f"{out.stem}_thumbnail.png")
     if args.geojson is not None:
         options["geojson"] = Path(args.geojson) if args.geojson else out.with_suffix(".geojson")
+    if args.probabilities is not None:
+        options["probabilities"] = (Path(args.probabilities) if args.probabilities
+                                    else out.with_name(f"{out.stem}_probabilities.tif"))
     return options
 
 
@@ -376,7 +384,8 @@ def _resume(
         options["keep_regions_above"] = args.keep_regions_above
     if args.format == "tif":
         options["tile"] = args.tile
-    for name in ("classes", "thumbnail", "geojson", "mpp"):  # what a slide's outputs are, named only when asked for
+    # what a slide's outputs are, named only when asked for
+    for name in ("classes", "thumbnail", "geojson", "probabilities", "mpp"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     record = RunRecord(checkpoint=file_digest(args.checkpoint), checkpoint_path=str(args.checkpoint),

@@ -178,7 +178,7 @@ def test_output_flags_need_tiff_masks(tmp_path, checkpoint, five_images, capsys)
 def test_mpp_segments_at_that_resolution_and_the_summary_keeps_the_slides(tmp_path, checkpoint, slides, capsys):
     (slides / "c.tif").unlink()
     out = tmp_path / "masks"
-    assert predict(checkpoint, slides, out, "--format", "tif", "--mpp", str(2 * MPP)) == 0
+    assert predict(checkpoint, slides, out, "--format", "tif", "--mpp", str(2 * MPP), "--probabilities") == 0
     rows = read_summary(out)
     for name, slide, size in (("a", "a.svs", (128, 160)), ("b", "b.tif", (150, 130))):
         row = rows[slide]
@@ -190,11 +190,14 @@ def test_mpp_segments_at_that_resolution_and_the_summary_keeps_the_slides(tmp_pa
         assert int(row["foreground_area_px"]) == pytest.approx(4 * mask_pixels, abs=2)
         assert float(row["foreground_area_um2"]) == pytest.approx(mask_pixels * (2 * MPP) ** 2, rel=0.02)
         assert RunRecord.load(out / f"{name}_mask.tif").options["mpp"] == 2 * MPP
+        with open_image(out / f"{name}_mask_probabilities.tif") as sure:  # beside its mask, the mask's size
+            assert sure.size == mask.size
     capsys.readouterr()
-    assert predict(checkpoint, slides, out, "--format", "tif", "--mpp", str(2 * MPP)) == 0
+    assert predict(checkpoint, slides, out, "--format", "tif", "--mpp", str(2 * MPP), "--probabilities") == 0
     assert "kept 2 mask(s)" in capsys.readouterr().out
     assert predict(checkpoint, slides, out, "--format", "tif") == 0
-    assert f"mpp {2 * MPP!r} → None" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"mpp {2 * MPP!r} → None" in printed and "probabilities '' → None" in printed
 
 
 def test_mpp_needs_tiff_masks_and_a_positive_value(tmp_path, checkpoint, five_images, capsys):
