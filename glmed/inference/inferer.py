@@ -491,7 +491,7 @@ class GlobalLocalInferer:
         refined = refined[start:]
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))
         self._stitch_patches(model, reader, remaining, list(zip(views, view_maps, strict=True)), placement, out,
-                             done, record, refined, first_logits, probabilities=probabilities)
+                             done, record, refined, first_logits, probability_out=probabilities)
         local_patches = int(refined.sum())
         return SegmentationResult(mask=out, coarse=coarse, patches=local_patches,
                                   patches_skipped=len(remaining) - local_patches)
@@ -594,9 +594,9 @@ class GlobalLocalInferer:
         refined: np.ndarray | None = None,
         global_logits: list[torch.Tensor] | None = None,
         *,
-        probabilities: np.ndarray | None = None,
+        probability_out: np.ndarray | None = None,
     ) -> None:
-        """Every patch of ``grid``'s probabilities, averaged into ``out`` (and ``probabilities``) in grid order.
+        """Every patch of ``grid``'s probabilities, averaged into ``out`` (and ``probability_out``) in grid order.
 
         The patches ``refined`` marks (all by default) go through the local (and aggregation)
         heads, in batches of the refined ones only, once per view with that view's global maps
@@ -610,7 +610,7 @@ class GlobalLocalInferer:
         if refined is None:
             refined = np.ones(len(grid), dtype=bool)
         merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0], start_row, on_rows_written,
-                               probabilities)
+                               probability_out)
         patch_size = grid.patch_size
         local_grid = PatchGrid(grid.image_size, grid.boxes[refined])
         skipped_boxes = grid.normalized()[~refined]

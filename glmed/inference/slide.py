@@ -25,6 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -257,8 +258,9 @@ def predict_to_tiff(
                          probabilities=probability_path is not None) as scratch:
             result = inferer(model, work, out=scratch.mask, with_coarse=False, ledger=scratch,
                              probabilities=scratch.probabilities)
-            where = {"mpp": mask_mpp, "source": os.path.basename(reader.name), "slide_size": size,
-                     "slide_mpp": slide_mpp, "tile": tile, "compression": compression, "progress": progress}
+            where: dict[str, Any] = {"mpp": mask_mpp, "source": os.path.basename(reader.name), "slide_size": size,
+                                     "slide_mpp": slide_mpp, "tile": tile, "compression": compression,
+                                     "progress": progress}
             write_mask_tiff(path, scratch.mask, encoding, **where)
             if probability_path is not None and scratch.probabilities is not None:
                 write_probability_tiff(probability_path, scratch.probabilities, encoding.classes, **where)

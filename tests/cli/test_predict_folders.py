@@ -207,3 +207,23 @@ def test_mpp_needs_tiff_masks_and_a_positive_value(tmp_path, checkpoint, five_im
     assert "--mpp is µm per pixel, a positive number" in capsys.readouterr().err
     assert predict(checkpoint, five_images / "img0.png", tmp_path / "m.tif", "--mpp", "0.5") == 1
     assert "img0.png: mpp=0.5 asks for a resolution, but the file does not say" in capsys.readouterr().err
+
+
+def test_a_folder_run_shows_a_bar_over_slides_and_one_within_each(tmp_path, checkpoint, slides, monkeypatch):
+    import glmed.progress
+
+    (slides / "c.tif").unlink()
+    bars = []
+    real = glmed.progress.progress_bar
+
+    def recording(iterable=None, **options):
+        bars.append((options.get("desc"), options.get("unit")))
+        return real(iterable, **options)
+
+    monkeypatch.setattr(glmed.progress, "progress_bar", recording)
+    assert main(["predict", str(checkpoint), str(slides), str(tmp_path / "masks"), "--format", "tif",
+                 "--device", "cpu"]) == 0
+    assert bars[0] == (f"segmenting {slides}", "image")  # over the slides, first
+    within = [desc for desc, unit in bars[1:] if unit == "batch"]
+    assert any(desc.endswith("a.svs: segmenting patches") for desc in within)
+    assert any(desc.endswith("b.tif: segmenting patches") for desc in within)
