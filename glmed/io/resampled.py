@@ -27,6 +27,9 @@ import numpy as np
 from glmed.conventions import Box, Size
 from glmed.io.base import ImageReader, _cast_like
 
+CHUNK_BYTES = 32 << 20
+"""Bytes of float32 filter taps one resampling step holds (a large region is resampled in row chunks)."""
+
 LEVEL_TOLERANCE = 0.01
 """A level up to 1% coarser than the target still counts as fine enough (pyramid sizes are rounded)."""
 
@@ -115,10 +118,17 @@ class ResampledReader(ImageReader):
         row_lo, row_index, row_weights = _taps(r0, r1, lh / self._size[0], lh)
         col_lo, col_index, col_weights = _taps(c0, c1, lw / self._size[1], lw)
         row_hi, col_hi = row_lo + int(row_index.max()) + 1, col_lo + int(col_index.max()) + 1
-        pixels = self.reader._read_level(source, (row_lo, col_lo, row_hi, col_hi)).astype(np.float32)
-        rows = np.einsum("rk,rkwc->rwc", row_weights, pixels[row_index])
-        values = np.einsum("sk,rskc->rsc", col_weights, rows[:, col_index])
-        return _cast_like(values, self.dtype)
+        pixels = self.reader._read_level(source, (row_lo, col_lo, row_hi, col_hi))
+        out = np.empty((r1 - r0, c1 - c0, pixels.shape[2]), dtype=self.dtype)
+        # Output rows a chunk at a time, so the float32 taps of a large region (a streamed view) stay small.
+        per_row = row_index.shape[1] * pixels.shape[1] * pixels.shape[2] * 4
+        step = max(1, CHUNK_BYTES // per_row)
+        for first in range(0, r1 - r0, step):
+            chunk = slice(first, first + step)
+            taps = pixels[row_index[chunk]].astype(np.float32)
+            rows = np.einsum("rk,rkwc->rwc", row_weights[chunk], taps)
+            out[chunk] = _cast_like(np.einsum("sk,rskc->rsc", col_weights, rows[:, col_index]), self.dtype)
+        return out
 
 
 def source_level(reader: ImageReader, target: float, source_mpp: tuple[float, float]) -> int:

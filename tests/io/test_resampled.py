@@ -60,3 +60,11 @@ def test_finer_than_the_scan_is_interpolated_and_the_whole_views_are_the_slides(
 def test_a_bad_target_is_refused(target):
     with pytest.raises(ValueError, match="target µm/px must be a positive number"):
         ResampledReader(ArrayReader(np.zeros((4, 4, 3), np.uint8)), target, (0.5, 0.5))
+
+
+def test_large_regions_are_resampled_in_row_chunks_with_the_same_pixels(slide, monkeypatch):
+    with open_image(slide) as reader:
+        view = ResampledReader(reader, 0.37, (0.25, 0.25))
+        whole = view.read((0, 0, *view.size))
+        monkeypatch.setattr("glmed.io.resampled.CHUNK_BYTES", 1)  # one output row at a time
+        np.testing.assert_array_equal(view.read((0, 0, *view.size)), whole)
