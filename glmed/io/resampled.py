@@ -28,7 +28,7 @@ from glmed.conventions import Box, Size
 from glmed.io.base import ImageReader, _cast_like
 
 CHUNK_BYTES = 32 << 20
-"""Bytes of float32 filter taps one resampling step holds (a large region is resampled in row chunks)."""
+"""Bytes of float32 rows one resampling step holds (a large region is resampled in row chunks)."""
 
 LEVEL_TOLERANCE = 0.01
 """A level up to 1% coarser than the target still counts as fine enough (pyramid sizes are rounded)."""
@@ -121,13 +121,12 @@ class ResampledReader(ImageReader):
         pixels = self.reader._read_level(source, (row_lo, col_lo, row_hi, col_hi))
         out = np.empty((r1 - r0, c1 - c0, pixels.shape[2]), dtype=self.dtype)
         # Output rows a chunk at a time, so the float32 taps of a large region (a streamed view) stay small.
-        per_row = row_index.shape[1] * pixels.shape[1] * pixels.shape[2] * 4
+        per_row = pixels.shape[1] * pixels.shape[2] * 4
         step = max(1, CHUNK_BYTES // per_row)
         for first in range(0, r1 - r0, step):
             chunk = slice(first, first + step)
-            taps = pixels[row_index[chunk]].astype(np.float32)
-            rows = np.einsum("rk,rkwc->rwc", row_weights[chunk], taps)
-            out[chunk] = _cast_like(np.einsum("sk,rskc->rsc", col_weights, rows[:, col_index]), self.dtype)
+            rows = _weighted_sum(pixels, row_index[chunk], row_weights[chunk], axis=0)
+            out[chunk] = _cast_like(_weighted_sum(rows, col_index, col_weights, axis=1), self.dtype)
         return out
 
 
@@ -157,3 +156,15 @@ def _taps(start: int, stop: int, factor: float, length: int) -> tuple[int, np.nd
     weights /= weights.sum(axis=1, keepdims=True)
     low = int(index.min())
     return low, index - low, weights.astype(np.float32)
+
+
+def _weighted_sum(values: np.ndarray, index: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """``sum_k weights[:, k] * values.take(index[:, k], axis)`` in float32, one tap at a time (no ``n × k`` copy)."""
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    total = np.zeros(0, dtype=np.float32)
+    for tap in range(index.shape[1]):
+        term = values.take(index[:, tap], axis=axis).astype(np.float32)
+        term *= weights[:, tap].reshape(shape)
+        total = term if tap == 0 else np.add(total, term, out=total)
+    return total
