@@ -267,8 +267,7 @@ def predict_to_tiff(
             class_pixels = class_pixel_counts(scratch.mask, len(encoding.classes)).tolist()
             scratch.finished = True
         mask_size = (int(work.size[0]), int(work.size[1]))  # now: a closed OpenSlide handle answers nothing
-        scale = (size[0] / mask_size[0], size[1] / mask_size[1])
-        _write_extras(reader, path, encoding, extras, scale, slide_mpp)
+        _write_extras(reader, path, encoding, extras)
     finally:
         if opened:
             reader.close()
@@ -310,19 +309,16 @@ def _output_plan(
     return encoding, extras
 
 
-def _write_extras(
-    reader: ImageReader, mask: Path, encoding: MaskEncoding, extras: dict[str, Path | None],
-    scale: tuple[float, float], slide_mpp: tuple[float, float] | None,
-) -> None:
+def _write_extras(reader: ImageReader, mask: Path, encoding: MaskEncoding, extras: dict[str, Path | None]) -> None:
     """The thumbnail and GeoJSON asked for, from the mask TIFF just written.
 
-    ``scale`` is the slide's level-0 pixels per mask pixel: the GeoJSON is placed in the slide's
-    level-0 pixels, its areas in µm² with the slide's µm/px.
+    Both are the slide's: the thumbnail its overview, the GeoJSON in its level-0 pixels (the mask's
+    metadata records the slide's size and µm/px, whatever resolution the mask was made at).
     """
     if extras["thumbnail"] is not None:
         write_outline_thumbnail(reader, mask, extras["thumbnail"], encoding)
     if extras["geojson"] is not None:
-        write_mask_geojson(mask, extras["geojson"], encoding.classes, scale=scale, mpp=slide_mpp)
+        write_mask_geojson(mask, extras["geojson"], encoding.classes)
 
 
 class ScratchMask:

@@ -100,24 +100,15 @@ def write_outline_thumbnail(
 
 
 def write_mask_geojson(
-    mask: str | os.PathLike,
-    path: str | os.PathLike,
-    classes: Sequence[str],
-    view_side: int = GEOJSON_VIEW_SIDE,
-    *,
-    scale: tuple[float, float] = (1.0, 1.0),
-    mpp: tuple[float, float] | None = None,
+    mask: str | os.PathLike, path: str | os.PathLike, classes: Sequence[str], view_side: int = GEOJSON_VIEW_SIDE
 ) -> int:
     """Write the mask TIFF's regions as a QuPath GeoJSON FeatureCollection; returns the number of features.
 
-    Coordinates are the slide's level-0 pixels whatever level was read (see the module
-    docstring): ``scale`` is the slide's level-0 pixels per mask pixel, ``(1, 1)`` for a mask at
-    the slide's own resolution, more for one made at a coarser µm/px. Areas are in µm² too with
-    ``mpp``, the slide's µm per level-0 pixel; for a mask at the slide's resolution, the µm/px the
-    mask TIFF carries by default.
+    Coordinates are the slide's level-0 pixels whatever level was read, and whatever µm/px the
+    mask was made at (the slide size its metadata records places them; see the module docstring);
+    areas are in µm² too when the mask TIFF carries the slide's µm/px.
     """
-    options = {} if mpp is None else {"mpp": mpp}
-    return write_geojson(path, mask, classes=list(classes), view_side=view_side, scale=scale, **options)
+    return write_geojson(path, mask, classes=list(classes), view_side=view_side)
 
 
 def class_pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:

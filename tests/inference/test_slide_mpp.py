@@ -170,3 +170,22 @@ def test_the_working_mpp_is_part_of_the_resume_identity(tmp_path):
         # the model's trained_mpp counts only through the resolution it gives
         assert _run_identity(net, slide, reader, inferer) == _run_identity(model(trained_mpp=0.5), slide, reader,
                                                                            inferer)
+
+
+def test_a_mask_made_at_another_mpp_is_polygonised_in_its_slides_pixels(tmp_path):
+    from glmed.io.geojson import mask_to_geojson
+    from glmed.io.mask_tiff import mask_encoding, write_mask_tiff
+
+    mask = np.zeros((50, 60), np.uint8)
+    mask[10:20, 30:45] = 1
+    write_mask_tiff(tmp_path / "half.tif", mask, mask_encoding(2), mpp=(0.5, 0.5), slide_size=(100, 120),
+                    slide_mpp=(0.25, 0.25))
+    write_mask_tiff(tmp_path / "own.tif", mask, mask_encoding(2), mpp=(0.5, 0.5))  # a mask at its slide's µm/px
+    for name, scale, mpp in (("half.tif", 2, 0.25), ("own.tif", 1, 0.5)):
+        feature, = mask_to_geojson(tmp_path / name, tolerance=0)["features"]
+        ring = np.asarray(feature["geometry"]["coordinates"][0])
+        assert (ring[:, 0].min(), ring[:, 0].max()) == (30 * scale, 45 * scale)
+        assert (ring[:, 1].min(), ring[:, 1].max()) == (10 * scale, 20 * scale)
+        measured = feature["properties"]["measurements"]
+        assert measured["Area px^2"] == 150 * scale**2
+        assert measured["Area µm^2"] == pytest.approx(150 * scale**2 * mpp**2)  # 37.5 µm² either way
