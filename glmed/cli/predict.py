@@ -25,12 +25,17 @@ A folder run ends by writing ``OUT/summary.csv``, a line per image: size, µm/px
 foreground areas, patches, seconds, and ``done``, ``skipped`` (kept from an earlier run),
 ``failed`` (with the error) or ``pending`` (another share, not finished yet)
 (:mod:`glmed.cli.summary`). With a ``.tif`` mask, ``--thumbnail`` and ``--geojson`` add an outline
-picture and QuPath annotations (:func:`glmed.inference.slide.predict_to_tiff`).
+picture and QuPath annotations, ``--probabilities`` a pyramid of how sure the mask is, and
+``--mpp UM`` segments at UM µm per pixel, read from the slide's nearest pyramid level
+(:func:`glmed.inference.slide.predict_to_tiff`); by default at the µm/px the checkpoint was
+trained at, when it records one. Folder runs show a bar over the images and, for slides, one over
+each slide's patch batches (``--quiet``: none).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -121,6 +126,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with a .tif mask, also write the predicted regions as QuPath annotations (GeoJSON "
                              "polygons in level-0 pixels, µm² areas when the slide says its µm/px); PATH for one "
                              "slide, else NAME.geojson beside each mask")
+    parser.add_argument("--probabilities", nargs="?", const="", default=None, metavar="PATH",
+                        help="with a .tif mask, also write how sure it is as a greyscale pyramidal TIFF, 0-255: the "
+                             "foreground's probability for two classes, the winning class's for more; PATH for one "
+                             "slide, else NAME_probabilities.tif beside each mask")
+    parser.add_argument("--mpp", type=float, default=None, metavar="UM",
+                        help="with a .tif mask, segment at UM µm per pixel (0.5 for 20x): patches are read from the "
+                             "slide's pyramid level nearest it and resampled, and the mask is written at it (default: "
+                             "the µm/px the checkpoint was trained at, when it records one and the slide says its "
+                             "own; else level 0)")
     parser.add_argument("--part", default=None, metavar="K/N",
                         help="with a folder: segment only share K of N (1-based) of its sorted images, images K, "
                              "K+N, K+2N, ...: run N processes (machines) with K = 1..N and they split the folder "
@@ -203,7 +217,9 @@ def _folder_run(model, jobs: list[tuple[Path, Path]], device: str, args: argpars
         # a rerun with that other checkpoint would keep this one's mask
         record_path(out).unlink(missing_ok=True)
         try:
-            line, result = _predict_one(model, image, out, device, args, progress=False)
+            # a slide's own bars (patch batches, tiles) under the folder's; an image's would only flicker
+            slide_bars = not args.quiet and out.suffix.lower() in TIFF_SUFFIXES
+            line, result = _predict_one(model, image, out, device, args, progress=slide_bars)
         # missing/bad files, unreadable images, images the network cannot take (RuntimeError from torch)
         except (OSError, ValueError, RuntimeError) as error:
             failures.append(_failure_line(image, error))
@@ -303,17 +319,24 @@ def _finish_problem(args: argparse.Namespace) -> str | None:
 
 
 def _slide_output_problem(args: argparse.Namespace) -> str | None:
-    """Why ``--thumbnail``/``--geojson``/``--classes`` cannot be honoured, or None."""
-    asked = [flag for flag, value in (("--thumbnail", args.thumbnail), ("--geojson", args.geojson))
-             if value is not None]
+    """Why ``--thumbnail``/``--geojson``/``--probabilities``/``--classes``/``--mpp`` cannot be honoured, or None."""
+    flags = (("--thumbnail", args.thumbnail), ("--geojson", args.geojson), ("--probabilities", args.probabilities))
+    asked = [flag for flag, value in flags if value is not None]
     if args.image.is_dir():
-        given = [flag for flag, value in (("--thumbnail", args.thumbnail), ("--geojson", args.geojson)) if value]
+        given = [flag for flag, value in flags if value]
         if given:
             return f"{' and '.join(given)} take no PATH with a folder of images: each goes beside its mask"
         if asked and args.format != "tif":
             return f"{' and '.join(asked)} need TIFF masks: add --format tif"
     elif asked and args.out.suffix.lower() not in TIFF_SUFFIXES:
         return f"{' and '.join(asked)} need a .tif mask (OUT ending in .tif or .tiff), got {args.out}"
+    if args.mpp is not None:
+        if not (math.isfinite(args.mpp) and args.mpp > 0):
+            return f"--mpp is µm per pixel, a positive number (0.5 for 20x), got {args.mpp}"
+        tiff = args.format == "tif" if args.image.is_dir() else args.out.suffix.lower() in TIFF_SUFFIXES
+        if not tiff:
+            return ("--mpp segments slides, whose masks are .tif: "
+                    + ("add --format tif" if args.image.is_dir() else f"OUT must end in .tif or .tiff, got {args.out}"))
     if args.classes is not None and not all(name.strip() for name in args.classes.split(",")):
         return f"--classes: comma-separated non-empty names, background first, got {args.classes!r}"
     return None
@@ -337,12 +360,15 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 
 
 def _slide_outputs(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """predict_to_tiff's ``classes``, ``thumbnail`` and ``geojson`` for the mask ``out``."""
-    options: dict[str, Any] = {"classes": _class_names(args)}
+    """predict_to_tiff's ``classes``, ``thumbnail``, ``geojson``, ``probabilities`` and ``mpp`` for the mask ``out``."""
+    options: dict[str, Any] = {"classes": _class_names(args), "mpp": args.mpp}
     if args.thumbnail is not None:
         options["thumbnail"] = Path(args.thumbnail) if args.thumbnail else out.with_name(f"{out.stem}_thumbnail.png")
     if args.geojson is not None:
         options["geojson"] = Path(args.geojson) if args.geojson else out.with_suffix(".geojson")
+    if args.probabilities is not None:
+        options["probabilities"] = (Path(args.probabilities) if args.probabilities
+                                    else out.with_name(f"{out.stem}_probabilities.tif"))
     return options
 
 
@@ -383,7 +409,8 @@ def _resume(
         options["keep_regions_above"] = args.keep_regions_above
     if args.format == "tif":
         options["tile"] = args.tile
-    for name in ("classes", "thumbnail", "geojson"):  # what a slide's outputs are, named only when asked for
+    # what a slide's outputs are, named only when asked for
+    for name in ("classes", "thumbnail", "geojson", "probabilities", "mpp"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.grow_boxes is not None:

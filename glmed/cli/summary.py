@@ -4,8 +4,10 @@ Columns (:data:`COLUMNS`): ``slide`` (the input's file name), ``mask`` (the outp
 ``width`` (level-0 pixels), ``mpp`` (µm per level-0 pixel, mean of the axes; blank when the file
 does not say), ``tissue_area_px``/``tissue_area_um2`` (the tissue found on the slide; blank where
 not detected), ``foreground_area_px``/``foreground_area_um2`` (the predicted non-background
-pixels; µm² blank without a µm/px), ``patches`` (full-resolution patches the local branch ran
-on), ``seconds`` (this slide's wall time), ``status`` and ``error``:
+area in level-0 pixels, counted on the mask and scaled where it was made at another µm/px
+(``--mpp``); µm² blank without a µm/px), ``patches`` (patches the local branch ran on),
+``seconds`` (this slide's wall time), ``status`` and ``error``. Sizes and µm/px are always the
+slide's, whatever resolution it was segmented at:
 
 - ``done``: segmented by this run;
 - ``skipped``: finished earlier by the same checkpoint with the same options (its numbers are that

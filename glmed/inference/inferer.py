@@ -257,6 +257,7 @@ class GlobalLocalInferer:
         ledger: RowLedger | None = None,
         thumbnail: bool = True,
         global_only: bool = False,
+        probabilities: np.ndarray | None = None,
     ) -> SegmentationResult:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path.
 
@@ -273,6 +274,10 @@ class GlobalLocalInferer:
                 written are not computed again, and progress is recorded as rows are finished.
             global_only: run the global branch alone: its mask, upsampled, without reading a
                 single patch (what a global training stage has learnt, at a fraction of the cost).
+            probabilities: an ``H×W`` uint8 array to write how sure the mask is into, alongside
+                ``out`` and in the same bands (:func:`~glmed.inference.merging.confidence_bytes`:
+                the foreground's probability for two classes, the winning class's otherwise, ×255);
+                outside coarse-to-fine's boxes, background by rule, 0 and 255 respectively.
         """
         if global_only and not model.sharing.has_global:
             raise ValueError(f"global_only needs a global branch; this model's sharing is {model.sharing.value!r}")
@@ -283,12 +288,16 @@ class GlobalLocalInferer:
         try:
             if out is not None and out.shape != tuple(reader.size):
                 raise ValueError(f"out has shape {out.shape}, but {reader.name} is {tuple(reader.size)}")
+            if probabilities is not None and (probabilities.shape != tuple(reader.size)
+                                              or probabilities.dtype != np.uint8):
+                raise ValueError(f"probabilities must be a uint8 array of {reader.name}'s size "
+                                 f"{tuple(reader.size)}, got {probabilities.dtype} {probabilities.shape}")
             with self._placed(model) as (placement, moved), torch.inference_mode():
                 runner, plan = self, None
                 if self.max_memory is not None:  # measured before any patch is read; refuses a budget too small
                     runner, plan = self._fit(model, config, reader.size, placement, moved, out is None, with_coarse)
                 result = runner._predict(model, config, reader, placement, out, with_coarse, ledger, thumbnail,
-                                         global_only)
+                                         global_only, probabilities=probabilities)
             if plan is not None:
                 result.notes.insert(0, plan.note)
             return result
@@ -374,6 +383,8 @@ class GlobalLocalInferer:
         ledger: RowLedger | None,
         thumbnail: bool,
         global_only: bool,
+        *,
+        probabilities: np.ndarray | None = None,
     ) -> SegmentationResult:
         """:meth:`__call__` once the model is in place (inside ``torch.inference_mode``)."""
         dtype = label_dtype(config.num_classes)
@@ -389,12 +400,14 @@ class GlobalLocalInferer:
         else:
             result_notes = []
         if global_only:
-            result = self._segment_global(model, config, reader, placement, out)
+            result = self._segment_global(model, config, reader, placement, out, probabilities=probabilities)
         elif isinstance(model, CoarseToFineGLNet):
-            result = self._segment_coarse_to_fine(model, config, reader, placement, out, with_coarse, ledger)
+            result = self._segment_coarse_to_fine(model, config, reader, placement, out, with_coarse, ledger,
+                                                  probabilities=probabilities)
         else:
             whole = (0, 0, *reader.size)
-            result = self._segment(model, config, reader, placement, out, with_coarse, ledger, whole)
+            result = self._segment(model, config, reader, placement, out, with_coarse, ledger, whole,
+                                   probabilities=probabilities)
         if self.refine == "uncertain" and not global_only:
             result_notes += refine_notes(result.patches, result.patches_skipped, self.margin,
                                          len(result.boxes) if isinstance(model, CoarseToFineGLNet) else None)
@@ -425,8 +438,10 @@ class GlobalLocalInferer:
         with_coarse: bool,
         ledger: RowLedger | None,
         region: Box,
+        *,
+        probabilities: np.ndarray | None = None,
     ) -> SegmentationResult:
-        """Plain GLNet over a whole image (or a region's view) into ``out``.
+        """Plain GLNet over a whole image (or a region's view) into ``out`` (and ``probabilities``).
 
         ``with_coarse`` also upsamples the global branch's own mask to full size. ``region``
         names the part of the original image this is, for the ledger. With ``refine="uncertain"``
@@ -465,7 +480,7 @@ class GlobalLocalInferer:
                     [self._view_logits(model, view, view_maps_, global_size, placement)
                      for view, view_maps_ in zip(views, maps, strict=True)]))
                 if mode is Sharing.GLOBAL_ONLY:
-                    return SegmentationResult(mask=out, coarse=_coarse_into(scores, out, with_coarse))
+                    return SegmentationResult(mask=out, coarse=_coarse_into(scores, out, with_coarse, probabilities))
                 coarse = upsample_to_labels(scores, size)
                 del scores
             # Only the maps the local passes read stay alive through them (all twelve for g2l).
@@ -479,7 +494,7 @@ class GlobalLocalInferer:
         refined = refined[start:]
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))
         self._stitch_patches(model, reader, remaining, list(zip(views, view_maps, strict=True)), placement, out,
-                             done, record, refined, first_logits)
+                             done, record, refined, first_logits, probability_out=probabilities)
         local_patches = int(refined.sum())
         return SegmentationResult(mask=out, coarse=coarse, patches=local_patches,
                                   patches_skipped=len(remaining) - local_patches)
@@ -522,14 +537,15 @@ class GlobalLocalInferer:
         return view.apply(tensor).contiguous(memory_format=layout)
 
     def _segment_global(
-        self, model: GLNet, config: GLNetConfig, reader: ImageReader, placement: Placement, out: np.ndarray
+        self, model: GLNet, config: GLNetConfig, reader: ImageReader, placement: Placement, out: np.ndarray,
+        *, probabilities: np.ndarray | None = None,
     ) -> SegmentationResult:
         """The global branch's own mask, upsampled into ``out``; no patch is read."""
         global_image = self._global_input(reader, config.global_size, placement)
         scores = combined_scores([self._view_logits(model, view, self._global_features(model, view, global_image,
                                                                                        placement),
                                                     spatial_size(global_image), placement) for view in self.views])
-        upsample_to_labels(scores, out.shape, out=out)
+        upsample_to_labels(scores, out.shape, out=out, probabilities=probabilities)
         return SegmentationResult(mask=out, notes=["the global branch alone (global_only): no patch was refined"])
 
     def _segment_coarse_to_fine(
@@ -541,6 +557,8 @@ class GlobalLocalInferer:
         out: np.ndarray,
         with_coarse: bool,
         ledger: RowLedger | None,
+        *,
+        probabilities: np.ndarray | None = None,
     ) -> SegmentationResult:
         """Coarse mask from the global branch (averaged over the views); GLNet passes over the relaxed boxes only."""
         global_image = self._global_input(reader, config.global_size, placement)
@@ -558,14 +576,20 @@ class GlobalLocalInferer:
             if foreground.any():
                 note = (f"the global branch found foreground only in specks smaller than min_component="
                         f"{config.min_component:g}, so nothing was refined: the mask is its coarse prediction")
-            return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse), notes=[note])
+            return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse, probabilities),
+                                      notes=[note])
         coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
         # inside the boxes (or those a resumed run had grown them to), a resumed run keeps what it wrote
-        _fill_outside(out, remembered_boxes(ledger, config.grow_boxes) or boxes, 0)
+        kept = remembered_boxes(ledger, config.grow_boxes) or boxes
+        _fill_outside(out, kept, 0)
+        if probabilities is not None:  # background by rule: sure of it (no foreground; class 0 wins)
+            _fill_outside(probabilities, kept, 0 if config.num_classes == 2 else 255)
 
         def refine_box(box: Box) -> tuple[int, int]:
             view = out[box[0] : box[2], box[1] : box[3]]
-            part = self._segment(model, config, RegionReader(reader, box), placement, view, False, ledger, box)
+            sure = None if probabilities is None else probabilities[box[0] : box[2], box[1] : box[3]]
+            part = self._segment(model, config, RegionReader(reader, box), placement, view, False, ledger, box,
+                                 probabilities=sure)
             return part.patches, part.patches_skipped
 
         patches = skipped = 0
@@ -585,8 +609,10 @@ class GlobalLocalInferer:
         on_rows_written: Callable[[int], None] | None = None,
         refined: np.ndarray | None = None,
         global_logits: list[torch.Tensor] | None = None,
+        *,
+        probability_out: np.ndarray | None = None,
     ) -> None:
-        """Every patch of ``grid``'s probabilities, averaged into ``out`` in grid order.
+        """Every patch of ``grid``'s probabilities, averaged into ``out`` (and ``probability_out``) in grid order.
 
         The patches ``refined`` marks (all by default) go through the local (and aggregation)
         heads, in batches of the refined ones only, once per view with that view's global maps
@@ -599,7 +625,8 @@ class GlobalLocalInferer:
             return
         if refined is None:
             refined = np.ones(len(grid), dtype=bool)
-        merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0], start_row, on_rows_written)
+        merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0], start_row, on_rows_written,
+                               probability_out)
         patch_size = grid.patch_size
         local_grid = PatchGrid(grid.image_size, grid.boxes[refined])
         skipped_boxes = grid.normalized()[~refined]
@@ -844,9 +871,11 @@ def predict(
                    global_only=global_only)
 
 
-def _coarse_into(global_logits: torch.Tensor, out: np.ndarray, with_coarse: bool) -> np.ndarray | None:
-    """Write the global branch's mask, upsampled once, into ``out``; a copy of it when asked for."""
-    upsample_to_labels(global_logits, out.shape, out=out)
+def _coarse_into(
+    global_logits: torch.Tensor, out: np.ndarray, with_coarse: bool, probabilities: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Write the global branch's mask, upsampled once, into ``out`` (and ``probabilities``); a copy when asked for."""
+    upsample_to_labels(global_logits, out.shape, out=out, probabilities=probabilities)
     return np.array(out) if with_coarse else None
 
 

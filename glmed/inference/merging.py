@@ -2,7 +2,8 @@
 
 Neither ever holds a full-resolution float tensor: both write class indices into an ``H×W``
 array the caller provides, a band of rows at a time, so that array may be a
-:class:`numpy.memmap` on disk for a whole slide larger than memory.
+:class:`numpy.memmap` on disk for a whole slide larger than memory. Both can also write, in the
+same bands, how sure the answer is (:func:`confidence_bytes`) into a second ``H×W`` uint8 array.
 """
 
 from __future__ import annotations
@@ -24,8 +25,20 @@ def label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8 if num_classes <= 256 else np.int32)
 
 
+def confidence_bytes(probabilities: torch.Tensor) -> np.ndarray:
+    """``K×h×w`` probabilities as one ``h×w`` uint8 map, 0 to 255 for 0 to 1.
+
+    Two classes: the foreground's (class 1) probability, what a heat map of a lesion or tumour
+    shows. More: the winning class's, how sure the mask is of each pixel. Pixels with no
+    probability at all (all zero) give 0.
+    """
+    chosen = probabilities[1] if probabilities.shape[0] == 2 else probabilities.max(dim=0).values
+    return (chosen.float() * 255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
 def upsample_to_labels(
-    logits: torch.Tensor, size: Size, rows_per_chunk: int = UPSAMPLE_ROWS, out: np.ndarray | None = None
+    logits: torch.Tensor, size: Size, rows_per_chunk: int = UPSAMPLE_ROWS, out: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> np.ndarray:
     """Bilinearly upsample ``K×h×w`` scores to ``size`` and take the arg-max, a band of rows at a time.
 
@@ -37,6 +50,8 @@ def upsample_to_labels(
         size: ``(height, width)`` of the mask, ``H×W``.
         rows_per_chunk: output rows computed at once; bounds memory at ``K×rows_per_chunk×W``.
         out: an ``H×W`` array to write into (e.g. a memory-mapped file); a new one by default.
+        probabilities: an ``H×W`` uint8 array to write the upsampled scores' softmax into too
+            (:func:`confidence_bytes`), or None.
 
     Returns:
         ``out``, or a new ``H×W`` array of class indices (:func:`label_dtype`).
@@ -56,6 +71,8 @@ def upsample_to_labels(
         grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij")[::-1], dim=-1)[None]
         band = F.grid_sample(scores, grid, mode="bilinear", padding_mode="border", align_corners=False)
         out[start:stop] = band[0].argmax(0).cpu().numpy().astype(out.dtype)
+        if probabilities is not None:
+            probabilities[start:stop] = confidence_bytes(band[0].softmax(0).cpu())
     return out
 
 
@@ -86,6 +103,8 @@ class RowBandMerger:
         start_row: rows above it are already written (a resumed run); patches reaching below it
             are still added whole, so the remaining rows get exactly the sums a full run gives.
         on_rows_written: called with the number of rows of ``out`` finished so far, after each band.
+        probabilities: an ``H×W`` uint8 array to write the averaged probabilities into too
+            (:func:`confidence_bytes`), band by band with ``out``, or None.
     """
 
     def __init__(
@@ -95,8 +114,10 @@ class RowBandMerger:
         patch_height: int,
         start_row: int = 0,
         on_rows_written: Callable[[int], None] | None = None,
+        probabilities: np.ndarray | None = None,
     ) -> None:
         self.out = out
+        self.probabilities = probabilities
         height, width = out.shape
         rows = min(patch_height, height)
         self._sums = torch.zeros((num_classes, rows, width), dtype=torch.float32)
@@ -144,6 +165,8 @@ class RowBandMerger:
             band = min(band, capacity)
             averaged = self._sums[:, :band] / self._counts[:, :band].clamp(min=1)
             self.out[self._top : self._top + band] = averaged.argmax(0).numpy().astype(self.out.dtype)
+            if self.probabilities is not None:
+                self.probabilities[self._top : self._top + band] = confidence_bytes(averaged)
             self._sums = torch.cat((self._sums[:, band:], torch.zeros_like(self._sums[:, :band])), dim=1)
             self._counts = torch.cat((self._counts[:, band:], torch.zeros_like(self._counts[:, :band])), dim=1)
             self._top += band

@@ -42,8 +42,9 @@ from glmed.inference.slide_outputs import (
     write_mask_geojson,
     write_outline_thumbnail,
 )
+from glmed.inference.working_resolution import check_mpp, working_view
 from glmed.io.base import ImageReader
-from glmed.io.mask_tiff import MaskEncoding, mask_encoding, write_mask_tiff
+from glmed.io.mask_tiff import MaskEncoding, mask_encoding, write_mask_tiff, write_probability_tiff
 from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.resolution import microns_per_pixel
 from glmed.io.tissue import TissueMask, detect_tissue
@@ -60,19 +61,23 @@ class SlidePrediction:
     """What :func:`predict_to_tiff` wrote and did.
 
     Attributes:
-        path: the pyramidal TIFF holding the ``H×W`` class-index mask (level 0 full resolution).
-        size: ``(height, width)`` of the mask, the slide's level-0 size.
+        path: the pyramidal TIFF holding the ``H×W`` class-index mask (level 0 at the working resolution).
+        size: ``(height, width)`` of the slide's level 0.
         boxes: regions refined at full resolution by coarse-to-fine models (end-exclusive).
         patches: full-resolution patches the local branch processed.
         notes: plain-language remarks about this prediction.
         patches_skipped: patches that took the global branch's answer (``refine="uncertain"``).
-        mpp: ``(rows, cols)`` µm per level-0 pixel of the slide (carried into the mask TIFF), or None.
-        class_pixels: level-0 pixels of each class in the mask, by class index.
+        mpp: ``(rows, cols)`` µm per level-0 pixel of the slide, or None.
+        class_pixels: the mask's pixels of each class, by class index.
         thumbnail: the outline thumbnail PNG written, or None.
         geojson: the GeoJSON of the predicted regions written, or None.
         tissue: where the tissue is on the slide (:func:`glmed.io.tissue.detect_tissue`), or None when
             not detected (``tissue=False``, or an image without colour). Reported only: every patch
             is still segmented.
+        mask_size: ``(height, width)`` of the mask: the slide's at the working resolution (``size``
+            when segmented at level 0).
+        mask_mpp: ``(rows, cols)`` µm per mask pixel (carried into the mask TIFF), or None.
+        probabilities: the probability pyramid written, or None.
     """
 
     path: Path
@@ -86,16 +91,24 @@ class SlidePrediction:
     thumbnail: Path | None = None
     geojson: Path | None = None
     tissue: TissueMask | None = None
+    mask_size: Size | None = None
+    mask_mpp: tuple[float, float] | None = None
+    probabilities: Path | None = None
 
     @property
     def foreground_px(self) -> int:
-        """Level-0 pixels of every class but the background (class 0)."""
-        return int(sum(self.class_pixels[1:]))
+        """Slide level-0 pixels of every class but the background (class 0): mask pixels scaled to level 0."""
+        pixels = sum(self.class_pixels[1:])
+        if self.mask_size is None or tuple(self.mask_size) == tuple(self.size):
+            return int(pixels)
+        return round(pixels * self.size[0] * self.size[1] / (self.mask_size[0] * self.mask_size[1]))
 
     @property
     def foreground_um2(self) -> float | None:
         """The foreground's area in µm², or None when the slide's µm/px is unknown."""
-        return None if self.mpp is None else self.foreground_px * self.mpp[0] * self.mpp[1]
+        if self.mask_mpp is None:
+            return None if self.mpp is None else self.foreground_px * self.mpp[0] * self.mpp[1]
+        return sum(self.class_pixels[1:]) * self.mask_mpp[0] * self.mask_mpp[1]
 
 
 def predict_to_tiff(
@@ -125,6 +138,8 @@ def predict_to_tiff(
     thumbnail: str | os.PathLike | None = None,
     geojson: str | os.PathLike | None = None,
     tissue: bool = True,
+    mpp: float | None = None,
+    probabilities: str | os.PathLike | None = None,
 ) -> SlidePrediction:
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
@@ -189,6 +204,21 @@ def predict_to_tiff(
         tissue: find the tissue on the slide (Otsu on saturation of a 2048-pixel view,
             :func:`glmed.io.tissue.detect_tissue`) and report it as ``result.tissue`` (its area in
             the folder summary); colour images only. It does not yet skip patches of glass.
+        mpp: the µm per pixel to segment at (0.5 for 20x), the **working resolution**: patches and
+            the global view are read from the slide's pyramid level nearest it (the coarsest not
+            coarser) and resampled to it (:mod:`glmed.inference.working_resolution`). By default, the
+            model's ``trained_mpp`` (recorded by training) when the slide says its own µm/px, else
+            level 0 as it is. The mask is written at the working resolution (fewer pixels than the
+            slide for a coarser one); its metadata records its µm/px and the slide's level-0 size
+            and µm/px, the GeoJSON stays in the slide's level-0 pixels with µm² areas, and the
+            thumbnail is the slide's. A working resolution more than 1.5x from the model's training
+            gets a note. Part of what a run resumes with.
+        probabilities: a ``.tif`` to write too: how sure the mask is, as a greyscale uint8 pyramid
+            the size of the mask (:func:`~glmed.io.mask_tiff.write_probability_tiff`): 0 to 255 for
+            the foreground's probability 0 to 1 with two classes, the winning class's with more.
+            The averaged patch probabilities are written band by band beside the mask's scratch
+            file (one more byte per pixel on disk), so it streams and resumes as the mask does;
+            outside coarse-to-fine's boxes, background by rule, it is 0 (two classes) or 255.
 
     There is no ``finish`` here, unlike :func:`glmed.predict`: ISIC finishing keeps one
     connected region without holes, which would erase all but one of a slide's many regions
@@ -200,7 +230,9 @@ def predict_to_tiff(
             end in ``.tif``/``.tiff``, or whose folder does not exist (all checked before any inference),
             or a ``max_memory`` that cannot be read or is below the estimate at batch 1 (checked
             before any patch is read), bad ``classes``, or a ``thumbnail``/``geojson`` name that is not a
-            ``.png``/``.geojson`` in an existing folder (checked before any inference).
+            ``.png``/``.geojson`` in an existing folder, a ``probabilities`` name that is not a ``.tif`` in
+            an existing folder or is ``path`` itself (checked before any inference), an ``mpp`` that
+            is not a positive number, or an ``mpp`` for a slide that does not say its µm/px (naming it).
     """
     if compression not in ("zlib", "lzw", None):
         raise ValueError(f"{path}: masks need lossless compression: 'zlib', 'lzw' or None, got {compression!r}")
@@ -215,6 +247,8 @@ def predict_to_tiff(
     check_tile(path, tile)  # now, not after hours of inference
     model = ensemble(model)
     encoding, extras = _output_plan(model, classes, thumbnail, geojson)
+    check_mpp(mpp)
+    probability_path = _probability_path(probabilities, path)
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
                                  target_ratio=target_ratio, per_component=per_component, min_component=min_component,
@@ -223,28 +257,47 @@ def predict_to_tiff(
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
     try:
+        view = working_view(reader, mpp, model.config.trained_mpp)  # the slide at the working resolution
+        work, slide_mpp, mask_mpp = view.reader, microns_per_pixel(reader), microns_per_pixel(view.reader)
         found = _tissue(reader) if tissue else None  # before inference, which is to skip glass with it
         # The batch (and autocast) a budget allows, fixed before the identity records them.
-        inferer, plan = inferer.fitted(model, size, out_in_memory=False, with_coarse=False)
+        inferer, plan = inferer.fitted(model, work.size, out_in_memory=False, with_coarse=False)
         identity = None
         if resume and isinstance(image, (str, os.PathLike)):
-            identity = _run_identity(model, Path(image), reader, inferer)
-        with ScratchMask(path, reader.size, label_dtype(model.config.num_classes), identity) as scratch:
-            result = inferer(model, reader, out=scratch.mask, with_coarse=False, ledger=scratch)
-            mpp = microns_per_pixel(reader)
-            write_mask_tiff(path, scratch.mask, encoding, mpp=mpp, source=os.path.basename(reader.name), tile=tile,
-                            compression=compression, progress=progress)
+            identity = _run_identity(model, Path(image), work, inferer, view.target, probability_path is not None)
+        with ScratchMask(path, work.size, label_dtype(model.config.num_classes), identity,
+                         probabilities=probability_path is not None) as scratch:
+            result = inferer(model, work, out=scratch.mask, with_coarse=False, ledger=scratch,
+                             probabilities=scratch.probabilities)
+            where: dict[str, Any] = {"mpp": mask_mpp, "source": os.path.basename(reader.name), "slide_size": size,
+                                     "slide_mpp": slide_mpp, "tile": tile, "compression": compression,
+                                     "progress": progress}
+            write_mask_tiff(path, scratch.mask, encoding, **where)
+            if probability_path is not None and scratch.probabilities is not None:
+                write_probability_tiff(probability_path, scratch.probabilities, encoding.classes, **where)
             class_pixels = class_pixel_counts(scratch.mask, len(encoding.classes)).tolist()
             scratch.finished = True
+        mask_size = (int(work.size[0]), int(work.size[1]))  # now: a closed OpenSlide handle answers nothing
         _write_extras(reader, path, encoding, extras)
     finally:
         if opened:
             reader.close()
-    notes = ([plan.note] if plan is not None else []) + list(result.notes)
+    notes = ([plan.note] if plan is not None else []) + view.notes + list(result.notes)
     if scratch.resumed:
         notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
-    return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped, mpp=mpp,
-                           class_pixels=class_pixels, tissue=found, **extras)
+    return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped, mpp=slide_mpp,
+                           class_pixels=class_pixels, tissue=found, mask_size=mask_size, mask_mpp=mask_mpp,
+                           probabilities=probability_path, **extras)
+
+
+def _probability_path(probabilities: str | os.PathLike | None, mask: Path) -> Path | None:
+    """Where the probability pyramid goes, checked before any inference; None when not asked for."""
+    if probabilities is None:
+        return None
+    where = check_output_path(probabilities, (".tif", ".tiff"), "probability pyramid")
+    if where.resolve() == mask.resolve():
+        raise ValueError(f"{where}: the probability pyramid needs a name of its own, not the mask's")
+    return where
 
 
 def _tissue(reader: ImageReader) -> TissueMask | None:
@@ -268,7 +321,11 @@ def _output_plan(
 
 
 def _write_extras(reader: ImageReader, mask: Path, encoding: MaskEncoding, extras: dict[str, Path | None]) -> None:
-    """The thumbnail and GeoJSON asked for, from the mask TIFF just written."""
+    """The thumbnail and GeoJSON asked for, from the mask TIFF just written.
+
+    Both are the slide's: the thumbnail its overview, the GeoJSON in its level-0 pixels (the mask's
+    metadata records the slide's size and µm/px, whatever resolution the mask was made at).
+    """
     if extras["thumbnail"] is not None:
         write_outline_thumbnail(reader, mask, extras["thumbnail"], encoding)
     if extras["geojson"] is not None:
@@ -285,12 +342,19 @@ class ScratchMask:
     identity are reopened and kept if this run stops early; without one the run starts afresh
     and leaves nothing behind. The file's space is reserved up front, so a full disk is an error
     here rather than a crash (SIGBUS) when a page of the mapping is first written.
+
+    With ``probabilities``, a uint8 map of how sure the mask is (``.NAME.partial.probabilities``)
+    is kept the same way, covered by the same ledger.
     """
 
-    def __init__(self, target: Path, size: Size, dtype: np.dtype, identity: str | None) -> None:
+    def __init__(
+        self, target: Path, size: Size, dtype: np.dtype, identity: str | None, probabilities: bool = False
+    ) -> None:
         self.size, self.dtype, self.identity = tuple(int(s) for s in size), np.dtype(dtype), identity
         self.mask_path = target.with_name(f".{target.name}.partial")
         self.ledger_path = target.with_name(f".{target.name}.partial.json")
+        self.probabilities_path = target.with_name(f".{target.name}.partial.probabilities") if probabilities else None
+        self.probabilities: np.ndarray | None = None
         self.finished = False
         self.rows_resumed = 0  # rows an earlier run had written, over all regions
         self._regions: dict[str, int] = {}
@@ -302,21 +366,29 @@ class ScratchMask:
 
     def __enter__(self) -> ScratchMask:
         if self.identity is not None and self._load_ledger():
-            self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
+            self._map()
             self.rows_resumed = sum(self._regions.values())
             return self
         try:
             self._remove()
-            self._reserve()
-            self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
+            self._reserve(self.mask_path, self.dtype.itemsize)
+            if self.probabilities_path is not None:
+                self._reserve(self.probabilities_path, 1)
+            self._map()
             self._save_ledger()
         except BaseException:
             self._remove()
             raise
         return self
 
+    def _map(self) -> None:
+        self.mask = np.memmap(self.mask_path, dtype=self.dtype, mode="r+", shape=self.size)
+        if self.probabilities_path is not None:
+            self.probabilities = np.memmap(self.probabilities_path, dtype=np.uint8, mode="r+", shape=self.size)
+
     def __exit__(self, *exc: object) -> None:
         del self.mask  # drop this mapping; POSIX removes files that are still mapped elsewhere
+        self.probabilities = None
         if self.finished or self.identity is None:
             self._remove()
 
@@ -334,6 +406,8 @@ class ScratchMask:
 
     def record(self, region: Box, rows: int) -> None:
         self.mask.flush()  # the ledger never claims rows that are not on disk
+        if isinstance(self.probabilities, np.memmap):
+            self.probabilities.flush()
         self._regions[_key(region)] = rows
         self._save_ledger()
 
@@ -342,6 +416,8 @@ class ScratchMask:
         try:
             ledger = json.loads(self.ledger_path.read_text())
             fits = self.mask_path.stat().st_size == self.size[0] * self.size[1] * self.dtype.itemsize
+            if self.probabilities_path is not None:
+                fits = fits and self.probabilities_path.stat().st_size == self.size[0] * self.size[1]
         except (OSError, ValueError):
             return False
         if not fits or not isinstance(ledger, dict) or ledger.get("identity") != self.identity:
@@ -359,37 +435,43 @@ class ScratchMask:
                 record["decisions"] = self._decisions
             Path(temporary).write_text(json.dumps(record))
 
-    def _reserve(self) -> None:
-        nbytes = self.size[0] * self.size[1] * self.dtype.itemsize
+    def _reserve(self, path: Path, itemsize: int) -> None:
+        nbytes = self.size[0] * self.size[1] * itemsize
         try:
-            with open(self.mask_path, "wb") as handle:
+            with open(path, "wb") as handle:
                 if hasattr(os, "posix_fallocate"):
                     os.posix_fallocate(handle.fileno(), 0, nbytes)
                 else:
                     handle.truncate(nbytes)
         except OSError as error:
-            raise OSError(f"{self.mask_path}: cannot reserve {nbytes / 2**30:.2f} GiB of scratch space for the "
+            raise OSError(f"{path}: cannot reserve {nbytes / 2**30:.2f} GiB of scratch space for the "
                           f"mask ({error.strerror or error})") from error
 
     def _remove(self) -> None:
-        for file in (self.mask_path, self.ledger_path):
-            file.unlink(missing_ok=True)
+        for file in (self.mask_path, self.ledger_path, self.probabilities_path):
+            if file is not None:
+                file.unlink(missing_ok=True)
 
 
 def _key(region: Box) -> str:
     return ",".join(str(int(v)) for v in region)
 
 
-def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: GlobalLocalInferer) -> str:
-    """A digest of everything the mask depends on: weights, config, slide file, settings."""
+def _run_identity(
+    model: GLNet, slide: Path, reader: ImageReader, inferer: GlobalLocalInferer, mpp: float | None = None,
+    probabilities: bool = False,
+) -> str:
+    """A digest of everything the mask depends on: weights, config, slide file, settings, working µm/px."""
     digest = hashlib.sha256()
     stat = slide.stat()
     placement = Placement.of(model, inferer.device)
-    # trained_image_size only feeds notes, never the mask: a reloaded or older checkpoint resumes too
+    # trained_image_size only feeds notes, never the mask: a reloaded or older checkpoint resumes too;
+    # trained_mpp counts through the working µm/px it gives (``mpp``), not as a field
     config = replace(inferer.config_for(model), trained_image_size=None).to_dict()
     for name, off in (("min_component", 0), ("grow_boxes", 0)):  # newer box settings, named only when used,
         if config.get(name) == off:                             # so runs begun before them still resume
             config.pop(name)
+    config.pop("trained_mpp", None)
     settings = {
         "model": type(model).__name__,
         "config": config,
@@ -409,6 +491,10 @@ def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: Globa
         settings["channels_last"] = inferer.channels_last
     if inferer.tta is not None:
         settings["tta"] = inferer.tta
+    if mpp is not None:
+        settings["mpp"] = mpp
+    if probabilities:  # a run without them has no probabilities to resume
+        settings["probabilities"] = True
     if inferer.refine != DEFAULT_REFINE:  # the margin counts only where patches may be skipped
         settings["refine"] = inferer.refine
         settings["margin"] = inferer.margin

@@ -104,8 +104,9 @@ def write_mask_geojson(
 ) -> int:
     """Write the mask TIFF's regions as a QuPath GeoJSON FeatureCollection; returns the number of features.
 
-    Coordinates are level-0 pixels whatever level was read (see the module docstring); areas are
-    in µm² too when the mask TIFF carries a µm/px.
+    Coordinates are the slide's level-0 pixels whatever level was read, and whatever µm/px the
+    mask was made at (the slide size its metadata records places them; see the module docstring);
+    areas are in µm² too when the mask TIFF carries the slide's µm/px.
     """
     return write_geojson(path, mask, classes=list(classes), view_side=view_side)
 

@@ -19,7 +19,8 @@ than ``max_area_error``), so a region's polygon area matches its pixel count to 
 small: the tissue of a generated 100k x 100k slide, polygonised from its 8192-pixel view, is
 about 100 kB (14 s on a busy 2-core machine). A downsampled mask is scaled to level 0 by its
 ``scale`` (or found by reading a mask file's coarse pyramid level: :func:`mask_to_geojson` with a
-path or reader).
+path or reader; a glmed mask TIFF made at another µm/px than its slide's is placed in the slide's
+level-0 pixels, from the slide size its metadata records).
 """
 
 from __future__ import annotations
@@ -309,9 +310,13 @@ def _signed_area(ring: np.ndarray) -> float:
 def _read_mask(
     source: ImageReader | str | os.PathLike, view_side: int
 ) -> tuple[np.ndarray, str, tuple[float, float], tuple[float, float] | None]:
-    """A mask file's view at most ``view_side`` wide (nearest neighbour), its name, scale to level 0 and µm/px."""
+    """A mask file's view at most ``view_side`` wide (nearest neighbour), its name, scale to level 0 and µm/px.
+
+    Level 0 is the slide's: a glmed mask TIFF made at another µm/px than its slide's
+    (:func:`glmed.predict_to_tiff` with ``mpp``) records the slide's size and µm/px, and those place
+    and measure the outlines.
+    """
     from glmed.io.open import open_as_reader
-    from glmed.io.resolution import microns_per_pixel
 
     if view_side < 1:
         raise ValueError(f"view_side must be positive, got {view_side}")
@@ -325,10 +330,38 @@ def _read_mask(
         factor = min(1.0, view_side / max(height, width))
         size = (max(1, round(height * factor)), max(1, round(width * factor)))
         view = reader.sampled(size)[..., 0]
-        return view, reader.name, (height / size[0], width / size[1]), microns_per_pixel(reader)
+        slide_size, mpp = _slide_of(reader)
+        slide_size = slide_size or (height, width)
+        return view, reader.name, (slide_size[0] / size[0], slide_size[1] / size[1]), mpp
     finally:
         if opened:
             reader.close()
+
+
+def _slide_of(reader: ImageReader) -> tuple[tuple[int, int] | None, tuple[float, float] | None]:
+    """The slide's level-0 size and µm/px a glmed mask TIFF records, or ``(None, the file's µm/px)``.
+
+    A mask made at another µm/px than its slide's has another size than the slide; any other mask
+    file (not glmed's, or older) answers with its own resolution.
+    """
+    from glmed.io.mask_tiff import read_mask_metadata
+    from glmed.io.resolution import microns_per_pixel
+
+    path = getattr(reader, "path", None)
+    metadata = None
+    if isinstance(path, str) and path.lower().endswith((".tif", ".tiff")):
+        try:
+            metadata = read_mask_metadata(path)
+        except (OSError, ValueError):
+            metadata = None
+    if not isinstance(metadata, dict):
+        return None, microns_per_pixel(reader)
+    slide_size, slide_mpp = metadata.get("slide_size"), metadata.get("slide_mpp")
+    if not (isinstance(slide_size, list) and len(slide_size) == 2
+            and all(isinstance(v, int) and v > 0 for v in slide_size)):
+        return None, microns_per_pixel(reader)
+    mpp = (float(slide_mpp[0]), float(slide_mpp[1])) if isinstance(slide_mpp, list) and len(slide_mpp) == 2 else None
+    return (slide_size[0], slide_size[1]), mpp
 
 
 def _check_mask(mask: np.ndarray, name: str) -> np.ndarray:

@@ -13,10 +13,17 @@ A mask of class indices stored as is shows as a black square in any viewer (0 an
 
 Level 0's ImageDescription is JSON, ``{"glmed_mask": {...}}`` (:func:`read_mask_metadata`):
 ``classes`` (names by class index), ``values`` (stored value → class name), ``level0_size``
-``[height, width]``, ``mpp`` ``[rows, cols]`` µm per level-0 pixel or null, ``source`` (the
-slide's file name) and ``software``. With a µm/px, every level's TIFF resolution tags carry it
-too (pixels per centimetre, scaled by the level's downsample), which viewers use for their scale
-bar and :func:`glmed.io.resolution.microns_per_pixel` reads back.
+``[height, width]`` and ``mpp`` ``[rows, cols]`` µm per pixel (or null) of the mask's own level 0,
+``slide_size`` and ``slide_mpp``, the same of the slide's level 0, ``source`` (the slide's file
+name) and ``software``. A mask made at the slide's own resolution has the slide's size and µm/px;
+one made at another (``predict_to_tiff(..., mpp=0.5)`` on a 40x slide) covers the same extent in
+fewer pixels: the slide's level-0 pixel ``(r, c)`` is the mask's
+``(r * level0_size / slide_size)``. With a µm/px, every level's TIFF resolution tags carry the
+mask's (pixels per centimetre, scaled by the level's downsample), which viewers use for their
+scale bar and :func:`glmed.io.resolution.microns_per_pixel` reads back.
+
+:func:`write_probability_tiff` stores how sure a mask is, 0 to 255, beside it, with the same
+sizes and resolution.
 """
 
 from __future__ import annotations
@@ -112,6 +119,8 @@ def write_mask_tiff(
     *,
     mpp: tuple[float, float] | None = None,
     source: str | None = None,
+    slide_size: tuple[int, int] | None = None,
+    slide_mpp: tuple[float, float] | None = None,
     tile: int = 512,
     compression: str | None = "zlib",
     progress: bool = False,
@@ -125,8 +134,11 @@ def write_mask_tiff(
         path: the ``.tif`` to write.
         mask: class indices (uint8, or uint16 for more than 256 classes); a :class:`numpy.memmap` is fine.
         encoding: from :func:`mask_encoding`.
-        mpp: ``(rows, cols)`` µm per level-0 pixel of the slide the mask is of, or None when unknown.
+        mpp: ``(rows, cols)`` µm per pixel of the mask (level 0), or None when unknown.
         source: the slide's name, recorded in the metadata.
+        slide_size: ``(height, width)`` of the slide's level 0; the mask's own size by default.
+        slide_mpp: ``(rows, cols)`` µm per level-0 pixel of the slide; ``mpp`` by default (a mask
+            at the slide's resolution).
         tile: tile side, a multiple of 16.
         compression: ``"zlib"``, ``"lzw"`` or None (lossless only: the values are classes).
         progress: a progress bar over the tiles.
@@ -137,7 +149,9 @@ def write_mask_tiff(
         "classes": list(encoding.classes),
         "values": {str(value): name for value, name in encoding.values.items()},
         "level0_size": [int(mask.shape[0]), int(mask.shape[1])],
-        "mpp": None if mpp is None else [float(mpp[0]), float(mpp[1])],
+        "mpp": _pair_or_none(mpp),
+        "slide_size": [int(v) for v in (mask.shape[:2] if slide_size is None else slide_size)],
+        "slide_mpp": _pair_or_none(mpp if slide_size is None and slide_mpp is None else slide_mpp),
         "source": source,
         "software": f"glmed {__version__}",
     }
@@ -157,3 +171,62 @@ def read_mask_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     except ValueError:
         return None
     return found.get(METADATA_KEY) if isinstance(found, dict) else None
+
+
+def _pair_or_none(pair: tuple[float, float] | None) -> list[float] | None:
+    return None if pair is None else [float(pair[0]), float(pair[1])]
+
+
+PROBABILITIES_KEY = "glmed_probabilities"
+"""The key of a probability pyramid's metadata in its ImageDescription JSON."""
+
+
+def write_probability_tiff(
+    path: str | os.PathLike,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    *,
+    mpp: tuple[float, float] | None = None,
+    source: str | None = None,
+    slide_size: tuple[int, int] | None = None,
+    slide_mpp: tuple[float, float] | None = None,
+    tile: int = 512,
+    compression: str | None = "zlib",
+    progress: bool = False,
+) -> None:
+    """Write an ``H x W`` uint8 map of how sure a mask is as a greyscale pyramidal TIFF, atomically.
+
+    0 to 255 stand for probabilities 0 to 1: for two classes the foreground's (a heat map: white
+    where the model is sure of it), for more the winning class's
+    (:func:`glmed.inference.merging.confidence_bytes`). Levels halve by nearest neighbour, so a
+    memory-mapped map streams to disk as a mask does. Level 0's ImageDescription is JSON,
+    ``{"glmed_probabilities": {...}}`` with ``of`` (``"foreground"`` or ``"winning class"``),
+    ``classes``, and the sizes and µm/px of :func:`write_mask_tiff`'s metadata.
+
+    Args:
+        path: the ``.tif`` to write.
+        probabilities: ``H x W`` uint8; a :class:`numpy.memmap` is fine.
+        classes: the model's class names, background first.
+        mpp: ``(rows, cols)`` µm per pixel of the map (the mask's), or None.
+        source: the slide's name.
+        slide_size: ``(height, width)`` of the slide's level 0; the map's own size by default.
+        slide_mpp: µm per level-0 pixel of the slide; ``mpp`` by default.
+        tile: tile side, a multiple of 16.
+        compression: ``"zlib"``, ``"lzw"`` or None (lossless: the values are measurements).
+        progress: a progress bar over the tiles.
+    """
+    from glmed import __version__
+
+    metadata = {
+        "of": "foreground" if len(classes) == 2 else "winning class",
+        "scale": "0-255 for probability 0-1",
+        "classes": list(classes),
+        "level0_size": [int(probabilities.shape[0]), int(probabilities.shape[1])],
+        "mpp": _pair_or_none(mpp),
+        "slide_size": [int(v) for v in (probabilities.shape[:2] if slide_size is None else slide_size)],
+        "slide_mpp": _pair_or_none(mpp if slide_size is None and slide_mpp is None else slide_mpp),
+        "source": source,
+        "software": f"glmed {__version__}",
+    }
+    write_pyramidal_tiff(path, probabilities, tile=tile, compression=compression, resampling="nearest",
+                         progress=progress, mpp=mpp, description=json.dumps({PROBABILITIES_KEY: metadata}))

@@ -9,7 +9,8 @@ the order tried:
 - for TIFFs read with tifffile, an Aperio ImageDescription's ``MPP = ...`` field, else the
   resolution tags when their unit is the centimetre or the inch and they give under
   :data:`MAX_MPP` µm/px (a 72 dpi default is not a microscope's resolution);
-- a region of a slide has its slide's.
+- a region of a slide has its slide's; a slide seen at another resolution
+  (:class:`~glmed.io.resampled.ResampledReader`) has that resolution.
 
 Everything else (JPEG, PNG, arrays) has none: callers then work in pixels.
 """
@@ -37,9 +38,12 @@ def microns_per_pixel(reader: ImageReader) -> tuple[float, float] | None:
     header is read again (cheap).
     """
     from glmed.io.region import RegionReader
+    from glmed.io.resampled import ResampledReader
 
     if isinstance(reader, RegionReader):
         return microns_per_pixel(reader.reader)
+    if isinstance(reader, ResampledReader):
+        return reader.mpp
     properties = getattr(reader, "properties", None)
     if isinstance(properties, dict) and "openslide.vendor" in properties:
         return _pair(properties.get("openslide.mpp-y"), properties.get("openslide.mpp-x"))

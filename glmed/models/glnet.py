@@ -9,6 +9,7 @@ patches (and bidirectional sharing's collect-then-global-then-local order) lives
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
@@ -98,6 +99,10 @@ class GLNetConfig:
     trained_image_size: tuple[int, int] | None = setting(
         None, "median (height, width) of the training images, recorded by training; predictions on images far "
         "from it get a note", command_line=False)
+    trained_mpp: float | None = setting(
+        None, "µm per pixel of the training images (0.5 for 20x tiles), recorded in the checkpoint: "
+        "glmed.predict_to_tiff reads slides that say their own µm/px at it by default (default: unknown, "
+        "slides are read at level 0)", type=float, metavar="UM")
 
     def __post_init__(self) -> None:
         if self.trained_image_size is not None:  # JSON gives a list back
@@ -124,6 +129,8 @@ class GLNetConfig:
             found.append(("overlap", f"overlap must be in [0, patch_size {self.patch_size})"))
         if self.in_channels < 1:
             found.append(("in_channels", "must be positive"))
+        if self.trained_mpp is not None and not (math.isfinite(self.trained_mpp) and self.trained_mpp > 0):
+            found.append(("trained_mpp", "µm per pixel, a positive number (or None when unknown)"))
         return found
 
     @property

@@ -173,3 +173,57 @@ def test_output_flags_need_tiff_masks(tmp_path, checkpoint, five_images, capsys)
     assert "need a .tif mask" in capsys.readouterr().err
     assert predict(checkpoint, five_images / "img0.png", tmp_path / "m.tif", "--classes", "background,a,b") == 1
     assert "--classes names 3 classes, the checkpoint's model has 2" in capsys.readouterr().err
+
+
+def test_mpp_segments_at_that_resolution_and_the_summary_keeps_the_slides(tmp_path, checkpoint, slides, capsys):
+    (slides / "c.tif").unlink()
+    out = tmp_path / "masks"
+    assert predict(checkpoint, slides, out, "--format", "tif", "--mpp", str(2 * MPP), "--probabilities") == 0
+    rows = read_summary(out)
+    for name, slide, size in (("a", "a.svs", (128, 160)), ("b", "b.tif", (150, 130))):
+        row = rows[slide]
+        assert (int(row["height"]), int(row["width"])) == size and float(row["mpp"]) == pytest.approx(MPP)
+        with open_image(out / f"{name}_mask.tif") as mask:  # half the slide's pixels on each axis
+            assert mask.size == (round(size[0] / 2), round(size[1] / 2))
+            mask_pixels = int((mask.read((0, 0, *mask.size))[..., 0] == 255).sum())
+        # areas in the slide's level-0 pixels (4 per mask pixel) and in µm²
+        assert int(row["foreground_area_px"]) == pytest.approx(4 * mask_pixels, abs=2)
+        assert float(row["foreground_area_um2"]) == pytest.approx(mask_pixels * (2 * MPP) ** 2, rel=0.02)
+        assert RunRecord.load(out / f"{name}_mask.tif").options["mpp"] == 2 * MPP
+        with open_image(out / f"{name}_mask_probabilities.tif") as sure:  # beside its mask, the mask's size
+            assert sure.size == mask.size
+    capsys.readouterr()
+    assert predict(checkpoint, slides, out, "--format", "tif", "--mpp", str(2 * MPP), "--probabilities") == 0
+    assert "kept 2 mask(s)" in capsys.readouterr().out
+    assert predict(checkpoint, slides, out, "--format", "tif") == 0
+    printed = capsys.readouterr().out
+    assert f"mpp {2 * MPP!r} → None" in printed and "probabilities '' → None" in printed
+
+
+def test_mpp_needs_tiff_masks_and_a_positive_value(tmp_path, checkpoint, five_images, capsys):
+    assert predict(checkpoint, five_images, tmp_path / "masks", "--mpp", "0.5") == 1
+    assert "--mpp segments slides, whose masks are .tif: add --format tif" in capsys.readouterr().err
+    assert predict(checkpoint, five_images / "img0.png", tmp_path / "m.tif", "--mpp", "0") == 1
+    assert "--mpp is µm per pixel, a positive number" in capsys.readouterr().err
+    assert predict(checkpoint, five_images / "img0.png", tmp_path / "m.tif", "--mpp", "0.5") == 1
+    assert "img0.png: mpp=0.5 asks for a resolution, but the file does not say" in capsys.readouterr().err
+
+
+def test_a_folder_run_shows_a_bar_over_slides_and_one_within_each(tmp_path, checkpoint, slides, monkeypatch):
+    import glmed.progress
+
+    (slides / "c.tif").unlink()
+    bars = []
+    real = glmed.progress.progress_bar
+
+    def recording(iterable=None, **options):
+        bars.append((options.get("desc"), options.get("unit")))
+        return real(iterable, **options)
+
+    monkeypatch.setattr(glmed.progress, "progress_bar", recording)
+    assert main(["predict", str(checkpoint), str(slides), str(tmp_path / "masks"), "--format", "tif",
+                 "--device", "cpu"]) == 0
+    assert bars[0] == (f"segmenting {slides}", "image")  # over the slides, first
+    within = [desc for desc, unit in bars[1:] if unit == "batch"]
+    assert any(desc.endswith("a.svs: segmenting patches") for desc in within)
+    assert any(desc.endswith("b.tif: segmenting patches") for desc in within)
