@@ -51,6 +51,7 @@ from glmed.training.evaluate import evaluate
 from glmed.training.loader import default_workers, epoch_loader
 from glmed.training.stages import Stage
 from glmed.training.trainer import GLNetTrainer
+from glmed.training.warm_start import warm_start
 
 Pair = tuple[ImageLike, np.ndarray]
 """An image (array, path or reader) and its ``H×W`` class-index label."""
@@ -209,6 +210,10 @@ class StagedRunner:
             done = position[1] if index == position[0] else (stage.epochs if index < position[0] else 0)
             if done >= stage.epochs:
                 continue
+            if done == 0:  # the stage begins here, not resumed inside it
+                for line in warm_start(self.model, stage):
+                    if self.distributed.is_main:
+                        self.log(line)
             optimizer = self.trainer.optimizer(stage)
             if index == position[0] and optimizer_state is not None:
                 optimizer.load_state_dict(optimizer_state)
