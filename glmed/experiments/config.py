@@ -68,6 +68,8 @@ class RecipeConfig(GLNetConfig):
     # optimisation
     global_lr: float = setting(1e-4, "Adam learning rate of the global parts")
     local_lr: float = setting(2e-5, "Adam learning rate of the local parts and aggregation head")
+    listening_lr: float | None = setting(None, "Adam learning rate of the local→global convolutions in the "
+                                               "bidirectional stage (default: a tenth of global_lr)", type=float)
     batch_size: int = setting(6, "images per optimisation step (per process under torchrun)")
     patches_per_image: int = setting(4, "patches drawn per image in the local stage")
     patches_per_step: int = setting(6, "patches given gradients per step in the bidirectional stage")
@@ -134,6 +136,7 @@ class RecipeConfig(GLNetConfig):
             need(getattr(self, name) >= 0, name, ">= 0")
         for name in ("global_lr", "local_lr"):
             need(0 < getattr(self, name) < 1, name, "in (0, 1)")
+        need(self.listening_lr is None or 0 < self.listening_lr < 1, "listening_lr", "in (0, 1)")
         need(self.workers is None or self.workers >= 0, "workers", "0 or more")
         need(self.validate_every >= 1, "validate_every", "at least 1")
         need(self.keep_best >= 1, "keep_best", "at least 1")

@@ -230,7 +230,8 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
                      config.fmreg_weight, ignore_index=recipe.ignore_index, boundary_weight=config.boundary_weight,
                      boundary_width=config.boundary_width)
     trainer = GLNetTrainer(model, loss, config.global_lr, config.local_lr, config.patches_per_step,
-                           distributed=distributed, amp=config.amp, channels_last=config.channels_last)
+                           distributed=distributed, amp=config.amp, channels_last=config.channels_last,
+                           listening_lr=config.listening_lr)
     sampler = StageSampler(model.config, **config.sampler_options())
     stages = paper_stages(config.sharing, config.stage_epochs)
     log(f"{recipe.name}: {len(splits['train'])} training, {len(splits['val'])} validation, "

@@ -31,6 +31,7 @@ def fit(
     metric: Metric | None = None,
     global_lr: float = 1e-4,
     local_lr: float = 2e-5,
+    listening_lr: float | None = None,
     amp: str = "off",
     channels_last: bool = False,
     trainer: GLNetTrainer | None = None,
@@ -60,6 +61,8 @@ def fit(
         global_lr: Adam learning rate of the global parts (the paper's 1e-4; small models on
             small data like more).
         local_lr: Adam learning rate of the local parts and aggregation head (the paper's 2e-5).
+        listening_lr: Adam learning rate of the local→global convolutions in the bidirectional
+            stage; a tenth of ``global_lr`` by default (:data:`~glmed.training.trainer.LISTENING_LR_FACTOR`).
         amp: mixed precision: ``"off"`` (float32), ``"bf16"`` (bfloat16 autocast, CPU or GPU) or
             ``"fp16"`` (float16 autocast with gradient scaling; the model must be on a CUDA GPU).
         channels_last: keep the model's weights and the image batches in channels-last memory
@@ -101,7 +104,7 @@ def fit(
                         "the training pairs, e.g. fit(model, pairs, stages=paper_stages('g2l'))")
     runner = StagedRunner(
         trainer or GLNetTrainer(model, GLNetLoss(boundary_weight=boundary_weight), global_lr=global_lr,
-                                local_lr=local_lr, amp=amp, channels_last=channels_last),
+                                local_lr=local_lr, amp=amp, channels_last=channels_last, listening_lr=listening_lr),
         sampler or StageSampler(model.config),
         paper_stages(model.sharing) if stages is None else stages, train, val, metric, out_dir,
         images_per_step=images_per_step, seed=seed, predict_batch_size=predict_batch_size,

@@ -158,3 +158,24 @@ def test_a_boundary_weight_adds_its_term_to_global_and_two_branch_steps(stage_in
     assert set(terms) == set(plain_terms) | {"boundary"}
     assert terms["boundary"] > 0  # the bright squares have edges in every batch
     assert terms["loss"] == pytest.approx(sum(v for k, v in terms.items() if k != "loss"), rel=1e-5)
+
+
+def test_the_bidirectional_stage_trains_its_listening_convolutions_at_their_own_rate():
+    model = tiny("bidirectional")
+    stage = paper_stages("bidirectional")[2]
+    rates = {}
+    for trainer in (GLNetTrainer(model, global_lr=1e-3, local_lr=5e-4),
+                    GLNetTrainer(model, global_lr=1e-3, local_lr=5e-4, listening_lr=3e-4)):
+        optimizer = trainer.optimizer(stage)
+        by_parameter = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        rates[trainer.listening_lr] = ({by_parameter[id(p)] for p in model.global_partner.parameters()},
+                                       {by_parameter[id(p)] for p in model.aggregate.parameters()})
+    (default, (default_partner, default_aggregate)), (given, (given_partner, given_aggregate)) = rates.items()
+    assert default == pytest.approx(1e-4) and default_partner == {default} and default_aggregate == {5e-4}
+    assert given == 3e-4 and given_partner == {3e-4} and given_aggregate == {5e-4}
+    # a stage that trains the whole global branch (and does not name the listening part) keeps one rate for it
+    whole = Stage("global+listening", GLOBAL_PARTS)
+    optimizer = GLNetTrainer(model, global_lr=1e-3).optimizer(whole)
+    assert {group["lr"] for group in optimizer.param_groups} == {1e-3}
+    with pytest.raises(ValueError, match="listening_lr"):
+        GLNetTrainer(model, listening_lr=0)
