@@ -1,7 +1,9 @@
 """``glmed predict CHECKPOINT IMAGE OUT``: segment an image, a whole slide or a folder of images.
 
 ``OUT`` ending in ``.tif``/``.tiff`` streams the mask to a tiled pyramidal TIFF
-(:func:`glmed.inference.slide.predict_to_tiff`: any size, flat memory, resumes an interrupted run);
+(:func:`glmed.inference.slide.predict_to_tiff`: any size, flat memory, resumes an interrupted run,
+finds the tissue first and writes patches of glass as background without reading them, unless
+``--no-tissue-mask``);
 ``.png`` writes it in memory, as 0/255 for a two-class model (the ISIC format) or as class
 indices otherwise. With a folder of images, ``OUT`` is a folder: each image gets a mask named for
 the ISIC scorer (``ISIC_0000000.jpg`` → ``ISIC_0000000_segmentation.png``, others
@@ -106,6 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with a .tif mask, also write the predicted regions as QuPath annotations (GeoJSON "
                              "polygons in level-0 pixels, µm² areas when the slide says its µm/px); PATH for one "
                              "slide, else NAME.geojson beside each mask")
+    parser.add_argument("--no-tissue-mask", action="store_true",
+                        help="with a .tif mask, segment every patch: by default the tissue is found first (Otsu on "
+                             "colour saturation) and patches of glass only are written as background without being "
+                             "read; use it for colour images that are not slides (dermoscopy, aerial photographs)")
     parser.add_argument("--part", default=None, metavar="K/N",
                         help="with a folder: segment only share K of N (1-based) of its sorted images, images K, "
                              "K+N, K+2N, ...: run N processes (machines) with K = 1..N and they split the folder "
@@ -270,8 +276,7 @@ def _finish_problem(args: argparse.Namespace) -> str | None:
         return "--keep-regions-above applies only with --finish (it says which other regions finishing keeps)"
     if args.keep_regions_above is not None and args.keep_regions_above < 0:
         return f"--keep-regions-above must be a pixel count >= 0, got {args.keep_regions_above}"
-    tiff = args.out.suffix.lower() in TIFF_SUFFIXES or (args.image.is_dir() and args.format == "tif")
-    if args.finish and tiff:
+    if args.finish and _tiff_output(args):
         return ("--finish is for lesion masks written as PNG: a .tif output streams a slide, whose many regions "
                 "finishing (one region, no holes) would erase; drop --finish or write .png")
     return None
@@ -289,9 +294,17 @@ def _slide_output_problem(args: argparse.Namespace) -> str | None:
             return f"{' and '.join(asked)} need TIFF masks: add --format tif"
     elif asked and args.out.suffix.lower() not in TIFF_SUFFIXES:
         return f"{' and '.join(asked)} need a .tif mask (OUT ending in .tif or .tiff), got {args.out}"
+    if args.no_tissue_mask and not _tiff_output(args):
+        return ("--no-tissue-mask applies to .tif masks (slides), the only ones a tissue mask skips patches of; "
+                "PNG masks always segment every patch: drop it")
     if args.classes is not None and not all(name.strip() for name in args.classes.split(",")):
         return f"--classes: comma-separated non-empty names, background first, got {args.classes!r}"
     return None
+
+
+def _tiff_output(args: argparse.Namespace) -> bool:
+    """Whether this run writes TIFF masks (streamed slides) rather than PNG ones."""
+    return args.out.suffix.lower() in TIFF_SUFFIXES or (args.image.is_dir() and args.format == "tif")
 
 
 def _part_problem(args: argparse.Namespace) -> str | None:
@@ -358,6 +371,8 @@ def _resume(
         options["keep_regions_above"] = args.keep_regions_above
     if args.format == "tif":
         options["tile"] = args.tile
+        if not args.no_tissue_mask:  # named when on: masks made before glass was skipped are recomputed
+            options["tissue_mask"] = "skip glass"
     for name in ("classes", "thumbnail", "geojson"):  # what a slide's outputs are, named only when asked for
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -423,7 +438,7 @@ def _predict_one(
     result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options,
-                                 **_slide_outputs(args, out))
+                                 tissue=not args.no_tissue_mask, **_slide_outputs(args, out))
     else:
         finish = {"finish": "lesion", "keep_regions_above": args.keep_regions_above} if args.finish else {}
         segmentation = predict(model, image, with_coarse=False, thumbnail=False, **options, **finish)
@@ -434,6 +449,8 @@ def _predict_one(
     patches = f"{result.patches} patch" + ("" if result.patches == 1 else "es")
     if result.patches_skipped:
         patches += f" ({result.patches_skipped} more took the global branch's answer)"
+    if result.patches_glass:
+        patches += f", {result.patches_glass} of glass skipped"
     return f"wrote {out}: {image.name} segmented with {patches}{refined}{notes}", result
 
 

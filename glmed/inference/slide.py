@@ -63,14 +63,15 @@ class SlidePrediction:
         boxes: regions refined at full resolution by coarse-to-fine models (end-exclusive).
         patches: full-resolution patches the local branch processed.
         notes: plain-language remarks about this prediction.
-        patches_skipped: patches that took the global branch's answer (``refine="uncertain"``).
+        patches_skipped: patches on tissue that took the global branch's answer (``refine="uncertain"``).
         mpp: ``(rows, cols)`` µm per level-0 pixel of the slide (carried into the mask TIFF), or None.
         class_pixels: level-0 pixels of each class in the mask, by class index.
         thumbnail: the outline thumbnail PNG written, or None.
         geojson: the GeoJSON of the predicted regions written, or None.
         tissue: where the tissue is on the slide (:func:`glmed.io.tissue.detect_tissue`), or None when
-            not detected (``tissue=False``, or an image without colour). Reported only: every patch
-            is still segmented.
+            not detected (``tissue=False``, or an image without colour).
+        patches_glass: patches without tissue, never read at full resolution and written as
+            background. ``patches + patches_skipped + patches_glass`` is every patch computed.
     """
 
     path: Path
@@ -84,6 +85,7 @@ class SlidePrediction:
     thumbnail: Path | None = None
     geojson: Path | None = None
     tissue: TissueMask | None = None
+    patches_glass: int = 0
 
     @property
     def foreground_px(self) -> int:
@@ -175,9 +177,16 @@ def predict_to_tiff(
             pixel coordinates, from a downsampled level of the mask
             (:func:`~glmed.inference.slide_outputs.write_mask_geojson`), with µm² areas when the
             slide's µm/px is known.
-        tissue: find the tissue on the slide (Otsu on saturation of a 2048-pixel view,
-            :func:`glmed.io.tissue.detect_tissue`) and report it as ``result.tissue`` (its area in
-            the folder summary); colour images only. It does not yet skip patches of glass.
+        tissue: find the tissue on the slide first (Otsu on saturation of a 2048-pixel view,
+            :func:`glmed.io.tissue.detect_tissue`) and segment only where it is: a patch without any
+            tissue is never read at full resolution nor run through the local branch, and is written
+            as background (class 0); ``result.patches_glass`` counts them and ``result.notes`` says
+            so. A coarse-to-fine model's foreground is kept to tissue and its boxes are cut to the
+            pieces of tissue they cover (:mod:`glmed.inference.glass`). The mask found is
+            ``result.tissue`` (its area goes into the folder summary). Colour images only (grey
+            ones are segmented whole), and part of what a run resumes with. False segments every
+            patch: for colour images that are not slides of tissue on glass (dermoscopy, aerial
+            photographs), where saturation does not separate foreground from empty background.
 
     There is no ``finish`` here, unlike :func:`glmed.predict`: ISIC finishing keeps one
     connected region without holes, which would erase all but one of a slide's many regions
@@ -211,14 +220,14 @@ def predict_to_tiff(
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
     try:
-        found = _tissue(reader) if tissue else None  # before inference, which is to skip glass with it
+        found = _tissue(reader) if tissue else None  # before inference, which skips glass with it
         # The batch (and autocast) a budget allows, fixed before the identity records them.
         inferer, plan = inferer.fitted(model, size, out_in_memory=False, with_coarse=False)
         identity = None
         if resume and isinstance(image, (str, os.PathLike)):
-            identity = _run_identity(model, Path(image), reader, inferer)
+            identity = _run_identity(model, Path(image), reader, inferer, found)
         with ScratchMask(path, reader.size, label_dtype(model.config.num_classes), identity) as scratch:
-            result = inferer(model, reader, out=scratch.mask, with_coarse=False, ledger=scratch)
+            result = inferer(model, reader, out=scratch.mask, with_coarse=False, ledger=scratch, tissue=found)
             mpp = microns_per_pixel(reader)
             write_mask_tiff(path, scratch.mask, encoding, mpp=mpp, source=os.path.basename(reader.name), tile=tile,
                             compression=compression, progress=progress)
@@ -232,7 +241,7 @@ def predict_to_tiff(
     if scratch.resumed:
         notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
     return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped, mpp=mpp,
-                           class_pixels=class_pixels, tissue=found, **extras)
+                           class_pixels=class_pixels, tissue=found, patches_glass=result.patches_glass, **extras)
 
 
 def _tissue(reader: ImageReader) -> TissueMask | None:
@@ -354,8 +363,10 @@ def _key(region: Box) -> str:
     return ",".join(str(int(v)) for v in region)
 
 
-def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: GlobalLocalInferer) -> str:
-    """A digest of everything the mask depends on: weights, config, slide file, settings."""
+def _run_identity(
+    model: GLNet, slide: Path, reader: ImageReader, inferer: GlobalLocalInferer, tissue: TissueMask | None = None
+) -> str:
+    """A digest of everything the mask depends on: weights, config, slide file, settings, the tissue skipped."""
     digest = hashlib.sha256()
     stat = slide.stat()
     placement = Placement.of(model, inferer.device)
@@ -383,6 +394,8 @@ def _run_identity(model: GLNet, slide: Path, reader: ImageReader, inferer: Globa
     if inferer.refine != DEFAULT_REFINE:  # the margin counts only where patches may be skipped
         settings["refine"] = inferer.refine
         settings["margin"] = inferer.margin
+    if tissue is not None:  # which patches are glass: a run resumes only with the same ones skipped
+        settings["tissue"] = tissue.digest()
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
