@@ -160,3 +160,28 @@ def test_a_run_resumes_only_with_the_layout_it_began_with(tmp_path, slide, monke
                                  channels_last=resumed_layout)
         resumed = any("resumed" in note for note in result.notes)
         assert resumed == resumed_layout and (result.patches < 48) == resumed_layout
+
+
+def _resident_kb(path):
+    """Resident kB of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps", encoding="utf-8"):
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
+def test_the_scratch_mask_leaves_the_resident_set_without_losing_a_pixel(tmp_path):
+    from glmed.inference.slide import ScratchMask
+
+    rows = np.arange(4096).astype(np.uint8)
+    with ScratchMask(tmp_path / "mask.tif", (4096, 4096), np.uint8, None) as scratch:
+        scratch.mask[:] = rows[:, None]  # 16 MB, dirty, not flushed
+        assert _resident_kb(scratch.mask_path) > 8_000
+        scratch.release()
+        assert _resident_kb(scratch.mask_path) < 1_000
+        np.testing.assert_array_equal(scratch.mask[:, 4095], rows)  # mapped again from the page cache
+        np.testing.assert_array_equal(np.fromfile(scratch.mask_path, np.uint8).reshape(4096, 4096)[:, 7], rows)
