@@ -133,6 +133,7 @@ ADDITIONS: dict[str, Addition] = {
     "boundary": Addition("boundary loss", train=(("boundary_weight", 0.05),)),
     "finish": Addition("ISIC finishing", finish=True),
     "tta": Addition("test-time flips", predict=(("tta", "flips"),)),
+    "grow": Addition("box growth", predict=(("grow_boxes", 2),)),
 }
 """The additions, by key: each gives a row ``box+KEY`` alone, and all available ones the row ``box+all``.
 
@@ -140,6 +141,9 @@ The boundary loss's weight is not tuned: at weight 1 its cross-entropy on the ba
 the start) outweighed the whole focal objective (γ=6: 0.01-0.03) some 50 times (measured at
 1024×1536); 0.05 starts it at a few times the focal terms. ``tta`` uses the keyword another
 change is adding to ``glmed.predict``; until it is there, its rows say they are unavailable.
+``grow``: up to two rounds of growing a box the refined mask runs into
+(:mod:`glmed.inference.box_growth`). A checkpoint ensemble is not an addition here: nobody
+selects checkpoints in this benchmark, and several trainings per row would change its CPU budget.
 """
 
 

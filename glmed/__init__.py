@@ -20,6 +20,7 @@ _EXPORTS = {
     "predict": "glmed.inference.inferer",
     "load_model": "glmed.models.checkpoint",
     "save_model": "glmed.models.checkpoint",
+    "load_checkpoints": "glmed.training.best_checkpoints",
     "fit": "glmed.training.fit",
     "paper_stages": "glmed.training.stages",
     "Stage": "glmed.training.stages",

@@ -252,21 +252,25 @@ def coarse_to_fine_boxes(
     target_ratio: float = 1.0,
     min_size: Size = (1, 1),
     per_component: bool = False,
+    min_component: float = 0,
 ) -> list[Box]:
     """The full-resolution regions coarse-to-fine refines, from a coarse foreground mask.
 
-    1. Boxes on the mask's grid: one tight box around all foreground (default), or one per
+    1. Specks smaller than ``min_component`` are dropped (:func:`drop_specks`).
+    2. Boxes on the mask's grid: one tight box around all foreground (default), or one per
        8-connected component with ``per_component``.
-    2. Each is relaxed with :func:`relax_box` to ``target_ratio`` foreground : background.
-    3. Mapped to ``image_size`` outward, grown to at least ``min_size`` (one patch), and
+    3. Each is relaxed with :func:`relax_box` to ``target_ratio`` foreground : background.
+    4. Mapped to ``image_size`` outward, grown to at least ``min_size`` (one patch), and
        overlapping boxes merged.
 
     Returns:
         Disjoint ``(row0, col0, row1, col1)`` boxes in image pixels, sorted; empty when the
-        mask has no foreground.
+        mask has no foreground (or only specks).
     """
     mask = np.asarray(mask) != 0
     grid_size = (int(mask.shape[0]), int(mask.shape[1]))
+    if min_component:
+        mask = drop_specks(mask, image_size, min_component)
     if per_component:
         from scipy import ndimage
 
@@ -279,3 +283,36 @@ def coarse_to_fine_boxes(
     boxes = [relax_box(mask, box, target_ratio) for box in tight if box is not None]
     boxes = [grow_to_size(scale_box_outward(b, grid_size, image_size), min_size, image_size) for b in boxes]
     return merge_overlapping(boxes)
+
+
+def component_threshold(min_component: float, image_size: Size) -> float:
+    """``min_component`` as image pixels: a count of pixels when at least 1, a fraction of the image below 1."""
+    if min_component < 0:
+        raise ValueError(f"min_component must be >= 0 (image pixels, or a fraction of the image below 1), "
+                         f"got {min_component}")
+    return float(min_component) if min_component >= 1 else float(min_component) * image_size[0] * image_size[1]
+
+
+def drop_specks(mask: np.ndarray, image_size: Size, min_component: float) -> np.ndarray:
+    """The ``h×w`` coarse mask without its 8-connected components smaller than ``min_component``.
+
+    A component's size is counted in image pixels (its grid pixels times the image pixels a grid
+    pixel stands for), so the threshold does not depend on the global branch's resolution.
+
+    Args:
+        mask: coarse foreground mask, on a grid covering the image of ``image_size``.
+        image_size: ``(height, width)`` of the full-resolution image.
+        min_component: image pixels (at least 1), or a fraction of the image's area (below 1).
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask) != 0
+    threshold = component_threshold(min_component, image_size)
+    if threshold <= 0 or not mask.any():
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    per_grid_pixel = image_size[0] * image_size[1] / (mask.shape[0] * mask.shape[1])
+    sizes = np.bincount(labels.ravel(), minlength=count + 1) * per_grid_pixel
+    keep = sizes >= threshold
+    keep[0] = False
+    return keep[labels]

@@ -1,5 +1,9 @@
 """``glmed predict CHECKPOINT IMAGE OUT``: segment an image, a whole slide or a folder of images.
 
+Several checkpoints (``glmed predict A.pt B.pt IMAGE OUT``), or a run folder with ``--best K``
+(its K best kept checkpoints), predict as one, averaging their probabilities
+(:mod:`glmed.models.ensemble`); a folder run's record then names every checkpoint.
+
 ``OUT`` ending in ``.tif``/``.tiff`` streams the mask to a tiled pyramidal TIFF
 (:func:`glmed.inference.slide.predict_to_tiff`: any size, flat memory, resumes an interrupted run,
 finds the tissue first and writes patches of glass as background without reading them, unless
@@ -50,8 +54,10 @@ _MASK_NAME = re.compile(r"(_segmentation|_mask|_attribute_[a-z_]+)$", re.IGNOREC
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``predict`` subcommand's arguments."""
-    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
-                        help="a checkpoint a recipe wrote (RUN_DIR/checkpoints/best.pt)")
+    parser.add_argument("checkpoint", type=Path, nargs="+", metavar="CHECKPOINT",
+                        help="a checkpoint a recipe wrote (RUN_DIR/checkpoints/best.pt), or a run folder (RUN_DIR: "
+                             "its best.pt, or with --best K its K best kept checkpoints); several predict as one, "
+                             "averaging their probabilities (models of one architecture)")
     parser.add_argument("image", type=Path, metavar="IMAGE",
                         help="an image or slide (JPEG/PNG, TIFF, SVS/NDPI/MRXS with glmed[wsi], NIfTI), or a folder")
     parser.add_argument("out", type=Path, metavar="OUT",
@@ -66,6 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model's passes measured first, and printed; a budget too small for one patch at a time "
                              "is refused. On a CPU it covers the process's memory, on a GPU the GPU's")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
+    parser.add_argument("--best", type=int, default=None, metavar="K",
+                        help="with a run folder as CHECKPOINT: an ensemble of its K best validated checkpoints (a run "
+                             "trained with --keep-best K or more), averaging their probabilities")
+    parser.add_argument("--grow-boxes", type=int, default=None, metavar="N",
+                        help="coarse-to-fine: up to N rounds of growing a box side the refined mask runs into (not "
+                             "at the image border) and refining the grown box again; default: the model's (0: off)")
+    parser.add_argument("--min-component", type=float, default=None, metavar="SIZE",
+                        help="coarse-to-fine: coarse regions smaller than SIZE get no box: image pixels (>= 1) or a "
+                             "fraction of the image (< 1); default: the model's (0: every region)")
     parser.add_argument("--tile", type=int, default=512, help="TIFF tile side, a multiple of 16")
     parser.add_argument("--max-value", type=float, default=None, metavar="V",
                         help="the value of a full-intensity pixel, for images whose type does not say it (float "
@@ -140,14 +155,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from glmed.models.checkpoint import load_model
+    from glmed.models.ensemble import ensemble
 
     device = args.device or _default_device(torch.cuda.is_available())
     try:
-        model = load_model(args.checkpoint, map_location=device).to(device)  # once, not per image
+        models = [load_model(path, map_location=device).to(device) for path in _checkpoint_files(args)]  # once
+        model = ensemble(models)
     except (OSError, ValueError) as error:
         return _fail(str(error))
     if args.finish and model.config.num_classes != 2:
-        return _fail(f"--finish keeps one lesion region of a two-class mask; {args.checkpoint} has "
+        return _fail(f"--finish keeps one lesion region of a two-class mask; {_shown_checkpoints(args)} has "
                      f"{model.config.num_classes} classes, whose other classes it would erase: drop --finish")
     if args.classes is not None and len(_class_names(args) or []) != model.config.num_classes:
         return _fail(f"--classes names {len(_class_names(args) or [])} classes, the checkpoint's model has "
@@ -258,6 +275,14 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         return f"--margin must be in (0, 1), got {args.margin}"
     if args.margin is not None and args.refine != "uncertain":
         return "--margin applies only with --refine uncertain (it says which patches to skip)"
+    if args.best is not None and args.best < 1:
+        return f"--best must be at least 1, got {args.best}"
+    if args.best is not None and not any(path.is_dir() for path in args.checkpoint):
+        return "--best K picks a run folder's K best checkpoints; give the run folder (RUN_DIR) as CHECKPOINT"
+    if args.grow_boxes is not None and args.grow_boxes < 0:
+        return f"--grow-boxes must be a number of rounds >= 0, got {args.grow_boxes}"
+    if args.min_component is not None and not args.min_component >= 0:
+        return f"--min-component must be >= 0 (pixels, or a fraction of the image below 1), got {args.min_component}"
     problem = _finish_problem(args) or _slide_output_problem(args) or _part_problem(args)
     if problem is not None:
         return problem
@@ -376,8 +401,13 @@ def _resume(
     for name in ("classes", "thumbnail", "geojson"):  # what a slide's outputs are, named only when asked for
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    record = RunRecord(checkpoint=file_digest(args.checkpoint), checkpoint_path=str(args.checkpoint),
-                       options=options)
+    if args.grow_boxes is not None:
+        options["grow_boxes"] = args.grow_boxes
+    if args.min_component is not None:
+        options["min_component"] = args.min_component
+    files = _checkpoint_files(args)  # one file: its digest, as before ensembles, so older folders resume
+    record = RunRecord(checkpoint=",".join(file_digest(path) for path in files),
+                       checkpoint_path=", ".join(str(path) for path in files), options=options)
     todo: list[tuple[Path, Path]] = []
     kept: dict[Path, dict] = {}
     unrecorded: list[Path] = []
@@ -408,6 +438,24 @@ def _resume(
     return record, todo, kept
 
 
+def _checkpoint_files(args: argparse.Namespace) -> list[Path]:
+    """The checkpoint files CHECKPOINT names: files as given, a run folder's best (or ``--best K`` best) kept.
+
+    Raises:
+        ValueError: a run folder that kept fewer checkpoints than ``--best`` asks for, or none.
+    """
+    from glmed.training.best_checkpoints import kept_checkpoint_files
+
+    files: list[Path] = []
+    for path in args.checkpoint:
+        files += kept_checkpoint_files(path, args.best or 1) if path.is_dir() else [path]
+    return files
+
+
+def _shown_checkpoints(args: argparse.Namespace) -> str:
+    return ", ".join(str(path) for path in args.checkpoint)
+
+
 def _failure_line(image: Path, error: BaseException) -> str:
     """One line naming the image and what went wrong with it."""
     message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
@@ -435,6 +483,10 @@ def _predict_one(
         options["margin"] = args.margin
     if args.tta is not None:
         options["tta"] = args.tta
+    if args.grow_boxes is not None:
+        options["grow_boxes"] = args.grow_boxes
+    if args.min_component is not None:
+        options["min_component"] = args.min_component
     result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options,

@@ -78,6 +78,9 @@ class RecipeConfig(GLNetConfig):
                                   choices=list(Augmentation.PRESETS))
     validate_every: int = setting(1, "validate every N epochs of a stage (a stage's last epoch always is); the "
                                      "global stage validates the global branch's own mask")
+    keep_best: int = setting(1, "keep the weights of the N best validated epochs in checkpoints/top/ (listed in "
+                                "checkpoints/top.json), for an ensemble: glmed predict --best N RUN_DIR ..., or "
+                                "glmed.load_checkpoints(RUN_DIR, best=N); 1 keeps best.pt alone")
     # inference and the run
     finish: str | None = setting(None, "finishing of the test masks: lesion (keep the largest region, fill its "
                                        "holes: what an ISIC lesion is) or none (default: the dataset's own, lesion "
@@ -133,6 +136,7 @@ class RecipeConfig(GLNetConfig):
             need(0 < getattr(self, name) < 1, name, "in (0, 1)")
         need(self.workers is None or self.workers >= 0, "workers", "0 or more")
         need(self.validate_every >= 1, "validate_every", "at least 1")
+        need(self.keep_best >= 1, "keep_best", "at least 1")
         need(self.finish in (None, "lesion", "none"), "finish", "lesion or none")
         need(self.finish != "lesion" or self.num_classes == 2, "finish",
              f"lesion finishing keeps one region of a two-class mask; this dataset has {self.num_classes} classes")

@@ -242,7 +242,7 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
                           predict_batch_size=config.predict_batch_size, distributed=distributed,
                           progress=progress, log=log, num_workers=config.workers,
                           augmentation=config.augment or recipe.augmentation,
-                          validate_every=config.validate_every)
+                          validate_every=config.validate_every, keep_best=config.keep_best)
     result = runner.run(resume=resume)
     if distributed.is_main:
         model.load_state_dict(load_checkpoint(files.best, map_location=device)["model"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
@@ -28,6 +28,7 @@ from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization, to_model_input
 from glmed.data.samples import iter_patch_batches
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
+from glmed.inference.box_growth import grow_boxes, remembered_boxes
 from glmed.inference.finishing import finish_in_place, finish_problem
 from glmed.inference.glass import (
     TISSUE_BOX_MARGIN,
@@ -63,14 +64,15 @@ from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.region import RegionReader
 from glmed.io.tissue import TissueMask
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
+from glmed.models.ensemble import ensemble
 from glmed.models.fpn import FINAL
 from glmed.models.glnet import GLNet, GLNetConfig, Sharing, spatial_size
 from glmed.models.placement import Placement, model_device
 from glmed.models.sharing import collect_local_context
 
-INFERENCE_SETTINGS = ("overlap", "target_ratio", "per_component")
+INFERENCE_SETTINGS = ("overlap", "target_ratio", "per_component", "min_component", "grow_boxes")
 """Config fields a prediction may change without rebuilding the network: the patch overlap and
-coarse-to-fine's box rule. Sizes and classes are fixed by the weights."""
+coarse-to-fine's box rule (and its growth). Sizes and classes are fixed by the weights."""
 
 DEFAULT_BATCH_SIZE = 4
 """Patches per forward pass when neither ``batch_size`` nor ``max_memory`` says otherwise."""
@@ -428,7 +430,8 @@ class GlobalLocalInferer:
             result_notes += finish_in_place(result.mask, self.keep_regions_above)
         two_class = config.num_classes == 2  # elsewhere class 0 is a class like the others (DeepGlobe)
         result.notes += result_notes + ((cover_notes(foreground_fraction(result.mask)) if two_class else [])
-                         + box_edge_notes(result.mask, result.boxes, reader.size)
+                         + box_edge_notes(result.mask, result.boxes, reader.size,
+                                          grew=getattr(config, "grow_boxes", 0) > 0)
                          + size_notes(reader.size, config.trained_image_size))
         if keep_thumbnail:
             result.thumbnail = reader.resized(thumbnail_size(reader.size))
@@ -583,26 +586,39 @@ class GlobalLocalInferer:
         if tissue is not None:  # foreground on glass is the global branch's mistake
             foreground &= tissue.on_grid(foreground.shape)
         min_size = patch_size_for(reader.size, (config.patch_size, config.patch_size))
-        boxes = coarse_to_fine_boxes(foreground, reader.size, config.target_ratio, min_size, config.per_component)
+        boxes = coarse_to_fine_boxes(foreground, reader.size, config.target_ratio, min_size, config.per_component,
+                                     config.min_component)
         if tissue is not None:
             boxes = boxes_on_tissue(boxes, tissue, min_size, round(TISSUE_BOX_MARGIN * config.patch_size))
-        if not boxes and tissue is not None:
-            coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
-            _fill_outside(out, [], 0)
-            note = "the global branch found no foreground on the tissue, so nothing was refined: the mask is background"
-            return SegmentationResult(mask=out, coarse=coarse, notes=[note])
         if not boxes:
-            note = "the global branch found no foreground, so nothing was refined: the mask is its coarse prediction"
+            found = ("no foreground" if not foreground.any() else
+                     f"foreground only in specks smaller than min_component={config.min_component:g}")
+            if tissue is not None:  # the coarse mask's answers on glass are no answers: the mask is background
+                coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
+                _fill_outside(out, [], 0)
+                note = f"the global branch found {found} on the tissue, so nothing was refined: the mask is background"
+                return SegmentationResult(mask=out, coarse=coarse, notes=[note])
+            note = f"the global branch found {found}, so nothing was refined: the mask is its coarse prediction"
             return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse), notes=[note])
         coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
-        _fill_outside(out, boxes, 0)  # inside the boxes, a resumed run keeps what it wrote
-        patches = skipped = glass = 0
-        for box in boxes:
+        # inside the boxes (or those a resumed run had grown them to), a resumed run keeps what it wrote
+        _fill_outside(out, remembered_boxes(ledger, config.grow_boxes) or boxes, 0)
+        glass = [0]  # patches of glass skipped in every box refined, grown ones included
+
+        def refine_box(box: Box) -> tuple[int, int]:
             view = out[box[0] : box[2], box[1] : box[3]]
             part = self._segment(model, config, RegionReader(reader, box), placement, view, False, ledger, box, tissue)
-            patches, skipped, glass = patches + part.patches, skipped + part.patches_skipped, glass + part.patches_glass
-        return SegmentationResult(mask=out, coarse=coarse, boxes=boxes, patches=patches, patches_skipped=skipped,
-                                  patches_glass=glass)
+            glass[0] += part.patches_glass
+            return part.patches, part.patches_skipped
+
+        patches = skipped = 0
+        for box in boxes:
+            refined, passed = refine_box(box)
+            patches, skipped = patches + refined, skipped + passed
+        growth = grow_boxes(out, boxes, reader.size, config.grow_boxes, refine_box, min_size, ledger)
+        return SegmentationResult(mask=out, coarse=coarse, boxes=growth.boxes, patches=patches + growth.patches,
+                                  patches_skipped=skipped + growth.patches_skipped, patches_glass=glass[0],
+                                  notes=growth.notes())
 
     def _stitch_patches(
         self, model: GLNet, reader: ImageReader, grid: PatchGrid,
@@ -768,7 +784,7 @@ class GlobalLocalInferer:
 
 
 def predict(
-    model: GLNet,
+    model: GLNet | Sequence[GLNet],
     image: ImageLike,
     *,
     batch_size: int | None = None,
@@ -781,6 +797,8 @@ def predict(
     overlap: int | None = None,
     target_ratio: float | None = None,
     per_component: bool | None = None,
+    min_component: float | None = None,
+    grow_boxes: int | None = None,
     global_only: bool = False,
     amp: str | None = None,
     channels_last: bool = DEFAULT_CHANNELS_LAST,
@@ -797,7 +815,11 @@ def predict(
         model: a :class:`~glmed.models.glnet.GLNet` (its config sets the global size,
             patch size and overlap it was trained with) or a
             :class:`~glmed.models.coarse_to_fine.CoarseToFineGLNet`, which refines only
-            its relaxed foreground boxes and lists them in ``result.boxes``.
+            its relaxed foreground boxes and lists them in ``result.boxes``. Several models
+            of one architecture (e.g. a run's best checkpoints, :func:`glmed.load_checkpoints`)
+            predict as one: the mean of their probabilities, per patch, and for coarse-to-fine
+            one set of boxes from their mean coarse probabilities, refined by every model
+            (:mod:`glmed.models.ensemble`; each model adds its compute).
         image: an ``H×W×C`` array, a path to any format glmed reads, or an open reader.
         batch_size: patches per forward pass; bounds device memory. 4 by default; with
             ``max_memory``, the most it may choose (the budget may lower it, never raise it).
@@ -814,6 +836,16 @@ def predict(
             :class:`~glmed.models.coarse_to_fine.CoarseToFineConfig`).
         per_component: coarse-to-fine's box per connected component rather than one box,
             for this prediction (the model's by default).
+        min_component: coarse-to-fine: coarse foreground regions smaller than this get no box
+            (specks): image pixels when at least 1, a fraction of the image's area below 1; the
+            model's by default (0: every region).
+        grow_boxes: coarse-to-fine: rounds of box growth. Where the refined mask runs into a side
+            of its box that is not the image's border, that side moves out by half the box's extent
+            (at least a patch) and the grown box is refined again, until the mask is clear of its
+            sides, the box reaches the border, or this many rounds have run
+            (:mod:`glmed.inference.box_growth`). ``result.boxes`` are the grown boxes; ``result.notes``
+            says what grew, and which sides still cut the mask. The model's by default (0: off; 2
+            suggested for trained models).
         global_only: the global branch's mask alone, upsampled (no patch is read); what a
             global training stage is validated with.
         amp: ``"bf16"`` runs the forward passes under bfloat16 autocast (CPU or CUDA), with
@@ -856,9 +888,11 @@ def predict(
     """
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
-                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory,
-                                 finish=finish, keep_regions_above=keep_regions_above, tta=tta)
-    return inferer(model, image, out=out, with_coarse=with_coarse, thumbnail=thumbnail, global_only=global_only)
+                                 target_ratio=target_ratio, per_component=per_component, min_component=min_component,
+                                 grow_boxes=grow_boxes, max_memory=max_memory, finish=finish,
+                                 keep_regions_above=keep_regions_above, tta=tta)
+    return inferer(ensemble(model), image, out=out, with_coarse=with_coarse, thumbnail=thumbnail,
+                   global_only=global_only)
 
 
 def _coarse_into(global_logits: torch.Tensor, out: np.ndarray, with_coarse: bool) -> np.ndarray | None:

@@ -54,31 +54,48 @@ def cover_notes(fraction: float) -> list[str]:
     return []
 
 
-def box_edge_notes(mask: np.ndarray, boxes: Sequence[Box], image_size: Size) -> list[str]:
+def cut_sides(mask: np.ndarray, box: Box, image_size: Size) -> dict[str, float]:
+    """The sides of ``box``, away from the image border, that the mask runs into, with its share of each.
+
+    A side counts when foreground covers more than :data:`EDGE_CONTACT` of its pixels (the row
+    or column just inside the box). Only the four lines are read, so ``mask`` may live on disk.
+
+    Returns:
+        ``{"top" | "bottom" | "left" | "right": fraction of that side that is foreground}``.
+    """
+    height, width = image_size
+    r0, c0, r1, c1 = (int(v) for v in box)
+    # (side, whether it lies inside the image, the mask's pixels along it)
+    sides = (("top", r0 > 0, (r0, slice(c0, c1))), ("bottom", r1 < height, (r1 - 1, slice(c0, c1))),
+             ("left", c0 > 0, (slice(r0, r1), c0)), ("right", c1 < width, (slice(r0, r1), c1 - 1)))
+    cut = {}
+    for name, inside_image, line in sides:
+        if not inside_image:
+            continue
+        pixels = np.asarray(mask[line])
+        share = float(np.count_nonzero(pixels)) / max(len(pixels), 1)
+        if share > EDGE_CONTACT:
+            cut[name] = share
+    return cut
+
+
+def box_edge_notes(mask: np.ndarray, boxes: Sequence[Box], image_size: Size, grew: bool = False) -> list[str]:
     """A note for each coarse-to-fine box side, away from the image border, that the mask runs into.
 
     Outside its boxes a coarse-to-fine mask is background, so foreground along such a side means
-    the lesion probably goes on beyond the box and was cut there.
+    the lesion probably goes on beyond the box and was cut there. ``grew``: the boxes are what
+    box growth (``grow_boxes``) left after its last round, so the note says its limit was reached.
     """
-    height, width = image_size
     notes = []
     for box in boxes:
-        r0, c0, r1, c1 = (int(v) for v in box)
-        # (side, whether it lies inside the image, the mask's pixels along it)
-        sides = (("top", r0 > 0, (r0, slice(c0, c1))), ("bottom", r1 < height, (r1 - 1, slice(c0, c1))),
-                 ("left", c0 > 0, (slice(r0, r1), c0)), ("right", c1 < width, (slice(r0, r1), c1 - 1)))
-        cut = []
-        for name, inside_image, line in sides:
-            if not inside_image:
-                continue
-            pixels = np.asarray(mask[line])
-            share = float(np.count_nonzero(pixels)) / max(len(pixels), 1)
-            if share > EDGE_CONTACT:
-                cut.append(f"{name} ({100 * share:.0f}% of it)")
-        if cut:
-            notes.append(f"the mask runs into the {', '.join(cut)} side(s) of its box {tuple(box)}: the lesion "
-                         "probably continues outside the box, where everything is background; a larger "
-                         "target_ratio or per_component=False gives a looser box")
+        cut = [f"{name} ({100 * share:.0f}% of it)" for name, share in cut_sides(mask, box, image_size).items()]
+        if not cut:
+            continue
+        hint = ("box growth stopped at its grow_boxes limit: more rounds let it grow further" if grew else
+                "grow_boxes=2 grows the box there and refines it again; a larger target_ratio or "
+                "per_component=False gives a looser box")
+        notes.append(f"the mask runs into the {', '.join(cut)} side(s) of its box {tuple(box)}: the lesion "
+                     f"probably continues outside the box, where everything is background; {hint}")
     return notes
 
 

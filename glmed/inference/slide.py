@@ -36,6 +36,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +59,7 @@ from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.resolution import microns_per_pixel
 from glmed.io.tissue import TissueMask, detect_tissue
 from glmed.io.writers import atomic_path, check_tile
+from glmed.models.ensemble import ensemble
 from glmed.models.glnet import GLNet
 from glmed.models.placement import Placement
 
@@ -113,7 +115,7 @@ class SlidePrediction:
 
 
 def predict_to_tiff(
-    model: GLNet,
+    model: GLNet | Sequence[GLNet],
     image: ImageLike,
     path: str | os.PathLike,
     *,
@@ -127,6 +129,8 @@ def predict_to_tiff(
     overlap: int | None = None,
     target_ratio: float | None = None,
     per_component: bool | None = None,
+    min_component: float | None = None,
+    grow_boxes: int | None = None,
     amp: str | None = None,
     channels_last: bool = DEFAULT_CHANNELS_LAST,
     refine: str = DEFAULT_REFINE,
@@ -141,7 +145,10 @@ def predict_to_tiff(
     """Segment a whole slide (or any image) and write the mask as a tiled pyramidal TIFF.
 
     Args:
-        model: a GLNet or CoarseToFineGLNet, as for :func:`glmed.predict`.
+        model: a GLNet or CoarseToFineGLNet, or several of one architecture averaged, as for
+            :func:`glmed.predict`. An ensemble streams like one model (each patch's probabilities
+            are averaged over the models before they are merged), and its resume identity covers
+            every model's weights.
         image: a slide path (any format glmed reads: SVS, NDPI, pyramidal TIFF, ...), an open
             reader or an array.
         path: the ``.tif`` to write; it appears only once complete. Its values are what a viewer
@@ -163,6 +170,10 @@ def predict_to_tiff(
         overlap: minimum overlap between patches for this prediction, as for :func:`glmed.predict`.
         target_ratio: coarse-to-fine's foreground : background in a box, as for :func:`glmed.predict`.
         per_component: coarse-to-fine's box per connected component, as for :func:`glmed.predict`.
+        min_component: coarse-to-fine's smallest region given a box, as for :func:`glmed.predict`.
+        grow_boxes: coarse-to-fine's rounds of box growth, as for :func:`glmed.predict`; each round's
+            decision is kept in the run's ledger before its grown boxes are written, so a resumed
+            run grows the boxes it grew before.
         amp: ``"bf16"`` for bfloat16 autocast of the forward passes, as for :func:`glmed.predict`.
         channels_last: channels-last weights and inputs for the call, as for :func:`glmed.predict`.
             Both change the mask's last bits, so a run resumes only with the settings it began with.
@@ -225,11 +236,12 @@ def predict_to_tiff(
         raise ValueError(f"{path}: predict_to_tiff writes a pyramidal TIFF, so the name must end in .tif or .tiff "
                          "(for a PNG, use glmed.predict and glmed.io.writers.write_mask_png)")
     check_tile(path, tile)  # now, not after hours of inference
+    model = ensemble(model)
     encoding, extras = _output_plan(model, classes, thumbnail, geojson)
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
-                                 target_ratio=target_ratio, per_component=per_component, max_memory=max_memory,
-                                 tta=tta)
+                                 target_ratio=target_ratio, per_component=per_component, min_component=min_component,
+                                 grow_boxes=grow_boxes, max_memory=max_memory, tta=tta)
     inferer.config_for(model)  # bad settings fail before the slide is opened
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
@@ -305,6 +317,7 @@ class ScratchMask:
         self.finished = False
         self.rows_resumed = 0  # rows an earlier run had written, over all regions
         self._regions: dict[str, int] = {}
+        self._decisions: dict[str, Any] = {}  # e.g. box growth's, made from pixels a later region overwrites
 
     @property
     def resumed(self) -> bool:
@@ -355,6 +368,15 @@ class ScratchMask:
     def rows_done(self, region: Box) -> int:
         return self._regions.get(_key(region), 0)
 
+    def recall(self, key: str) -> Any | None:
+        """A decision an earlier run of this identity remembered (box growth's, for one)."""
+        return self._decisions.get(key)
+
+    def remember(self, key: str, value: Any) -> None:
+        """Keep a decision (JSON-friendly) in the ledger, on disk before returning."""
+        self._decisions[key] = value
+        self._save_ledger()
+
     def record(self, region: Box, rows: int) -> None:
         self.mask.flush()  # the ledger never claims rows that are not on disk
         self._regions[_key(region)] = rows
@@ -370,13 +392,17 @@ class ScratchMask:
         if not fits or not isinstance(ledger, dict) or ledger.get("identity") != self.identity:
             return False
         self._regions = {str(k): int(v) for k, v in ledger.get("regions", {}).items()}
+        self._decisions = dict(ledger.get("decisions", {}))
         return True
 
     def _save_ledger(self) -> None:
         if self.identity is None:
             return
         with atomic_path(self.ledger_path) as temporary:
-            Path(temporary).write_text(json.dumps({"identity": self.identity, "regions": self._regions}))
+            record: dict[str, Any] = {"identity": self.identity, "regions": self._regions}
+            if self._decisions:
+                record["decisions"] = self._decisions
+            Path(temporary).write_text(json.dumps(record))
 
     def _reserve(self) -> None:
         nbytes = self.size[0] * self.size[1] * self.dtype.itemsize
@@ -408,6 +434,9 @@ def _run_identity(
     placement = Placement.of(model, inferer.device)
     # trained_image_size only feeds notes, never the mask: a reloaded or older checkpoint resumes too
     config = replace(inferer.config_for(model), trained_image_size=None).to_dict()
+    for name, off in (("min_component", 0), ("grow_boxes", 0)):  # newer box settings, named only when used,
+        if config.get(name) == off:                             # so runs begun before them still resume
+            config.pop(name)
     settings = {
         "model": type(model).__name__,
         "config": config,

@@ -46,6 +46,7 @@ def fit(
     augmentation: Augmentation | str | None = None,
     validate_every: int = 1,
     boundary_weight: float = 0.0,
+    keep_best: int = 1,
 ) -> pd.DataFrame:
     """Train ``model`` through ``stages``; each epoch visits every training pair once, in random order.
 
@@ -86,6 +87,8 @@ def fit(
             a stage that trains the global branch alone is scored on its own masks (``val_coarse_*``).
         boundary_weight: weight of a training-only loss on a band around the labels' edges
             (:class:`~glmed.models.losses.BoundaryLoss`); 0 leaves the paper's objective as it is.
+        keep_best: with ``out_dir`` and ``val``, also keep the weights of this many best validated
+            epochs, for an ensemble (:func:`glmed.load_checkpoints`); 1 keeps ``best.pt`` alone.
 
     Returns:
         One row per epoch: ``epoch``, ``stage``, ``stage_epoch``, the mean of each loss term,
@@ -103,6 +106,6 @@ def fit(
         paper_stages(model.sharing) if stages is None else stages, train, val, metric, out_dir,
         images_per_step=images_per_step, seed=seed, predict_batch_size=predict_batch_size,
         progress=progress, log=log or (lambda _: None), on_step=on_step, num_workers=num_workers,
-        augmentation=augmentation, validate_every=validate_every,
+        augmentation=augmentation, validate_every=validate_every, keep_best=keep_best,
     )
     return runner.run().history

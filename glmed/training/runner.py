@@ -19,6 +19,7 @@ an uninterrupted one (bit for bit on the same machine and thread count).
 Run directory::
 
     checkpoints/last.pt   checkpoints/best.pt   metrics.csv   curves.png
+    checkpoints/top/*.pt  checkpoints/top.json   (with keep_best > 1: the best few, for an ensemble)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from glmed.metrics.validation import IsicMetric, Metric
 from glmed.models.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from glmed.models.glnet import GLNet
 from glmed.models.placement import model_device
+from glmed.training.best_checkpoints import BestCheckpoints
 from glmed.training.distributed import SINGLE, Distributed
 from glmed.training.evaluate import evaluate
 from glmed.training.loader import default_workers, epoch_loader
@@ -128,6 +131,10 @@ class StagedRunner:
             A stage that trains the global branch alone is validated on the global branch's own
             masks (``val_coarse_*`` columns): the local branch it would otherwise run is untrained,
             and the full pipeline costs many times more.
+        keep_best: with a run folder and validation data, also keep the weights of this many best
+            validated epochs (``checkpoints/top/``, listed in ``checkpoints/top.json``;
+            :mod:`glmed.training.best_checkpoints`), for a checkpoint ensemble
+            (:func:`~glmed.training.best_checkpoints.load_checkpoints`). 1 (default): ``best.pt`` alone.
     """
 
     def __init__(
@@ -150,6 +157,7 @@ class StagedRunner:
         num_workers: int | None = None,
         augmentation: Augmentation | str | None = None,
         validate_every: int = 1,
+        keep_best: int = 1,
     ) -> None:
         if not len(train):
             raise ValueError("training needs at least one training image")
@@ -165,6 +173,9 @@ class StagedRunner:
         if validate_every < 1:
             raise ValueError(f"validate_every must be at least 1, got {validate_every}")
         self.augmentation, self.validate_every = as_augmentation(augmentation), validate_every
+        self.top = None if self.files is None or keep_best == 1 else BestCheckpoints(self.files.root, keep_best)
+        if keep_best < 1:
+            raise ValueError(f"keep_best must be at least 1, got {keep_best}")
         self.num_workers = default_workers() if num_workers is None else num_workers
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
@@ -210,6 +221,10 @@ class StagedRunner:
                     best = {"score": score, "metric": self.metric.name, "stage": stage.name, "epoch": epoch,
                             "kind": kind}
                     self._save("best", position=where, best=best)
+                if self.top is not None and kind is not None and self.distributed.is_main:
+                    validation = {"score": score, "metric": self.metric.name, "stage": stage.name, "epoch": epoch,
+                                  "kind": kind}
+                    self.top.offer(score, kind, stage.name, epoch, partial(self._save, position=where, best=validation))
                 scaler = None if self.trainer.scaler is None else self.trainer.scaler.state_dict()
                 self._save("last", position=where, best=best, history=history, optimizer=optimizer.state_dict(),
                            scaler=scaler)
@@ -320,11 +335,11 @@ class StagedRunner:
 
     # -- files ---------------------------------------------------------------------------
 
-    def _save(self, which: str, *, position: tuple[int, str, int], **fields: object) -> None:
-        """Write the ``"best"`` or ``"last"`` checkpoint (rank 0, with a run folder only)."""
+    def _save(self, which: str | Path, *, position: tuple[int, str, int], **fields: object) -> None:
+        """Write the ``"best"`` or ``"last"`` checkpoint, or one at a path (rank 0, with a run folder only)."""
         if self.files is None or not self.distributed.is_main:
             return
-        path = self.files.best if which == "best" else self.files.last
+        path = which if isinstance(which, Path) else self.files.best if which == "best" else self.files.last
         index, name, epoch = position
         save_checkpoint(path, self.model, position={"stage_index": index, "stage": name, "epoch": epoch},
                         seed=self.seed, world_size=self.distributed.world_size,

@@ -19,7 +19,7 @@ def test_rows_share_a_training_only_when_their_weights_are_the_same():
     key = {name: module.training_key(row) for name, row in module.ROWS.items()}
     # one bidirectional GLNet read after each stage; finishing reads the box model's weights
     assert key["global_only"] == key["g2l"] == key["bidirectional"] == ("glnet", ())
-    assert key["box+finish"] == key["box"] == ("c2f", ())
+    assert key["box+finish"] == key["box"] == key["box+grow"] == ("c2f", ())
     assert key["box+boundary"] == ("c2f", module.ADDITIONS["boundary"].train) != key["box"]
     assert len({key["monai_global"], key["monai_local"], key["local_only"], key["box"], key["global_only"]}) == 5
     for name, row in module.ROWS.items():
