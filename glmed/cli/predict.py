@@ -5,7 +5,9 @@ Several checkpoints (``glmed predict A.pt B.pt IMAGE OUT``), or a run folder wit
 (:mod:`glmed.models.ensemble`); a folder run's record then names every checkpoint.
 
 ``OUT`` ending in ``.tif``/``.tiff`` streams the mask to a tiled pyramidal TIFF
-(:func:`glmed.inference.slide.predict_to_tiff`: any size, flat memory, resumes an interrupted run);
+(:func:`glmed.inference.slide.predict_to_tiff`: any size, flat memory, resumes an interrupted run,
+finds the tissue first and writes patches of glass as background without reading them, unless
+``--no-tissue-mask``);
 ``.png`` writes it in memory, as 0/255 for a two-class model (the ISIC format) or as class
 indices otherwise. With a folder of images, ``OUT`` is a folder: each image gets a mask named for
 the ISIC scorer (``ISIC_0000000.jpg`` → ``ISIC_0000000_segmentation.png``, others
@@ -135,6 +137,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "slide's pyramid level nearest it and resampled, and the mask is written at it (default: "
                              "the µm/px the checkpoint was trained at, when it records one and the slide says its "
                              "own; else level 0)")
+    tissue = parser.add_mutually_exclusive_group()
+    tissue.add_argument("--tissue-mask", action="store_true",
+                        help="with a .tif mask, find the tissue and skip patches of glass even when the image does "
+                             "not say its µm/px (by default only slides that say it are taken for tissue on glass)")
+    tissue.add_argument("--no-tissue-mask", action="store_true",
+                        help="with a .tif mask, segment every patch: by default, on slides that say their µm/px, "
+                             "the tissue is found first (Otsu on colour saturation) and patches of glass only are "
+                             "written as background without being read")
     parser.add_argument("--part", default=None, metavar="K/N",
                         help="with a folder: segment only share K of N (1-based) of its sorted images, images K, "
                              "K+N, K+2N, ...: run N processes (machines) with K = 1..N and they split the folder "
@@ -311,8 +321,7 @@ def _finish_problem(args: argparse.Namespace) -> str | None:
         return "--keep-regions-above applies only with --finish (it says which other regions finishing keeps)"
     if args.keep_regions_above is not None and args.keep_regions_above < 0:
         return f"--keep-regions-above must be a pixel count >= 0, got {args.keep_regions_above}"
-    tiff = args.out.suffix.lower() in TIFF_SUFFIXES or (args.image.is_dir() and args.format == "tif")
-    if args.finish and tiff:
+    if args.finish and _tiff_output(args):
         return ("--finish is for lesion masks written as PNG: a .tif output streams a slide, whose many regions "
                 "finishing (one region, no holes) would erase; drop --finish or write .png")
     return None
@@ -337,9 +346,23 @@ def _slide_output_problem(args: argparse.Namespace) -> str | None:
         if not tiff:
             return ("--mpp segments slides, whose masks are .tif: "
                     + ("add --format tif" if args.image.is_dir() else f"OUT must end in .tif or .tiff, got {args.out}"))
+    for flag, given in (("--tissue-mask", args.tissue_mask), ("--no-tissue-mask", args.no_tissue_mask)):
+        if given and not _tiff_output(args):
+            return (f"{flag} applies to .tif masks (slides), the only ones a tissue mask skips patches of; "
+                    "PNG masks always segment every patch: drop it")
     if args.classes is not None and not all(name.strip() for name in args.classes.split(",")):
         return f"--classes: comma-separated non-empty names, background first, got {args.classes!r}"
     return None
+
+
+def _tissue_setting(args: argparse.Namespace) -> bool | None:
+    """``predict_to_tiff``'s ``tissue``: forced on or off by the flags, else None (slides that say their µm/px)."""
+    return True if args.tissue_mask else (False if args.no_tissue_mask else None)
+
+
+def _tiff_output(args: argparse.Namespace) -> bool:
+    """Whether this run writes TIFF masks (streamed slides) rather than PNG ones."""
+    return args.out.suffix.lower() in TIFF_SUFFIXES or (args.image.is_dir() and args.format == "tif")
 
 
 def _part_problem(args: argparse.Namespace) -> str | None:
@@ -409,6 +432,8 @@ def _resume(
         options["keep_regions_above"] = args.keep_regions_above
     if args.format == "tif":
         options["tile"] = args.tile
+        if not args.no_tissue_mask:  # named when on: masks made before glass was skipped are recomputed
+            options["tissue_mask"] = "skip glass" if args.tissue_mask else "skip glass on slides"
     # what a slide's outputs are, named only when asked for
     for name in ("classes", "thumbnail", "geojson", "probabilities", "mpp"):
         if getattr(args, name) is not None:
@@ -502,7 +527,7 @@ def _predict_one(
     result: SlidePrediction | SegmentationResult
     if out.suffix.lower() in TIFF_SUFFIXES:
         result = predict_to_tiff(model, image, out, tile=args.tile, resume=not args.no_resume, **options,
-                                 **_slide_outputs(args, out))
+                                 tissue=_tissue_setting(args), **_slide_outputs(args, out))
     else:
         finish = {"finish": "lesion", "keep_regions_above": args.keep_regions_above} if args.finish else {}
         segmentation = predict(model, image, with_coarse=False, thumbnail=False, **options, **finish)
@@ -513,6 +538,8 @@ def _predict_one(
     patches = f"{result.patches} patch" + ("" if result.patches == 1 else "es")
     if result.patches_skipped:
         patches += f" ({result.patches_skipped} more took the global branch's answer)"
+    if result.patches_glass:
+        patches += f", {result.patches_glass} of glass skipped"
     return f"wrote {out}: {image.name} segmented with {patches}{refined}{notes}", result
 
 

@@ -5,9 +5,10 @@ Columns (:data:`COLUMNS`): ``slide`` (the input's file name), ``mask`` (the outp
 does not say), ``tissue_area_px``/``tissue_area_um2`` (the tissue found on the slide; blank where
 not detected), ``foreground_area_px``/``foreground_area_um2`` (the predicted non-background
 area in level-0 pixels, counted on the mask and scaled where it was made at another µm/px
-(``--mpp``); µm² blank without a µm/px), ``patches`` (patches the local branch ran on),
-``seconds`` (this slide's wall time), ``status`` and ``error``. Sizes and µm/px are always the
-slide's, whatever resolution it was segmented at:
+(``--mpp``); µm² blank without a µm/px), ``patches`` (full-resolution patches the local branch ran
+on), ``patches_glass`` (patches without tissue, written as background unread; blank where no tissue
+mask was used), ``seconds`` (this slide's wall time), ``status`` and ``error``. Sizes and µm/px are
+always the slide's, whatever resolution it was segmented at:
 
 - ``done``: segmented by this run;
 - ``skipped``: finished earlier by the same checkpoint with the same options (its numbers are that
@@ -33,7 +34,7 @@ SUMMARY_NAME = RUN_SUMMARY_NAME
 """The summary's file name in the output folder (the ISIC scorer skips it)."""
 
 COLUMNS = ("slide", "mask", "height", "width", "mpp", "tissue_area_px", "tissue_area_um2", "foreground_area_px",
-           "foreground_area_um2", "patches", "seconds", "status", "error")
+           "foreground_area_um2", "patches", "patches_glass", "seconds", "status", "error")
 
 STATUSES = ("done", "skipped", "failed", "pending")
 
@@ -56,7 +57,9 @@ def result_row(image: Path, out: Path, result: Any, seconds: float) -> dict[str,
            "tissue_area_um2": None if tissue is None or pixel_um2 is None else round(tissue.area_px * pixel_um2, 1),
            "foreground_area_px": int(foreground),
            "foreground_area_um2": None if pixel_um2 is None else round(foreground * pixel_um2, 1),
-           "patches": int(result.patches), "seconds": round(seconds, 2), "status": "done", "error": None}
+           "patches": int(result.patches),
+           "patches_glass": None if tissue is None else int(getattr(result, "patches_glass", 0)),
+           "seconds": round(seconds, 2), "status": "done", "error": None}
     return row
 
 

@@ -30,6 +30,14 @@ from glmed.data.samples import iter_patch_batches
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
 from glmed.inference.box_growth import grow_boxes, remembered_boxes
 from glmed.inference.finishing import finish_in_place, finish_problem
+from glmed.inference.glass import (
+    TISSUE_BOX_MARGIN,
+    background_answer,
+    boxes_on_tissue,
+    glass_note,
+    tissue_patches,
+    with_background,
+)
 from glmed.inference.memory_budget import MemoryBudget, MemoryPlan, parse_memory, plan_for_budget
 from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
 from glmed.inference.notes import box_edge_notes, cover_notes, foreground_fraction, refine_notes, size_notes
@@ -54,6 +62,7 @@ from glmed.inference.tta import (
 from glmed.io.base import ImageReader
 from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.region import RegionReader
+from glmed.io.tissue import TissueMask
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 from glmed.models.ensemble import ensemble
 from glmed.models.fpn import FINAL
@@ -258,6 +267,7 @@ class GlobalLocalInferer:
         thumbnail: bool = True,
         global_only: bool = False,
         probabilities: np.ndarray | None = None,
+        tissue: TissueMask | None = None,
     ) -> SegmentationResult:
         """Segment one image given as a reader, an ``H×W×C`` array or a file path.
 
@@ -278,6 +288,11 @@ class GlobalLocalInferer:
                 ``out`` and in the same bands (:func:`~glmed.inference.merging.confidence_bytes`:
                 the foreground's probability for two classes, the winning class's otherwise, ×255);
                 outside coarse-to-fine's boxes, background by rule, 0 and 255 respectively.
+            tissue: where the tissue is on the image (:func:`glmed.io.tissue.detect_tissue`): patches
+                without any are never read nor run through the local branch, and answer background
+                (class 0); coarse-to-fine refines boxes on tissue only (:mod:`glmed.inference.glass`).
+                ``result.patches_glass`` counts the patches skipped. None (default): every patch is
+                segmented. A model without a local branch (``global_only``) reads no patch, so skips none.
         """
         if global_only and not model.sharing.has_global:
             raise ValueError(f"global_only needs a global branch; this model's sharing is {model.sharing.value!r}")
@@ -292,12 +307,15 @@ class GlobalLocalInferer:
                                               or probabilities.dtype != np.uint8):
                 raise ValueError(f"probabilities must be a uint8 array of {reader.name}'s size "
                                  f"{tuple(reader.size)}, got {probabilities.dtype} {probabilities.shape}")
+            if tissue is not None and tuple(tissue.image_size) != tuple(reader.size):
+                raise ValueError(f"the tissue mask is for an image of size {tuple(tissue.image_size)}, but "
+                                 f"{reader.name} is {tuple(reader.size)}")
             with self._placed(model) as (placement, moved), torch.inference_mode():
                 runner, plan = self, None
                 if self.max_memory is not None:  # measured before any patch is read; refuses a budget too small
                     runner, plan = self._fit(model, config, reader.size, placement, moved, out is None, with_coarse)
                 result = runner._predict(model, config, reader, placement, out, with_coarse, ledger, thumbnail,
-                                         global_only, probabilities=probabilities)
+                                         global_only, probabilities=probabilities, tissue=tissue)
             if plan is not None:
                 result.notes.insert(0, plan.note)
             return result
@@ -385,6 +403,7 @@ class GlobalLocalInferer:
         global_only: bool,
         *,
         probabilities: np.ndarray | None = None,
+        tissue: TissueMask | None = None,
     ) -> SegmentationResult:
         """:meth:`__call__` once the model is in place (inside ``torch.inference_mode``)."""
         dtype = label_dtype(config.num_classes)
@@ -403,11 +422,14 @@ class GlobalLocalInferer:
             result = self._segment_global(model, config, reader, placement, out, probabilities=probabilities)
         elif isinstance(model, CoarseToFineGLNet):
             result = self._segment_coarse_to_fine(model, config, reader, placement, out, with_coarse, ledger,
-                                                  probabilities=probabilities)
+                                                  probabilities=probabilities, tissue=tissue)
         else:
             whole = (0, 0, *reader.size)
             result = self._segment(model, config, reader, placement, out, with_coarse, ledger, whole,
-                                   probabilities=probabilities)
+                                   probabilities=probabilities, tissue=tissue)
+        if tissue is not None and not global_only and model.sharing.has_local:
+            considered = result.patches + result.patches_skipped + result.patches_glass
+            result_notes.append(glass_note(result.patches_glass, considered, tissue))
         if self.refine == "uncertain" and not global_only:
             result_notes += refine_notes(result.patches, result.patches_skipped, self.margin,
                                          len(result.boxes) if isinstance(model, CoarseToFineGLNet) else None)
@@ -440,11 +462,14 @@ class GlobalLocalInferer:
         region: Box,
         *,
         probabilities: np.ndarray | None = None,
+        tissue: TissueMask | None = None,
     ) -> SegmentationResult:
         """Plain GLNet over a whole image (or a region's view) into ``out`` (and ``probabilities``).
 
         ``with_coarse`` also upsamples the global branch's own mask to full size. ``region``
-        names the part of the original image this is, for the ledger. With ``refine="uncertain"``
+        names the part of the original image this is, for the ledger and the ``tissue`` mask
+        (whose patches of glass only are left out and answer background,
+        :mod:`glmed.inference.glass`). With ``refine="uncertain"``
         the local branch runs only on the patches the first global pass is unsure about; the
         others take that pass's answer (:mod:`glmed.inference.refinement`). With ``tta`` every
         pass runs once per view and the views' answers are averaged (:mod:`glmed.inference.tta`).
@@ -459,7 +484,8 @@ class GlobalLocalInferer:
         view_maps: list[dict[str, torch.Tensor] | None] = [None] * len(views)  # what each view's local passes read
         coarse = None
         first_logits: list[torch.Tensor] | None = None  # each view's context-free answer, for refine="uncertain"
-        refined = np.ones(len(grid), dtype=bool)  # which patches the local branch runs on
+        on_tissue = tissue_patches(tissue, grid, region)
+        refined = on_tissue.copy()  # which patches the local branch runs on: never glass
         if mode.has_global:  # every mode but local_only, so bidirectional and global_only too
             global_image = self._global_input(reader, config.global_size, placement)
             global_size = spatial_size(global_image)
@@ -467,7 +493,7 @@ class GlobalLocalInferer:
             if self.refine == "uncertain" and mode.has_local:
                 first_logits = [self._view_logits(model, view, view_maps_, global_size, placement)
                                 for view, view_maps_ in zip(views, maps, strict=True)]
-                refined = uncertain_patches(combined_scores(first_logits), grid.normalized(), self.margin)
+                refined = uncertain_patches(combined_scores(first_logits), grid.normalized(), self.margin) & on_tissue
             if mode is Sharing.BIDIRECTIONAL and refined.any():
                 collected = PatchGrid(grid.image_size, grid.boxes[refined])
                 for number, view in enumerate(views):
@@ -491,13 +517,14 @@ class GlobalLocalInferer:
         # patch is batched as in an uninterrupted run (batch shape can change results in the last bits).
         start = _resume_start(grid.boxes[:, 2] > done, refined, self.batch_size)
         remaining = PatchGrid(grid.image_size, grid.boxes[start:])
-        refined = refined[start:]
+        refined, glass = refined[start:], ~on_tissue[start:]
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))
         self._stitch_patches(model, reader, remaining, list(zip(views, view_maps, strict=True)), placement, out,
-                             done, record, refined, first_logits, probability_out=probabilities)
-        local_patches = int(refined.sum())
+                             done, record, refined, first_logits, glass, probability_out=probabilities)
+        local_patches, glass_patches = int(refined.sum()), int(glass.sum())
         return SegmentationResult(mask=out, coarse=coarse, patches=local_patches,
-                                  patches_skipped=len(remaining) - local_patches)
+                                  patches_skipped=len(remaining) - local_patches - glass_patches,
+                                  patches_glass=glass_patches)
 
     def _global_features(
         self, model: GLNet, view: Dihedral, global_image: torch.Tensor, placement: Placement,
@@ -559,8 +586,14 @@ class GlobalLocalInferer:
         ledger: RowLedger | None,
         *,
         probabilities: np.ndarray | None = None,
+        tissue: TissueMask | None = None,
     ) -> SegmentationResult:
-        """Coarse mask from the global branch (averaged over the views); GLNet passes over the relaxed boxes only."""
+        """Coarse mask from the global branch (averaged over the views); GLNet passes over the relaxed boxes only.
+
+        With a ``tissue`` mask the coarse foreground is kept to tissue and the boxes are cut to
+        the pieces of tissue they cover (:func:`~glmed.inference.glass.boxes_on_tissue`); inside
+        them, patches of glass are skipped as in :meth:`_segment`.
+        """
         global_image = self._global_input(reader, config.global_size, placement)
         global_logits = combined_scores([self._view_logits(model, view, self._global_features(model, view,
                                                                                               global_image, placement),
@@ -568,14 +601,24 @@ class GlobalLocalInferer:
                                          for view in self.views])
         del global_image
         foreground = global_logits.argmax(0).cpu().numpy() != 0
+        if tissue is not None:  # foreground on glass is the global branch's mistake
+            foreground &= tissue.on_grid(foreground.shape)
         min_size = patch_size_for(reader.size, (config.patch_size, config.patch_size))
         boxes = coarse_to_fine_boxes(foreground, reader.size, config.target_ratio, min_size, config.per_component,
                                      config.min_component)
+        if tissue is not None:
+            boxes = boxes_on_tissue(boxes, tissue, min_size, round(TISSUE_BOX_MARGIN * config.patch_size))
         if not boxes:
-            note = "the global branch found no foreground, so nothing was refined: the mask is its coarse prediction"
-            if foreground.any():
-                note = (f"the global branch found foreground only in specks smaller than min_component="
-                        f"{config.min_component:g}, so nothing was refined: the mask is its coarse prediction")
+            found = ("no foreground" if not foreground.any() else
+                     f"foreground only in specks smaller than min_component={config.min_component:g}")
+            if tissue is not None:  # the coarse mask's answers on glass are no answers: the mask is background
+                coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
+                _fill_outside(out, [], 0)
+                if probabilities is not None:
+                    _fill_outside(probabilities, [], 0 if config.num_classes == 2 else 255)
+                note = f"the global branch found {found} on the tissue, so nothing was refined: the mask is background"
+                return SegmentationResult(mask=out, coarse=coarse, notes=[note])
+            note = f"the global branch found {found}, so nothing was refined: the mask is its coarse prediction"
             return SegmentationResult(mask=out, coarse=_coarse_into(global_logits, out, with_coarse, probabilities),
                                       notes=[note])
         coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
@@ -584,12 +627,14 @@ class GlobalLocalInferer:
         _fill_outside(out, kept, 0)
         if probabilities is not None:  # background by rule: sure of it (no foreground; class 0 wins)
             _fill_outside(probabilities, kept, 0 if config.num_classes == 2 else 255)
+        glass = [0]  # patches of glass skipped in every box refined, grown ones included
 
         def refine_box(box: Box) -> tuple[int, int]:
             view = out[box[0] : box[2], box[1] : box[3]]
             sure = None if probabilities is None else probabilities[box[0] : box[2], box[1] : box[3]]
             part = self._segment(model, config, RegionReader(reader, box), placement, view, False, ledger, box,
-                                 probabilities=sure)
+                                 probabilities=sure, tissue=tissue)
+            glass[0] += part.patches_glass
             return part.patches, part.patches_skipped
 
         patches = skipped = 0
@@ -598,7 +643,8 @@ class GlobalLocalInferer:
             patches, skipped = patches + refined, skipped + passed
         growth = grow_boxes(out, boxes, reader.size, config.grow_boxes, refine_box, min_size, ledger)
         return SegmentationResult(mask=out, coarse=coarse, boxes=growth.boxes, patches=patches + growth.patches,
-                                  patches_skipped=skipped + growth.patches_skipped, notes=growth.notes())
+                                  patches_skipped=skipped + growth.patches_skipped, patches_glass=glass[0],
+                                  notes=growth.notes())
 
     def _stitch_patches(
         self, model: GLNet, reader: ImageReader, grid: PatchGrid,
@@ -609,6 +655,7 @@ class GlobalLocalInferer:
         on_rows_written: Callable[[int], None] | None = None,
         refined: np.ndarray | None = None,
         global_logits: list[torch.Tensor] | None = None,
+        glass: np.ndarray | None = None,
         *,
         probability_out: np.ndarray | None = None,
     ) -> None:
@@ -616,7 +663,8 @@ class GlobalLocalInferer:
 
         The patches ``refined`` marks (all by default) go through the local (and aggregation)
         heads, in batches of the refined ones only, once per view with that view's global maps
-        (``views``: each transform and its maps, None without a global branch); the others take
+        (``views``: each transform and its maps, None without a global branch); the patches of
+        ``glass`` (none by default; never refined) answer background with certainty; the others take
         ``global_logits`` (one ``K×h×w`` map per view, turned back to the region's orientation)
         sampled at their windows, averaged over the views. The probabilities are averaged into the
         rows of ``out`` from ``start_row`` down.
@@ -629,12 +677,17 @@ class GlobalLocalInferer:
                                probability_out)
         patch_size = grid.patch_size
         local_grid = PatchGrid(grid.image_size, grid.boxes[refined])
-        skipped_boxes = grid.normalized()[~refined]
+        if glass is None:
+            glass = np.zeros(len(grid), dtype=bool)
+        skipped_boxes = grid.normalized()[~refined & ~glass]
         if len(skipped_boxes) and global_logits is None:
             raise ValueError("patches that skip the local branch need the global branch's logits")
         answers_from_global = (mean_answers([global_answers(logits, skipped_boxes, patch_size, self.batch_size)
                                              for logits in global_logits])
                                if global_logits is not None else iter(()))
+        if glass.any():
+            background = background_answer(model.config.num_classes, patch_size)
+            answers_from_global = with_background(glass[~refined], answers_from_global, background)
         reading: contextlib.AbstractContextManager[Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]] = (
             self._patch_batches(reader, local_grid, placement, "segmenting patches") if len(local_grid)
             else contextlib.nullcontext(iter(())))

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 from glmed.conventions import Box, Size
 
+_WRITE_COLUMNS = 2048
+"""Columns :class:`RowBandMerger` finishes at once when it writes a band of rows."""
+
 UPSAMPLE_ROWS = 512
 """Rows :func:`upsample_to_labels` computes at once by default."""
 
@@ -163,12 +166,19 @@ class RowBandMerger:
         while self._top < min(row, self.out.shape[0]):
             band = min(row, self.out.shape[0]) - self._top
             band = min(band, capacity)
-            averaged = self._sums[:, :band] / self._counts[:, :band].clamp(min=1)
-            self.out[self._top : self._top + band] = averaged.argmax(0).numpy().astype(self.out.dtype)
-            if self.probabilities is not None:
-                self.probabilities[self._top : self._top + band] = confidence_bytes(averaged)
-            self._sums = torch.cat((self._sums[:, band:], torch.zeros_like(self._sums[:, :band])), dim=1)
-            self._counts = torch.cat((self._counts[:, band:], torch.zeros_like(self._counts[:, :band])), dim=1)
+            # A strip of columns at a time, so the temporaries (the averages, their int64 arg-max, the
+            # shifted sums) stay a strip's worth however wide the image: on a 60k-pixel-wide slide a
+            # whole band's would be several hundred MB.
+            for c0 in range(0, self._sums.shape[2], _WRITE_COLUMNS):
+                c1 = c0 + _WRITE_COLUMNS
+                averaged = self._sums[:, :band, c0:c1] / self._counts[:, :band, c0:c1].clamp(min=1)
+                self.out[self._top : self._top + band, c0:c1] = averaged.argmax(0).numpy().astype(self.out.dtype)
+                if self.probabilities is not None:
+                    self.probabilities[self._top : self._top + band, c0:c1] = confidence_bytes(averaged)
+                del averaged
+                for buffer in (self._sums, self._counts):  # move the rows still open up by `band`, zero the rest
+                    buffer[:, : capacity - band, c0:c1] = buffer[:, band:, c0:c1].clone()
+                    buffer[:, capacity - band :, c0:c1] = 0
             self._top += band
             if self._on_rows_written is not None:
                 self._on_rows_written(self._top)

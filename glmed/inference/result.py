@@ -42,6 +42,9 @@ class SegmentationResult:
             longer side (``h×w×C`` as read), for a quick look; None when not made.
         patches_skipped: patches of the refined regions that took the global branch's answer
             instead of the local branch's (``refine="uncertain"``); 0 with ``refine="box"``.
+        patches_glass: patches left out because they hold no tissue (a ``tissue`` mask was given):
+            never read, they answer background. ``patches + patches_skipped + patches_glass`` is
+            every patch of the refined regions (of the part a resumed run computed).
     """
 
     mask: np.ndarray
@@ -51,6 +54,7 @@ class SegmentationResult:
     notes: list[str] = field(default_factory=list)
     thumbnail: np.ndarray | None = field(default=None, repr=False)
     patches_skipped: int = 0
+    patches_glass: int = 0
 
     def summary(self) -> str:
         """One line: size, foreground share, boxes refined, patches (and those skipped), notes (no array contents).
@@ -62,6 +66,7 @@ class SegmentationResult:
         return (f"{height}×{width}, foreground {_percent(foreground_fraction(self.mask))}, "
                 f"{_count(len(self.boxes), 'box', 'boxes')}, {_count(self.patches, 'patch', 'patches')}, "
                 + (f"{self.patches_skipped} skipped, " if self.patches_skipped else "")
+                + (f"{self.patches_glass} skipped as glass, " if self.patches_glass else "")
                 + f"{_count(len(self.notes), 'note', 'notes')}")
 
     def __repr__(self) -> str:

@@ -13,15 +13,26 @@ call again, with the same model, slide and settings, recomputes the global pass 
 bidirectional models, the collect pass) and then only the patches of unfinished rows. Both files
 are removed once the TIFF is in place.
 
-Resident memory as the OS reports it also counts the scratch file's pages cached in memory;
-those are file-backed, written back and dropped whenever memory is needed elsewhere.
+Resident memory as the OS reports it would also count every page of the scratch file the run
+touched (3.6 GB for a 60k×60k slide): file-backed, written back and reclaimable, but alarming. So
+while the scratch mask is open its pages are dropped from the process's resident set every
+:data:`RELEASE_EVERY_S` seconds (``madvise(MADV_DONTNEED)``, which for a shared file mapping loses
+nothing: dirty pages stay in the page cache and reach the file); the resident size then stays flat
+whatever the slide's area.
+
+On a slide in colour the tissue is found first (:func:`glmed.io.tissue.detect_tissue`) and patches
+of glass only are never read and are written as background (:mod:`glmed.inference.glass`), so the
+time grows with the tissue's area rather than the slide's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import mmap
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +66,9 @@ from glmed.models.placement import Placement
 
 __all__ = ["SlidePrediction", "predict_to_tiff"]
 
+RELEASE_EVERY_S = 1.0
+"""How often an open scratch mask's pages leave the process's resident set (:meth:`ScratchMask.release`)."""
+
 
 @dataclass
 class SlidePrediction:
@@ -66,14 +80,15 @@ class SlidePrediction:
         boxes: regions refined at full resolution by coarse-to-fine models (end-exclusive).
         patches: full-resolution patches the local branch processed.
         notes: plain-language remarks about this prediction.
-        patches_skipped: patches that took the global branch's answer (``refine="uncertain"``).
-        mpp: ``(rows, cols)`` µm per level-0 pixel of the slide, or None.
-        class_pixels: the mask's pixels of each class, by class index.
+        patches_skipped: patches on tissue that took the global branch's answer (``refine="uncertain"``).
+        mpp: ``(rows, cols)`` µm per level-0 pixel of the slide (carried into the mask TIFF), or None.
+        class_pixels: level-0 pixels of each class in the mask, by class index.
         thumbnail: the outline thumbnail PNG written, or None.
         geojson: the GeoJSON of the predicted regions written, or None.
         tissue: where the tissue is on the slide (:func:`glmed.io.tissue.detect_tissue`), or None when
-            not detected (``tissue=False``, or an image without colour). Reported only: every patch
-            is still segmented.
+            not detected (``tissue=False``, or an image without colour).
+        patches_glass: patches without tissue, never read at full resolution and written as
+            background. ``patches + patches_skipped + patches_glass`` is every patch computed.
         mask_size: ``(height, width)`` of the mask: the slide's at the working resolution (``size``
             when segmented at level 0).
         mask_mpp: ``(rows, cols)`` µm per mask pixel (carried into the mask TIFF), or None.
@@ -94,6 +109,7 @@ class SlidePrediction:
     mask_size: Size | None = None
     mask_mpp: tuple[float, float] | None = None
     probabilities: Path | None = None
+    patches_glass: int = 0
 
     @property
     def foreground_px(self) -> int:
@@ -137,7 +153,7 @@ def predict_to_tiff(
     classes: Sequence[str] | None = None,
     thumbnail: str | os.PathLike | None = None,
     geojson: str | os.PathLike | None = None,
-    tissue: bool = True,
+    tissue: bool | None = None,
     mpp: float | None = None,
     probabilities: str | os.PathLike | None = None,
 ) -> SlidePrediction:
@@ -201,9 +217,20 @@ def predict_to_tiff(
             pixel coordinates, from a downsampled level of the mask
             (:func:`~glmed.inference.slide_outputs.write_mask_geojson`), with µm² areas when the
             slide's µm/px is known.
-        tissue: find the tissue on the slide (Otsu on saturation of a 2048-pixel view,
-            :func:`glmed.io.tissue.detect_tissue`) and report it as ``result.tissue`` (its area in
-            the folder summary); colour images only. It does not yet skip patches of glass.
+        tissue: find the tissue on the slide first (Otsu on saturation of a 2048-pixel view,
+            :func:`glmed.io.tissue.detect_tissue`) and segment only where it is: a patch without any
+            tissue is never read at full resolution nor run through the local branch, and is written
+            as background (class 0); ``result.patches_glass`` counts them and ``result.notes`` says
+            so. A coarse-to-fine model's foreground is kept to tissue and its boxes are cut to the
+            pieces of tissue they cover (:mod:`glmed.inference.glass`). The mask found is
+            ``result.tissue`` (its area goes into the folder summary). Colour images only (grey
+            ones are segmented whole), and part of what a run resumes with. False segments every
+            patch: for colour images that are not slides of tissue on glass (dermoscopy, aerial
+            photographs), where saturation does not separate foreground from empty background.
+            With ``mpp``, tissue is found on the slide and its mask scaled to the working resolution.
+            None (default): on for slides, taken to be the images that say their µm/px (whole-slide
+            formats do; photographs do not), off otherwise with a note for colour images; True
+            or False forces it.
         mpp: the µm per pixel to segment at (0.5 for 20x), the **working resolution**: patches and
             the global view are read from the slide's pyramid level nearest it (the coarsest not
             coarser) and resampled to it (:mod:`glmed.inference.working_resolution`). By default, the
@@ -256,19 +283,23 @@ def predict_to_tiff(
     inferer.config_for(model)  # bad settings fail before the slide is opened
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing
+    channels = reader.channels
     try:
         view = working_view(reader, mpp, model.config.trained_mpp)  # the slide at the working resolution
         work, slide_mpp, mask_mpp = view.reader, microns_per_pixel(reader), microns_per_pixel(view.reader)
-        found = _tissue(reader) if tissue else None  # before inference, which is to skip glass with it
+        find_tissue = tissue if tissue is not None else slide_mpp is not None
+        found = _tissue(reader) if find_tissue else None  # before inference, which skips glass with it
+        skip = None if found is None else _at_working_resolution(found, work.size, mask_mpp)
         # The batch (and autocast) a budget allows, fixed before the identity records them.
         inferer, plan = inferer.fitted(model, work.size, out_in_memory=False, with_coarse=False)
         identity = None
         if resume and isinstance(image, (str, os.PathLike)):
-            identity = _run_identity(model, Path(image), work, inferer, view.target, probability_path is not None)
+            identity = _run_identity(model, Path(image), work, inferer, view.target, probability_path is not None,
+                                     skip)
         with ScratchMask(path, work.size, label_dtype(model.config.num_classes), identity,
                          probabilities=probability_path is not None) as scratch:
             result = inferer(model, work, out=scratch.mask, with_coarse=False, ledger=scratch,
-                             probabilities=scratch.probabilities)
+                             probabilities=scratch.probabilities, tissue=skip)
             where: dict[str, Any] = {"mpp": mask_mpp, "source": os.path.basename(reader.name), "slide_size": size,
                                      "slide_mpp": slide_mpp, "tile": tile, "compression": compression,
                                      "progress": progress}
@@ -283,11 +314,15 @@ def predict_to_tiff(
         if opened:
             reader.close()
     notes = ([plan.note] if plan is not None else []) + view.notes + list(result.notes)
+    if tissue is None and not find_tissue and channels in (3, 4):
+        notes.append("no tissue mask: the image does not say its µm/px, so it was not taken for a slide of tissue "
+                     "on glass and every patch was segmented; tissue=True (--tissue-mask) skips glass anyway")
     if scratch.resumed:
         notes.append(f"resumed an interrupted run: {scratch.rows_resumed} rows were already written")
     return SlidePrediction(path, size, result.boxes, result.patches, notes, result.patches_skipped, mpp=slide_mpp,
                            class_pixels=class_pixels, tissue=found, mask_size=mask_size, mask_mpp=mask_mpp,
-                           probabilities=probability_path, **extras)
+                           probabilities=probability_path,
+                           patches_glass=result.patches_glass, **extras)
 
 
 def _probability_path(probabilities: str | os.PathLike | None, mask: Path) -> Path | None:
@@ -298,6 +333,17 @@ def _probability_path(probabilities: str | os.PathLike | None, mask: Path) -> Pa
     if where.resolve() == mask.resolve():
         raise ValueError(f"{where}: the probability pyramid needs a name of its own, not the mask's")
     return where
+
+
+def _at_working_resolution(found: TissueMask, size: Size, mpp: tuple[float, float] | None) -> TissueMask:
+    """The slide's tissue in the working reader's pixels.
+
+    The same mask over the same slide; only the pixel size it maps to changes (``size`` is the
+    slide's size at the working resolution).
+    """
+    if tuple(size) == tuple(found.image_size):
+        return found
+    return replace(found, image_size=(int(size[0]), int(size[1])), mpp=None if mpp is None else sum(mpp) / 2)
 
 
 def _tissue(reader: ImageReader) -> TissueMask | None:
@@ -368,17 +414,21 @@ class ScratchMask:
         if self.identity is not None and self._load_ledger():
             self._map()
             self.rows_resumed = sum(self._regions.values())
-            return self
-        try:
-            self._remove()
-            self._reserve(self.mask_path, self.dtype.itemsize)
-            if self.probabilities_path is not None:
-                self._reserve(self.probabilities_path, 1)
-            self._map()
-            self._save_ledger()
-        except BaseException:
-            self._remove()
-            raise
+        else:
+            try:
+                self._remove()
+                self._reserve(self.mask_path, self.dtype.itemsize)
+                if self.probabilities_path is not None:
+                    self._reserve(self.probabilities_path, 1)
+                self._map()
+                self._save_ledger()
+            except BaseException:
+                self._remove()
+                raise
+        self._stop = threading.Event()
+        self._releaser = threading.Thread(target=self._release_periodically, name="glmed-scratch-release",
+                                          daemon=True)
+        self._releaser.start()
         return self
 
     def _map(self) -> None:
@@ -387,10 +437,29 @@ class ScratchMask:
             self.probabilities = np.memmap(self.probabilities_path, dtype=np.uint8, mode="r+", shape=self.size)
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._releaser.join()
         del self.mask  # drop this mapping; POSIX removes files that are still mapped elsewhere
         self.probabilities = None
         if self.finished or self.identity is None:
             self._remove()
+
+    def release(self) -> None:
+        """Drop the scratch files' pages from this process's resident set; the data stays in the page cache and file.
+
+        ``madvise(MADV_DONTNEED)`` on a shared file mapping unmaps pages only: a dirty page keeps
+        its data in the page cache (written back as usual), and the next access maps it again. A
+        no-op where the platform lacks it.
+        """
+        for scratch in (self.mask, self.probabilities):
+            mapping = getattr(scratch, "_mmap", None)
+            if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                with contextlib.suppress(OSError, ValueError):
+                    mapping.madvise(mmap.MADV_DONTNEED)
+
+    def _release_periodically(self) -> None:
+        while not self._stop.wait(RELEASE_EVERY_S):
+            self.release()
 
     def rows_done(self, region: Box) -> int:
         return self._regions.get(_key(region), 0)
@@ -459,9 +528,12 @@ def _key(region: Box) -> str:
 
 def _run_identity(
     model: GLNet, slide: Path, reader: ImageReader, inferer: GlobalLocalInferer, mpp: float | None = None,
-    probabilities: bool = False,
+    probabilities: bool = False, tissue: TissueMask | None = None,
 ) -> str:
-    """A digest of everything the mask depends on: weights, config, slide file, settings, working µm/px."""
+    """A digest of everything the mask depends on.
+
+    Weights, config, slide file, settings, working µm/px and the tissue skipped.
+    """
     digest = hashlib.sha256()
     stat = slide.stat()
     placement = Placement.of(model, inferer.device)
@@ -498,6 +570,8 @@ def _run_identity(
     if inferer.refine != DEFAULT_REFINE:  # the margin counts only where patches may be skipped
         settings["refine"] = inferer.refine
         settings["margin"] = inferer.margin
+    if tissue is not None:  # which patches are glass: a run resumes only with the same ones skipped
+        settings["tissue"] = tissue.digest()
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())

@@ -41,7 +41,7 @@ GEOJSON_VIEW_SIDE = DEFAULT_VIEW_SIDE
 GEOJSON_SUFFIXES = (".geojson", ".json")
 
 BAND_BYTES = 64 << 20
-"""Bytes of mask counted at a time by :func:`class_pixel_counts`."""
+"""Bytes :func:`class_pixel_counts` holds at a time: a band of the mask as the int64 copy ``np.bincount`` makes."""
 
 
 def check_output_path(path: str | os.PathLike, suffixes: Sequence[str], what: str) -> Path:
@@ -117,7 +117,8 @@ def class_pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     A memory-mapped slide mask is read once, sequentially, and never held whole.
     """
     counts = np.zeros(num_classes, dtype=np.int64)
-    rows = max(1, BAND_BYTES // max(1, mask.shape[1] * mask.itemsize))
+    # bincount works on a copy as int64 (8 bytes a pixel): the band is sized for that copy, not the mask
+    rows = max(1, BAND_BYTES // max(1, mask.shape[1] * 8))
     for row in range(0, mask.shape[0], rows):
         band = np.asarray(mask[row : row + rows]).ravel()
         counts += np.bincount(band, minlength=num_classes)[:num_classes]

@@ -142,6 +142,35 @@ class TissueMask:
             raise ValueError(f"min_fraction must be in [0, 1), got {min_fraction}")
         return self.box_fractions(boxes) > min_fraction
 
+    def on_grid(self, shape: Size) -> np.ndarray:
+        """Whether each cell of a ``shape`` grid laid over the whole slide holds any tissue.
+
+        Cell ``(i, j)`` covers level-0 rows ``[i * H / h, (i + 1) * H / h)`` and the columns
+        alike, as a pixel of a global view of ``shape`` does; used to keep coarse-to-fine's
+        foreground, found on the global map, on tissue.
+
+        Returns:
+            ``h x w`` bool.
+        """
+        rows, cols = int(shape[0]), int(shape[1])
+        if rows < 1 or cols < 1:
+            raise ValueError(f"a grid needs a positive shape, got {tuple(shape)}")
+        height, width = self.image_size
+        r = np.arange(rows + 1) * (height / rows)
+        c = np.arange(cols + 1) * (width / cols)
+        r0, c0 = np.meshgrid(r[:-1], c[:-1], indexing="ij")
+        r1, c1 = np.meshgrid(r[1:], c[1:], indexing="ij")
+        boxes = np.stack([r0.ravel(), c0.ravel(), np.minimum(r1, height).ravel(), np.minimum(c1, width).ravel()], 1)
+        return (self.box_fractions(boxes) > 0).reshape(rows, cols)
+
+    def digest(self) -> str:
+        """A short hash of the mask and its slide size: two masks with the same digest skip the same patches."""
+        import hashlib
+
+        digest = hashlib.sha256(repr((self.mask.shape, self.image_size)).encode())
+        digest.update(np.packbits(self.mask).tobytes())
+        return digest.hexdigest()[:16]
+
     def component_boxes(self, margin: int = 0, min_size: Size = (1, 1)) -> list[Box]:
         """One level-0 box per piece of tissue (8-connected), widened by ``margin``, merged where they overlap.
 

@@ -213,8 +213,11 @@ class GLNetTrainer:
         return [getattr(self.model, name) for name in names if getattr(self.model, name, None) is not None]
 
     def optimizer(self, stage: Stage) -> torch.optim.Optimizer:
-        """Adam over the stage's trainable parts: global parts at ``global_lr``, the local→global
-        convolutions, when the stage names them, at ``listening_lr``, the rest at ``local_lr``."""
+        """Adam over the stage's trainable parts, each part at its rate.
+
+        Global parts at ``global_lr``, the local→global convolutions, when the stage names them,
+        at ``listening_lr``, the rest at ``local_lr``.
+        """
         groups = []
         seen: set = set()
         rates = (((LISTENING_PART,), self.listening_lr), (GLOBAL_PARTS, self.global_lr), (LOCAL_PARTS, self.local_lr))

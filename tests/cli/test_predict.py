@@ -29,7 +29,8 @@ def trained(tmp_path):
 def test_predict_writes_the_mask_predict_gives(tmp_path, trained, capsys, name):
     model, checkpoint, image = trained
     out = tmp_path / name
-    assert main(["predict", str(checkpoint), str(image), str(out), "--quiet", "--device", "cpu"]) == 0
+    tissue = ["--no-tissue-mask"] if name.endswith(".tif") else []  # not a slide: no glass to skip
+    assert main(["predict", str(checkpoint), str(image), str(out), "--quiet", "--device", "cpu", *tissue]) == 0
     expected = glmed.predict(model, image).mask
     with open_image(out) as reader:
         written = reader.read((0, 0, *reader.size))[..., 0]
@@ -64,6 +65,35 @@ def test_amp_channels_last_and_refine_reach_predict(tmp_path, trained, monkeypat
     assert len(calls) == 1
     options = ("amp", "channels_last", "refine", "margin", "tta")
     assert {key: calls[0][key] for key in options if key in calls[0]} == expected
+
+
+@pytest.mark.parametrize("flags, tissue", [([], True), (["--no-tissue-mask"], False)])
+def test_the_tissue_mask_is_on_for_tiff_masks_unless_switched_off(tmp_path, trained, monkeypatch, capsys, flags,
+                                                                   tissue):
+    import glmed.inference.slide as slide
+
+    _, checkpoint, image = trained
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    real = slide.predict_to_tiff
+    monkeypatch.setattr(slide, "predict_to_tiff", spy)
+    assert main(["predict", str(checkpoint), str(image), str(tmp_path / "mask.tif"), "--quiet", "--device", "cpu",
+                 *flags]) == 0
+    assert [call["tissue"] for call in calls] == [tissue]
+    out = capsys.readouterr().out
+    # 130 x 170 random pixels, at the 0.25 µm/px assumed without a resolution, hold no piece of tissue
+    # as large as the detector keeps (5000 µm²): every patch is glass
+    assert ("glass only, written as background" in out) == tissue and ("of glass skipped" in out) == tissue
+
+
+def test_no_tissue_mask_is_refused_for_png_masks(tmp_path, trained, capsys):
+    _, checkpoint, image = trained
+    assert main(["predict", str(checkpoint), str(image), str(tmp_path / "mask.png"), "--no-tissue-mask"]) == 1
+    assert _one_line_error(capsys).startswith("glmed predict: --no-tissue-mask applies to .tif masks (slides)")
 
 
 @pytest.mark.parametrize("case, message", [

@@ -51,6 +51,12 @@ def foreground(mask_path):
         return int((reader.read((0, 0, *reader.size))[..., 0] == 255).sum())
 
 
+def record_options_say_tissue(mask):
+    """Whether the folder's record of ``mask`` names the tissue mask, so masks made without it are recomputed."""
+    record = RunRecord.load(mask)
+    return record is not None and record.options.get("tissue_mask") == "skip glass"
+
+
 def test_a_folder_run_sums_up_every_slide_the_broken_one_included(tmp_path, checkpoint, slides, capsys):
     out = tmp_path / "masks"
     assert predict(checkpoint, slides, out, "--format", "tif", "--geojson", "--thumbnail") == 1
@@ -67,11 +73,24 @@ def test_a_folder_run_sums_up_every_slide_the_broken_one_included(tmp_path, chec
         assert int(row["foreground_area_px"]) == pixels
         assert float(row["foreground_area_um2"]) == pytest.approx(pixels * MPP**2, abs=0.1)
         assert int(row["patches"]) > 0 and float(row["seconds"]) > 0
+        assert int(row["patches_glass"]) >= 0 and record_options_say_tissue(out / f"{name}_mask.tif")
         assert float(row["tissue_area_um2"]) == pytest.approx(float(row["tissue_area_px"]) * MPP**2, rel=1e-3)
         assert 0 < float(row["tissue_area_px"]) < size[0] * size[1]
         assert (out / f"{name}_mask.geojson").is_file() and (out / f"{name}_mask_thumbnail.png").is_file()
         record = RunRecord.load(out / f"{name}_mask.tif")
         assert record is not None and record.options["geojson"] == "" and record.summary["status"] == "done"
+
+
+def test_no_tissue_mask_is_a_change_of_options_that_recomputes(tmp_path, checkpoint, slides, capsys):
+    (slides / "c.tif").unlink()
+    out = tmp_path / "masks"
+    assert predict(checkpoint, slides, out, "--format", "tif") == 0
+    capsys.readouterr()
+    assert predict(checkpoint, slides, out, "--format", "tif", "--no-tissue-mask") == 0
+    printed = capsys.readouterr().out
+    assert "recomputing the 2 mask(s)" in printed and "tissue_mask" in printed
+    rows = read_summary(out)
+    assert all(row["status"] == "done" and row["patches_glass"] == "" for row in rows.values())
 
 
 def test_a_rerun_skips_finished_slides_and_changed_options_recompute(tmp_path, checkpoint, slides, capsys):

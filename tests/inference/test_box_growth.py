@@ -174,18 +174,18 @@ def test_a_slide_run_stopped_while_a_grown_box_is_refined_resumes_to_the_same_ma
         logits[:, 1, size[0] // 3 : size[0] // 2, size[1] // 3 : size[1] // 2] = 5.0
         return logits
 
-    monkeypatch.setattr(model, "global_logits", centre_is_foreground)
-    first_box = predict_to_tiff(model, slide, tmp_path / "first.tif", batch_size=2)
-    whole = predict_to_tiff(model, slide, tmp_path / "whole.tif", batch_size=2, grow_boxes=1)
+    monkeypatch.setattr(model, "global_logits", centre_is_foreground)  # on glass too: no tissue mask, then
+    first_box = predict_to_tiff(model, slide, tmp_path / "first.tif", batch_size=2, tissue=False)
+    whole = predict_to_tiff(model, slide, tmp_path / "whole.tif", batch_size=2, tissue=False, grow_boxes=1)
     assert whole.boxes != first_box.boxes and any("grew it to" in note for note in whole.notes)
     grown_calls = -(-(whole.patches - first_box.patches) // 2)
     with monkeypatch.context() as patched:
         fail_at_call(model, patched, -(-first_box.patches // 2) + grown_calls)  # the grown box's last batch
         with pytest.raises(RuntimeError):
-            predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, grow_boxes=1)
+            predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, tissue=False, grow_boxes=1)
     ledger = json.loads((tmp_path / ".mask.tif.partial.json").read_text())
     assert "grow_boxes round 1" in ledger["decisions"]
     assert ledger["regions"][",".join(map(str, whole.boxes[0]))] > 0  # rows of the grown box were written
-    resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, grow_boxes=1)
+    resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, tissue=False, grow_boxes=1)
     np.testing.assert_array_equal(read_mask(resumed.path)[0], read_mask(whole.path)[0])
     assert resumed.boxes == whole.boxes and resumed.patches < whole.patches

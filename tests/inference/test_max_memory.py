@@ -263,8 +263,8 @@ def test_predict_to_tiff_resumes_only_with_the_batch_it_began_with(tmp_path, sli
         with monkeypatch.context() as patched:
             fail_at_call(model, patched, 6)
             with pytest.raises(RuntimeError):
-                predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3)
-        result = predict_to_tiff(model, slide, tmp_path / "mask.tif", max_memory=budget)
+                predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=3, tissue=False)  # not a slide
+        result = predict_to_tiff(model, slide, tmp_path / "mask.tif", max_memory=budget, tissue=False)
         assert result.notes[0].startswith(f"max_memory {MemoryBudget(budget)}: batch {3 if resumed else 2} patches")
         assert any("resumed" in note for note in result.notes) == resumed
         assert (result.patches < 20) == resumed  # a different batch starts afresh: batches never mix

@@ -22,7 +22,11 @@ def canvas_average(size, boxes, probabilities, num_classes):
     ((150, 100), 64, 8, 2), ((509, 509), 64, 40, 3), ((64, 300), 64, 0, 2), ((1000, 50), 48, 47, 7),
     ((30, 30), 64, 8, 2),
 ])
-def test_band_merging_equals_averaging_on_a_full_canvas(size, patch, overlap, classes):
+@pytest.mark.parametrize("strip", [2048, 37], ids=["one strip", "strips of 37 columns"])
+def test_band_merging_equals_averaging_on_a_full_canvas(size, patch, overlap, classes, strip, monkeypatch):
+    import glmed.inference.merging as merging
+
+    monkeypatch.setattr(merging, "_WRITE_COLUMNS", strip)  # bands are written a strip of columns at a time
     grid = patch_grid(size, patch, overlap)
     ph, pw = grid.patch_size
     generator = torch.Generator().manual_seed(sum(size))

@@ -288,7 +288,7 @@ def test_predict_to_tiff_writes_predicts_mask_and_resumes_with_the_same_refineme
     script_global(model, monkeypatch, boundary_map())
     options = dict(batch_size=2, refine="uncertain", margin=0.1)
     expected = glmed.predict(model, slide, **options)
-    written = predict_to_tiff(model, slide, tmp_path / "whole.tif", **options)
+    written = predict_to_tiff(model, slide, tmp_path / "whole.tif", tissue=False, **options)
     np.testing.assert_array_equal(read_mask(written.path), expected.mask)
     assert (written.patches, written.patches_skipped, written.notes) == (4, 8, expected.notes)
 
@@ -306,8 +306,9 @@ def test_predict_to_tiff_writes_predicts_mask_and_resumes_with_the_same_refineme
         with monkeypatch.context() as patched:
             patched.setattr(model, "local_features", failing_at_the_last_batch)
             with pytest.raises(RuntimeError, match="device lost"):
-                predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, refine=begun_with, margin=0.1)
-        resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", **options)
+                predict_to_tiff(model, slide, tmp_path / "mask.tif", batch_size=2, refine=begun_with, margin=0.1,
+                                tissue=False)
+        resumed = predict_to_tiff(model, slide, tmp_path / "mask.tif", tissue=False, **options)
         np.testing.assert_array_equal(read_mask(resumed.path), expected.mask)
         was_resumed = any("resumed" in note for note in resumed.notes)
         assert was_resumed == (begun_with == "uncertain")  # refine is part of what a run resumes with

@@ -45,7 +45,8 @@ def test_still_a_dataclass_with_its_fields_in_order():
     import dataclasses
 
     fields = dataclasses.fields(SegmentationResult)
-    assert [f.name for f in fields] == ["mask", "coarse", "boxes", "patches", "notes", "thumbnail", "patches_skipped"]
+    assert [f.name for f in fields] == ["mask", "coarse", "boxes", "patches", "notes", "thumbnail", "patches_skipped",
+                                         "patches_glass"]
     result = SegmentationResult(np.zeros((2, 2), np.uint8))
     assert (result.coarse, result.boxes, result.patches, result.notes, result.thumbnail, result.patches_skipped) == (
         None, [], 0, [], None, 0)

@@ -53,7 +53,8 @@ def polygon_area(feature):
 def test_a_binary_mask_is_stored_0_255_with_its_classes_size_and_resolution(tmp_path, slide):
     torch.manual_seed(0)
     model = GLNet(2, "resnet18", "local_only", **SIZES)
-    written = predict_to_tiff(model, slide, tmp_path / "mask.tif", tile=128, classes=["background", "tumour"])
+    written = predict_to_tiff(model, slide, tmp_path / "mask.tif", tile=128, classes=["background", "tumour"],
+                              tissue=False)
     expected = glmed.predict(model, slide).mask
     with tifffile.TiffFile(written.path) as tiff:
         pages = list(tiff.pages)
@@ -84,7 +85,7 @@ def test_more_classes_are_indices_with_a_colour_map_and_no_resolution_without_on
     torch.manual_seed(0)
     model = GLNet(4, "resnet18", "local_only", **SIZES)
     image = np.random.default_rng(0).integers(0, 256, (130, 150, 3), dtype=np.uint8)  # an array: no µm/px
-    written = predict_to_tiff(model, image, tmp_path / "mask.tif", tile=64)
+    written = predict_to_tiff(model, image, tmp_path / "mask.tif", tile=64, tissue=False)  # noise, not a slide
     expected = glmed.predict(model, image).mask
     with tifffile.TiffFile(written.path) as tiff:
         page = tiff.pages.first

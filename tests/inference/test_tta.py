@@ -210,7 +210,7 @@ def test_predict_to_tiff_with_tta_writes_the_mask_predict_gives(tmp_path, monkey
     with torch.no_grad():  # balance the untrained head, so the mask is about half foreground
         model.aggregate.bias[1] += float(np.median(margins))
     expected = glmed.predict(model, pixels, tta=tta, batch_size=3)
-    written = glmed.predict_to_tiff(model, pixels, tmp_path / "mask.tif", tta=tta, batch_size=3)
+    written = glmed.predict_to_tiff(model, pixels, tmp_path / "mask.tif", tta=tta, batch_size=3, tissue=False)
     with glmed.open_image(written.path) as reader:
         np.testing.assert_array_equal(reader.read((0, 0, *reader.size))[..., 0], expected.mask * 255)  # 0/255
     assert any(note.startswith(f"test-time augmentation ({tta})") for note in written.notes)

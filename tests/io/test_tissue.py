@@ -148,3 +148,24 @@ def test_tissue_scene_at_the_mask_resolution_matches_within_a_few_percent():
     scene = make_tissue_scene((800, 1200), seed=11, tissue_fraction=0.45, pieces=5)
     found = detect_tissue(scene.render(), mpp=2.0, view_side=600)
     assert found.fraction == pytest.approx(0.45, abs=0.02)
+
+
+def test_on_grid_marks_the_cells_of_a_global_view_holding_tissue():
+    mask = np.zeros((10, 20), bool)
+    mask[2, 3] = True  # one mask pixel: level-0 rows 20..29, columns 30..39 of a 100 x 200 slide
+    found = TissueMask(mask, (100, 200))
+    grid = found.on_grid((4, 5))  # cells of 25 x 40 level-0 pixels
+    assert grid.shape == (4, 5) and np.argwhere(grid).tolist() == [[0, 0], [1, 0]]
+    assert found.on_grid(mask.shape).tolist() == mask.tolist()
+    with pytest.raises(ValueError, match="positive shape"):
+        found.on_grid((0, 5))
+
+
+def test_the_digest_changes_with_the_mask_alone():
+    mask = np.zeros((10, 20), bool)
+    mask[2, 3] = True
+    same = TissueMask(mask.copy(), (100, 200))
+    assert TissueMask(mask, (100, 200)).digest() == same.digest()
+    moved = np.roll(mask, 1, axis=1)
+    assert TissueMask(moved, (100, 200)).digest() != same.digest()
+    assert TissueMask(mask, (100, 201)).digest() != same.digest()

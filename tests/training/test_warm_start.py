@@ -8,7 +8,6 @@ import glmed
 from glmed.data.synthetic import make_dermoscopy_image
 from glmed.models.glnet import GLNet
 from glmed.training import warm_start as warm_start_module
-from glmed.training.fit import fit
 from glmed.training.stages import LOCAL_PARTS, Stage, paper_stages
 from glmed.training.warm_start import warm_start
 
