@@ -343,7 +343,14 @@ def _at_working_resolution(found: TissueMask, size: Size, mpp: tuple[float, floa
     """
     if tuple(size) == tuple(found.image_size):
         return found
-    return replace(found, image_size=(int(size[0]), int(size[1])), mpp=None if mpp is None else sum(mpp) / 2)
+    mask = found.mask
+    rows, cols = -(-mask.shape[0] // size[0]), -(-mask.shape[1] // size[1])
+    if rows > 1 or cols > 1:  # a working resolution coarser than the mask: pool it, tissue wherever any was
+        padded = np.zeros((-(-mask.shape[0] // rows) * rows, -(-mask.shape[1] // cols) * cols), dtype=bool)
+        padded[: mask.shape[0], : mask.shape[1]] = mask
+        mask = padded.reshape(padded.shape[0] // rows, rows, padded.shape[1] // cols, cols).any(axis=(1, 3))
+    return replace(found, mask=mask, image_size=(int(size[0]), int(size[1])),
+                   mpp=None if mpp is None else sum(mpp) / 2)
 
 
 def _tissue(reader: ImageReader) -> TissueMask | None:

@@ -67,8 +67,8 @@ def test_amp_channels_last_and_refine_reach_predict(tmp_path, trained, monkeypat
     assert {key: calls[0][key] for key in options if key in calls[0]} == expected
 
 
-@pytest.mark.parametrize("flags, tissue", [([], True), (["--no-tissue-mask"], False)])
-def test_the_tissue_mask_is_on_for_tiff_masks_unless_switched_off(tmp_path, trained, monkeypatch, capsys, flags,
+@pytest.mark.parametrize("flags, tissue", [([], None), (["--no-tissue-mask"], False), (["--tissue-mask"], True)])
+def test_the_tissue_mask_is_on_for_slides_unless_switched_off(tmp_path, trained, monkeypatch, capsys, flags,
                                                                    tissue):
     import glmed.inference.slide as slide
 
@@ -87,7 +87,8 @@ def test_the_tissue_mask_is_on_for_tiff_masks_unless_switched_off(tmp_path, trai
     out = capsys.readouterr().out
     # 130 x 170 random pixels, at the 0.25 µm/px assumed without a resolution, hold no piece of tissue
     # as large as the detector keeps (5000 µm²): every patch is glass
-    assert ("glass only, written as background" in out) == tissue and ("of glass skipped" in out) == tissue
+    assert ("glass only, written as background" in out) == bool(tissue) and ("of glass skipped" in out) == bool(tissue)
+    assert ("no tissue mask" in out) == (tissue is None)  # a PNG says no µm/px: not taken for a slide, and told so
 
 
 def test_no_tissue_mask_is_refused_for_png_masks(tmp_path, trained, capsys):

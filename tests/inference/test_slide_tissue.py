@@ -87,6 +87,28 @@ def test_without_the_tissue_mask_every_patch_is_read(tmp_path, tissue_slide, mon
     assert read_mask(result.path).all()  # glass segmented like the rest
 
 
+def test_by_default_only_images_that_say_their_mpp_are_taken_for_slides(tmp_path, tissue_slide):
+    """A colour photograph (no µm/px) is segmented whole, with a note; the same pixels as a slide skip glass."""
+    model = says_foreground(GLNet(2, "resnet18", "local_only", **SIZES))
+    with open_image(tissue_slide.path) as reader:
+        pixels = reader.read((0, 0, *reader.size))
+        slide = predict_to_tiff(model, reader, tmp_path / "slide.tif", batch_size=4)
+    photograph = predict_to_tiff(model, pixels, tmp_path / "photograph.tif", batch_size=4)
+    assert slide.tissue is not None and slide.patches_glass > 0
+    assert photograph.tissue is None and photograph.patches_glass == 0 and read_mask(photograph.path).all()
+    assert any("no tissue mask" in note and "tissue=True" in note for note in photograph.notes)
+    forced = predict_to_tiff(model, pixels, tmp_path / "forced.tif", batch_size=4, tissue=True)
+    assert forced.tissue is not None and forced.patches_glass > 0  # (µm² clean-up read at an assumed 0.25 µm/px)
+
+
+def test_tissue_at_a_coarser_working_resolution_is_pooled_onto_it(tmp_path, tissue_slide):
+    """With mpp= coarser than the tissue mask's pixels, the mask is pooled (tissue wherever any was), not refused."""
+    model = says_foreground(GLNet(2, "resnet18", "local_only", **SIZES))
+    result = predict_to_tiff(model, tissue_slide.path, tmp_path / "mask.tif", batch_size=4, mpp=8.0)
+    assert result.tissue is not None and result.mask_size == (80, 112)
+    assert result.patches + result.patches_glass >= 1
+
+
 def test_a_tissue_skipped_run_resumes_and_another_tissue_setting_restarts(tmp_path, tissue_slide, monkeypatch,
                                                                         fail_at_call):
     model = GLNet(2, "resnet18", "local_only", **SIZES)
