@@ -348,7 +348,7 @@ def _at_working_resolution(found: TissueMask, size: Size, mpp: tuple[float, floa
     if rows > 1 or cols > 1:  # a working resolution coarser than the mask: pool it, tissue wherever any was
         padded = np.zeros((-(-mask.shape[0] // rows) * rows, -(-mask.shape[1] // cols) * cols), dtype=bool)
         padded[: mask.shape[0], : mask.shape[1]] = mask
-        mask = padded.reshape(padded.shape[0] // rows, rows, padded.shape[1] // cols, cols).any(axis=(1, 3))
+        mask = np.asarray(padded.reshape(padded.shape[0] // rows, rows, padded.shape[1] // cols, cols).any(axis=(1, 3)))
     return replace(found, mask=mask, image_size=(int(size[0]), int(size[1])),
                    mpp=None if mpp is None else sum(mpp) / 2)
 
