@@ -68,7 +68,13 @@ threads spin waiting for each other). Measured at 1024×1536 with the demo model
 under that load: about 5-7 CPU seconds per optimiser step of two images in glmed's global,
 local and coarse-to-fine bidirectional stages and of either peer, and about 35 per step of
 plain G⇄L's bidirectional stage (its collect pass reads every patch of both whole images).
-With the defaults (8 training images: 4 steps an epoch; stages 5/4/1) a seed trains the G⇄L
+Epochs. A global epoch (the global branch alone on 192-pixel views) costs a few CPU seconds,
+a local or bidirectional one many times more, so the defaults give the global stage 20 (the
+coarse mask is what the box rests on: one seed's box model with 5, 10 and 20 global epochs
+and 4/1 local/bidirectional ones scored 0.20, 0.52 and 0.77 here, training for 1.7, 1.8 and
+2.6 CPU minutes), and the peers, timed to the costliest box model, gain that time too.
+
+With 5/4/1 epochs (8 training images: 4 steps an epoch) a seed trains the G⇄L
 GLNet (about 5 CPU min), two box models (3.3 each), local-only (2.4) and the two peers at the
 box models' time (6.7): about 21 CPU min; three seeds about 62 CPU min, some 35-40 minutes on
 2 idle cores, plus scoring 14 images for every row (whole-image G→L, G⇄L, local-only and the
@@ -208,7 +214,7 @@ class Settings(NamedTuple):
     train: int = 8
     val: int = 2
     test: int = 12
-    epochs: tuple[int, int, int] = (5, 4, 1)
+    epochs: tuple[int, int, int] = (20, 4, 1)
     seeds: tuple[int, ...] = (0, 1, 2)
     rows: tuple[str, ...] = tuple(ROWS)
     augment: str = "dermoscopy"
@@ -633,8 +639,13 @@ def runs_shown(runs: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def run(settings: Settings, log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every chosen row with every seed, seed by seed; returns the per-run table and the summary."""
+def run(settings: Settings, log: Callable[[str], None] = print,
+        seed_done: Callable[[pd.DataFrame], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every chosen row with every seed, seed by seed; returns the per-run table and the summary.
+
+    ``seed_done``, when given, gets the per-run table so far after each seed (the CSV is
+    written there, so a run stopped early keeps its finished seeds).
+    """
     config, model_class = recipe_settings(settings.epochs, settings.model)
     if settings.threads:
         import torch
@@ -648,8 +659,12 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> tuple[pd.Data
         f"{settings.size[0]}×{settings.size[1]} in {time.perf_counter() - started:.0f} s; test lesions cover "
         f"{np.median(fractions):.0%} of an image (median)")
     # Seed by seed, every row in turn: a run stopped early still compares the rows fairly.
-    runs = pd.DataFrame([row for seed in settings.seeds
-                         for row in run_seed(seed, settings, config, model_class, images, log)])
+    rows: list[dict[str, Any]] = []
+    for seed in settings.seeds:
+        rows += run_seed(seed, settings, config, model_class, images, log)
+        if seed_done is not None:
+            seed_done(pd.DataFrame(rows))
+    runs = pd.DataFrame(rows)
     return runs, summarise(runs, settings.rows)
 
 
@@ -662,7 +677,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--val", type=int, help="validation images, 0 for none (2)")
     parser.add_argument("--test", type=int, help="test images (12)")
     parser.add_argument("--epochs", nargs=3, type=int, metavar=("GLOBAL", "LOCAL", "BOTH"),
-                        help="epochs of glmed's stages (5 4 1)")
+                        help="epochs of glmed's stages (20 4 1)")
     parser.add_argument("--seeds", type=int, help="training seeds per row: 0, 1, ... (3)")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), metavar="ROW",
                         help=f"rows to run, of: {' '.join(ROWS)} (all)")
@@ -672,7 +687,9 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
                         help="the peers' CPU budget when no glmed row runs (else the costliest glmed training's)")
     parser.add_argument("--threads", type=int, help="torch threads (torch's default; 1 with --quick)")
     parser.add_argument("--verbose", action="store_true", default=None, help="print glmed.fit's line per epoch")
-    parser.add_argument("--csv", type=Path, help="also write the per-run table here")
+    parser.add_argument("--csv", type=Path, help="also write the per-run table here (after each seed)")
+    parser.add_argument("--from-csv", type=Path, nargs="+", metavar="CSV",
+                        help="train nothing: print the tables of per-run tables written by --csv")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
     given = {name: getattr(args, name) for name in ("size", "train", "val", "test", "epochs", "rows", "augment",
@@ -698,10 +715,15 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the options, run the comparison and print the tables; returns the exit status."""
     settings, args = parse(argv)
+    if args.from_csv:
+        runs = pd.concat([pd.read_csv(path) for path in args.from_csv], ignore_index=True)
+        print(markdown(summarise(runs, [key for key in ROWS if key in set(runs["row"])])))
+        print("\nper run:")
+        print(markdown(runs_shown(runs)))
+        return 0
     started = time.perf_counter()
-    runs, summary = run(settings)
-    if args.csv is not None:
-        runs.to_csv(args.csv, index=False)
+    runs, summary = run(settings, seed_done=None if args.csv is None else
+                        (lambda so_far: so_far.to_csv(args.csv, index=False)))
     minutes = (time.perf_counter() - started) / 60
     changed = "".join(f", {name}={value}" for name, value in settings.model)
     print(f"\nISIC coarse-to-fine demo model (recipes/isic_c2f.py --demo{changed}) and MONAI FlexibleUNet peers at "

@@ -379,8 +379,10 @@ class RandForegroundBox(Randomizable, Transform):
     :func:`glmed.geometry.coarse_to_fine_boxes`: tight box around all foreground, relaxed to
     ``target_ratio`` foreground : background, the paper's 1:1); then each edge moves by up
     to ``jitter`` of the box's size, so the local branch learns from boxes as imprecise as
-    the coarse prediction's; then the box grows to at least one patch. Always inside the
-    image and never empty; the whole image when the label has no foreground.
+    the coarse prediction's; with probability ``widening`` each edge then moves a random
+    part of the way to the image's border (loose boxes, as a poor coarse pass gives); then
+    the box grows to at least one patch. Always inside the image and never empty; the whole
+    image when the label has no foreground.
 
     Args:
         target_ratio: foreground : background wanted in the box.
@@ -389,6 +391,8 @@ class RandForegroundBox(Randomizable, Transform):
         global_size: side, or ``(height, width)``, of the global grid the label is looked at on.
         patch_size: side, or ``(height, width)``, of a full-resolution patch.
         per_component: a box per connected lesion, one of them drawn at random.
+        widening: probability that the box is widened toward the image's edges (the
+            trainer's default 0; the coarse-to-fine recipes use 0.5).
     """
 
     def __init__(
@@ -398,9 +402,12 @@ class RandForegroundBox(Randomizable, Transform):
         global_size: int | Size = 508,
         patch_size: int | Size = 508,
         per_component: bool = False,
+        widening: float = 0.0,
     ) -> None:
         if not target_ratio > 0 or jitter < 0:
             raise ValueError(f"target_ratio ({target_ratio}) must be positive and jitter ({jitter}) non-negative")
+        if not 0 <= widening <= 1:
+            raise ValueError(f"widening must be in [0, 1], got {widening}")
         if min(np.atleast_1d(global_size)) < 1 or min(np.atleast_1d(patch_size)) < 1:
             raise ValueError(f"global_size ({global_size}) and patch_size ({patch_size}) must be positive")
         self.target_ratio = target_ratio
@@ -408,10 +415,11 @@ class RandForegroundBox(Randomizable, Transform):
         self.global_size = global_size
         self.patch_size = patch_size
         self.per_component = per_component
+        self.widening = widening
         self._seed = 0
 
     def randomize(self, data: Any = None) -> None:
-        """Draw the seed of the box's random choices (edge moves, lesion)."""
+        """Draw the seed of the box's random choices (edge moves, lesion, widening)."""
         self._seed = seed_from(self.R)
 
     def __call__(self, label: Array | ImageReader, key: Hashable = "label", randomize: bool = True) -> np.ndarray:
@@ -421,7 +429,7 @@ class RandForegroundBox(Randomizable, Transform):
         if not isinstance(label, ImageReader):
             label = check_class_map(label, str(key))
         box = training_box(label, self.global_size, self.patch_size, self.target_ratio, self.per_component,
-                           self.jitter, np.random.default_rng(self._seed))
+                           self.jitter, np.random.default_rng(self._seed), self.widening)
         if box is None:
             height, width = label.size if isinstance(label, ImageReader) else label.shape
             box = (0, 0, height, width)
@@ -448,12 +456,13 @@ class RandForegroundBoxd(Randomizable, MapTransform):
         global_size: int | Size = 508,
         patch_size: int | Size = 508,
         per_component: bool = False,
+        widening: float = 0.0,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"RandForegroundBoxd takes one label key, got {self.keys}")
         self.box_key = box_key
-        self.boxer = RandForegroundBox(target_ratio, jitter, global_size, patch_size, per_component)
+        self.boxer = RandForegroundBox(target_ratio, jitter, global_size, patch_size, per_component, widening)
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
@@ -500,8 +509,8 @@ class RandStageSampled(Randomizable, MapTransform):
         stage: the training stage; anything with ``global_only`` and ``collect_local``
             (:class:`~glmed.data.stage_samples.StageView`), e.g. a
             :class:`glmed.training.stages.Stage`. Reassign :attr:`stage` to move on.
-        patches_per_image, box_jitter, box_probability_global, normalization: see
-            :class:`~glmed.data.stage_samples.StageSampler`.
+        patches_per_image, box_jitter, box_probability_global, normalization, box_widening:
+            see :class:`~glmed.data.stage_samples.StageSampler`.
         keep_source: keep the full-resolution image and label under their keys.
     """
 
@@ -516,11 +525,13 @@ class RandStageSampled(Randomizable, MapTransform):
         box_probability_global: float = 0.5,
         normalization: Normalization = DEFAULT_NORMALIZATION,
         keep_source: bool = False,
+        box_widening: float = 0.0,
     ) -> None:
         MapTransform.__init__(self, keys)
         if len(self.keys) != 2:
             raise ValueError(f"keys must name the image and the label, got {self.keys}")
-        self.sampler = StageSampler(config, patches_per_image, box_jitter, box_probability_global, normalization)
+        self.sampler = StageSampler(config, patches_per_image, box_jitter, box_probability_global, normalization,
+                                    box_widening)
         self.stage = stage
         self.keep_source = keep_source
         self._seed = 0

@@ -206,11 +206,13 @@ class CoarseToFineRecipeConfig(CoarseToFineConfig, RecipeConfig):
     box_jitter: float = setting(0.15, "largest move of a training box's edge, as a fraction of its size")
     box_probability_global: float = setting(0.5, "how often the global stage sees a box instead of the "
                                                  "whole image")
+    box_widening: float = setting(0.5, "how often a training box is widened a random part of the way to "
+                                       "the image's edges, as a poor coarse pass's boxes are")
 
     def sampler_options(self) -> dict[str, Any]:
-        """The plain recipe's sampler options plus the box jitter and how often the global stage sees a box."""
+        """The sampler options plus the box rules: jitter, widening, how often the global stage uses one."""
         return {**super().sampler_options(), "box_jitter": self.box_jitter,
-                "box_probability_global": self.box_probability_global}
+                "box_probability_global": self.box_probability_global, "box_widening": self.box_widening}
 
     def problems(self) -> list[str]:
         """The plain recipe's problems plus out-of-range box jitter and box probability."""
@@ -219,6 +221,8 @@ class CoarseToFineRecipeConfig(CoarseToFineConfig, RecipeConfig):
             found.append(f"--box-jitter {self.box_jitter}: must be in [0, 1)")
         if not 0 <= self.box_probability_global <= 1:
             found.append(f"--box-probability-global {self.box_probability_global}: must be in [0, 1]")
+        if not 0 <= self.box_widening <= 1:
+            found.append(f"--box-widening {self.box_widening}: must be in [0, 1]")
         return found
 
 

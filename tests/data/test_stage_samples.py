@@ -205,3 +205,45 @@ def test_patch_subsets_share_one_rule():
     grid = patch_grid((150, 180), 48, 8).boxes
     expected = grid[choose_patches(len(grid), 3, np.random.RandomState(7))]
     np.testing.assert_array_equal(sample["boxes"].numpy(), expected)
+
+
+def test_widen_box_moves_each_edge_its_share_of_the_way_to_the_border():
+    from glmed.data.stage_samples import widen_box
+
+    box, size = (100, 150, 160, 230), (300, 400)
+    assert widen_box(box, size, (0, 0, 0, 0)) == box
+    assert widen_box(box, size, (1, 1, 1, 1)) == (0, 0, 300, 400)
+    assert widen_box(box, size, (0.5, 0.0, 0.5, 1.0)) == (50, 150, 230, 400)
+
+
+def test_widening_gives_loose_boxes_at_its_rate_and_never_cuts_the_tight_one():
+    _, label = lesion_image()
+    tight, loose = [], []
+    for seed in range(200):
+        plain = training_box(label, 64, 48, 1.0, False, 0.0, np.random.default_rng(seed))
+        widened = training_box(label, 64, 48, 1.0, False, 0.0, np.random.default_rng(seed), widening=0.3)
+        assert plain is not None and widened is not None
+        # widening only moves edges outward: the unwidened box is always inside
+        assert widened[:2] <= plain[:2] and widened[2] >= plain[2] and widened[3] >= plain[3]
+        (tight if widened == plain else loose).append(widened)
+    assert 0.2 < len(loose) / 200 < 0.4
+    # loose boxes spread from just outside the tight box out to the image's borders
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) / (300 * 400) for b in loose]
+    assert min(areas) < 0.25 and max(areas) > 0.6
+    # with no widening the draws are the ones training made before the option existed
+    assert training_box(label, 64, 48, 1.0, False, 0.15, np.random.default_rng(3), widening=0.0) == \
+        training_box(label, 64, 48, 1.0, False, 0.15, np.random.default_rng(3))
+
+
+def test_sampler_and_monai_transforms_widen_alike():
+    config = CONFIGS["coarse_to_fine"]
+    _, label = blob_image()
+    for seed in range(5):
+        transform = RandForegroundBoxd(global_size=config.global_size, patch_size=config.patch_size, widening=0.7)
+        box = transform.set_random_state(seed)({"label": label[None]})["box"]
+        rng = np.random.default_rng(seed_from(np.random.RandomState(seed)))
+        assert tuple(box.tolist()) == StageSampler(config, box_widening=0.7).training_box(ArrayReader(label), rng)
+    with pytest.raises(ValueError, match="box_widening"):
+        StageSampler(config, box_widening=1.5)
+    with pytest.raises(ValueError, match="widening"):
+        RandForegroundBox(widening=-0.1)
