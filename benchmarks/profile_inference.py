@@ -347,10 +347,9 @@ def profile_one(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     if kind == "c2f":
         oracle_coarse(model, truth)
     if args.no_prefetch:
-        import glmed.inference.inferer as inferer
+        import glmed.inference.execution as execution
 
-        if hasattr(inferer, "_PREFETCH"):
-            inferer._PREFETCH = False  # type: ignore[attr-defined]
+        execution.PREFETCH = False
     timers = Timers()
     if args.profiler in ("timers", "torch"):
         instrument(timers)
@@ -531,7 +530,7 @@ def local_pass_ab(args: argparse.Namespace) -> int:
 
     import torch
 
-    from glmed.inference.inferer import _restore_layouts, _to_channels_last
+    from glmed.inference.execution import restore_layouts, to_channels_last
     from glmed.models.fpn import FINAL
 
     model, global_image, patches, boxes, index = one_batch(args, args.sharing if args.sharing != "bidirectional"
@@ -542,7 +541,7 @@ def local_pass_ab(args: argparse.Namespace) -> int:
         global_maps = model.global_features(global_image)
         for _ in range(args.local_pass_ab):
             for name in times:
-                layouts = _to_channels_last(model) if name == "channels_last" else None
+                layouts = to_channels_last(model) if name == "channels_last" else None
                 x = patches.contiguous(memory_format=torch.channels_last) if layouts is not None else patches
                 start = time.perf_counter()
                 final = model.local_features(x, global_maps, boxes, index)[FINAL]
@@ -550,7 +549,7 @@ def local_pass_ab(args: argparse.Namespace) -> int:
                 model.aggregated_logits(final, crop, (side, side)).float().softmax(1)
                 times[name].append(time.perf_counter() - start)
                 if layouts is not None:
-                    _restore_layouts(layouts)
+                    restore_layouts(layouts)
                 print(name, round(times[name][-1], 2), flush=True)
     for name, values in times.items():
         print(f"{name}: median {statistics.median(values):.2f} s per batch of {args.batch_size} "

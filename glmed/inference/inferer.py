@@ -17,9 +17,8 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +27,9 @@ from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization, to_model_input
 from glmed.data.samples import iter_patch_batches
 from glmed.geometry import PatchGrid, coarse_to_fine_boxes, patch_grid, patch_size_for
+from glmed.inference import execution
 from glmed.inference.box_growth import grow_boxes, remembered_boxes
+from glmed.inference.execution import AMP_MODES, DEFAULT_AMP, DEFAULT_CHANNELS_LAST
 from glmed.inference.finishing import finish_in_place, finish_problem
 from glmed.inference.glass import (
     TISSUE_BOX_MARGIN,
@@ -39,7 +40,7 @@ from glmed.inference.glass import (
     with_background,
 )
 from glmed.inference.memory_budget import MemoryBudget, MemoryPlan, parse_memory, plan_for_budget
-from glmed.inference.merging import RowBandMerger, label_dtype, upsample_to_labels
+from glmed.inference.merging import RowBandMerger, fill_outside, label_dtype, upsample_to_labels
 from glmed.inference.notes import box_edge_notes, cover_notes, foreground_fraction, refine_notes, size_notes
 from glmed.inference.refinement import (
     DEFAULT_MARGIN,
@@ -50,6 +51,7 @@ from glmed.inference.refinement import (
     uncertain_patches,
 )
 from glmed.inference.result import SegmentationResult, thumbnail_size
+from glmed.inference.resume import RowLedger, resume_start
 from glmed.inference.tta import (
     Dihedral,
     combined_scores,
@@ -77,42 +79,6 @@ coarse-to-fine's box rule (and its growth). Sizes and classes are fixed by the w
 DEFAULT_BATCH_SIZE = 4
 """Patches per forward pass when neither ``batch_size`` nor ``max_memory`` says otherwise."""
 
-AMP_MODES = {"off": None, "bf16": torch.bfloat16}
-"""Autocast modes of the forward passes: ``"off"`` (the model's own type) or bfloat16."""
-
-DEFAULT_AMP = "off"
-"""``amp`` by default: float32, bf16 being slower and less exact on the CPU it was measured on.
-
-Measured with ``benchmarks/profile_inference.py`` (docs/benchmarks.md) on a 2-core AVX2 CPU
-without native bfloat16 (oneDNN reports no bf16 support): one ResNet50-FPN local pass under bf16
-autocast took 250 s against 2.75 s in float32 (its convolutions fall back to a reference kernel;
-channels-last narrows that to about 6×), and coarse-to-fine bidirectional GLNet on the 2048×1536
-profile image took 201 s in bf16 + channels-last against 35 s in float32. Its mask differed from
-float32's in 1 pixel of 3.1 million as made, and in 0.44% of the box's pixels (Jaccard 0.991)
-with both thresholded at float32's median probability, where untrained heads put half the pixels
-near the boundary; probabilities moved by up to 1e-3. On GPUs and on CPUs with AVX512-BF16/AMX,
-bf16 is the option to try; :func:`predict` notes when it runs on a CPU without native support.
-"""
-
-DEFAULT_CHANNELS_LAST = False
-"""``channels_last`` by default: off, as it bought no time on the CPU it was measured on.
-
-On the 2048×1536 profile image (``benchmarks/profile_inference.py``, docs/benchmarks.md) whole-image
-bidirectional GLNet took 132 s in channels-last against 138 s in the default layout and
-coarse-to-fine 35.1 s against 35.4 s (medians of 4), within the noise of a shared machine; one
-batch's local pass with its global→local crops, alternated in one process, took 1.02× as long.
-Its peak memory was 50–250 MB higher (layout conversions). Masks agreed on every pixel as made,
-and on all but 0.00013% at the median threshold; probabilities moved by at most 9e-8.
-"""
-
-_PREFETCH = True
-"""Read the next batch of patches on a background thread while the current one computes (tests
-turn it off to compare with reading in line)."""
-
-_T = TypeVar("_T")
-_END = object()
-
-
 class GlobalLocalInferer:
     """Runs a :class:`~glmed.models.glnet.GLNet` over a whole image, patch batch by patch batch.
 
@@ -125,12 +91,12 @@ class GlobalLocalInferer:
         progress: show a progress bar over patch batches.
         amp: ``"bf16"`` runs the forward passes under bfloat16 autocast (CPU or CUDA);
             probabilities, their averaging and the coarse mask stay float32. ``"off"``
-            (:data:`DEFAULT_AMP`, see there for the measured figures) computes in the model's
+            (:data:`~glmed.inference.execution.DEFAULT_AMP`, see there for the measured figures) computes in the model's
             own type. None (the default) is ``"off"``, unless ``max_memory`` switches bf16 on.
         channels_last: keep the weights and inputs in channels-last memory for the call (the
             model's own layout is restored afterwards). Not bit-identical to the default layout
             (other convolution kernels round differently); off by default
-            (:data:`DEFAULT_CHANNELS_LAST` has the measured speed and agreement).
+            (:data:`~glmed.inference.execution.DEFAULT_CHANNELS_LAST` has the measured speed and agreement).
         refine: where the local branch runs inside the region GLNet segments (the whole image,
             or each coarse-to-fine box). ``"box"`` (:data:`~glmed.inference.refinement.DEFAULT_REFINE`,
             the paper's way): on every patch. ``"uncertain"``: only on the patches where the
@@ -358,7 +324,8 @@ class GlobalLocalInferer:
     ) -> tuple[GlobalLocalInferer, MemoryPlan]:
         """Plan for ``max_memory`` with the model in place; returns the inferer to run and the plan."""
         plan = plan_for_budget(self, model, config, placement, image_size, out_in_memory=out_in_memory,
-                               with_coarse=with_coarse, weights_moved=moved, native_bf16=_native_bf16(placement.device))
+                               with_coarse=with_coarse, weights_moved=moved,
+                               native_bf16=execution.native_bf16(placement.device))
         runner = copy.copy(self)
         runner.batch_size, runner.amp, runner.max_memory = plan.batch_size, plan.amp, None
         return runner, plan
@@ -379,13 +346,13 @@ class GlobalLocalInferer:
         layouts = None
         try:
             if self.channels_last:
-                layouts = _to_channels_last(model)
+                layouts = execution.to_channels_last(model)
             target = placement.device
             moved = home.type != target.type or None not in (home.index, target.index) and home.index != target.index
             yield placement, moved
         finally:
             if layouts is not None:
-                _restore_layouts(layouts)
+                execution.restore_layouts(layouts)
             model.to(home)
             for module, training in modes.items():
                 module.training = training
@@ -413,7 +380,7 @@ class GlobalLocalInferer:
         elif not np.can_cast(dtype, out.dtype):
             raise ValueError(f"out is {out.dtype}, which cannot hold {model.config.num_classes} class indices; "
                              f"use {dtype}")
-        if self.amp != "off" and placement.device.type == "cpu" and not _cpu_has_bf16():
+        if self.amp != "off" and placement.device.type == "cpu" and not execution.cpu_has_bf16():
             result_notes = ["amp='bf16' on a CPU without native bfloat16 (no AVX512-BF16/AMX): its "
                             "convolutions fall back to slow kernels, many times slower than float32"]
         else:
@@ -515,7 +482,7 @@ class GlobalLocalInferer:
             del maps
         # Resume at the start of the batch that held the first unfinished refined patch, so every
         # patch is batched as in an uninterrupted run (batch shape can change results in the last bits).
-        start = _resume_start(grid.boxes[:, 2] > done, refined, self.batch_size)
+        start = resume_start(grid.boxes[:, 2] > done, refined, self.batch_size)
         remaining = PatchGrid(grid.image_size, grid.boxes[start:])
         refined, glass = refined[start:], ~on_tissue[start:]
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))
@@ -613,9 +580,9 @@ class GlobalLocalInferer:
                      f"foreground only in specks smaller than min_component={config.min_component:g}")
             if tissue is not None:  # the coarse mask's answers on glass are no answers: the mask is background
                 coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
-                _fill_outside(out, [], 0)
+                fill_outside(out, [], 0)
                 if probabilities is not None:
-                    _fill_outside(probabilities, [], 0 if config.num_classes == 2 else 255)
+                    fill_outside(probabilities, [], 0 if config.num_classes == 2 else 255)
                 note = f"the global branch found {found} on the tissue, so nothing was refined: the mask is background"
                 return SegmentationResult(mask=out, coarse=coarse, notes=[note])
             note = f"the global branch found {found}, so nothing was refined: the mask is its coarse prediction"
@@ -624,9 +591,9 @@ class GlobalLocalInferer:
         coarse = upsample_to_labels(global_logits, reader.size) if with_coarse else None
         # inside the boxes (or those a resumed run had grown them to), a resumed run keeps what it wrote
         kept = remembered_boxes(ledger, config.grow_boxes) or boxes
-        _fill_outside(out, kept, 0)
+        fill_outside(out, kept, 0)
         if probabilities is not None:  # background by rule: sure of it (no foreground; class 0 wins)
-            _fill_outside(probabilities, kept, 0 if config.num_classes == 2 else 255)
+            fill_outside(probabilities, kept, 0 if config.num_classes == 2 else 255)
         glass = [0]  # patches of glass skipped in every box refined, grown ones included
 
         def refine_box(box: Box) -> tuple[int, int]:
@@ -788,7 +755,7 @@ class GlobalLocalInferer:
 
         The patches are placed like the model; the fractions stay on the host (the caller sends
         them where they are needed). Each patch region is read once. The next batch is read and
-        normalised on a background thread (:func:`_read_ahead`) while the caller computes the
+        normalised on a background thread (:func:`~glmed.inference.execution.read_ahead`) while the caller computes the
         current one; leaving the block waits for that thread, so ``reader`` may be closed after.
         """
         normalized = torch.tensor(grid.normalized(), dtype=torch.float32)
@@ -799,7 +766,7 @@ class GlobalLocalInferer:
                 pixels = self._prepare_pixels(batch.pixels, reader.name, pin)
                 yield batch.boxes, normalized[batch.start : batch.start + len(batch.boxes)], pixels
 
-        with _read_ahead(prepared(), _PREFETCH) as ready:
+        with execution.read_ahead(prepared(), execution.PREFETCH) as ready:
             batches: Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = ready
             if self.progress:
                 from glmed.progress import progress_bar
@@ -879,9 +846,9 @@ def predict(
             global training stage is validated with.
         amp: ``"bf16"`` runs the forward passes under bfloat16 autocast (CPU or CUDA), with
             probabilities and their averaging in float32; ``"off"`` by default (see
-            :data:`DEFAULT_AMP` for the measured reason), unless ``max_memory`` needs bf16.
+            :data:`~glmed.inference.execution.DEFAULT_AMP` for the measured reason), unless ``max_memory`` needs bf16.
         channels_last: weights and inputs in channels-last memory for this call; off by
-            default (see :data:`DEFAULT_CHANNELS_LAST` for the measured figures).
+            default (see :data:`~glmed.inference.execution.DEFAULT_CHANNELS_LAST` for the measured figures).
         refine: ``"box"`` (default) runs the local branch on every patch of the image, or of each
             coarse-to-fine box; ``"uncertain"`` only on the patches where the global branch's
             first pass of that region is unsure (more than one class around the patch, or, with a
@@ -930,137 +897,3 @@ def _coarse_into(
     """Write the global branch's mask, upsampled once, into ``out`` (and ``probabilities``); a copy when asked for."""
     upsample_to_labels(global_logits, out.shape, out=out, probabilities=probabilities)
     return np.array(out) if with_coarse else None
-
-
-class RowLedger(Protocol):
-    """Progress of a resumable run: how many rows of each region are already in the output.
-
-    A region is the box of the image one GLNet pass covers: the whole image, or one
-    coarse-to-fine box. :mod:`glmed.inference.slide` keeps one on disk beside its scratch mask.
-    """
-
-    def rows_done(self, region: Box) -> int:
-        """Rows of ``region``, from its top, already written (0 for a region never started)."""
-
-    def record(self, region: Box, rows: int) -> None:
-        """``rows`` rows of ``region`` are now written."""
-
-
-def _resume_start(unfinished: np.ndarray, refined: np.ndarray, batch_size: int) -> int:
-    """The grid index a resumed pass starts from, so every refined patch is batched as in a whole run.
-
-    The local branch runs on the refined patches in batches of ``batch_size`` (counted over the
-    refined ones only), and a batch's shape can change its results in the last bits; so the
-    pass starts at the first unfinished patch, or earlier, at the start of the batch holding the
-    first refined patch from there on. Patches above the rows already written add nothing.
-
-    Args:
-        unfinished: ``N`` booleans in grid order, True for a patch reaching rows not yet written.
-        refined: ``N`` booleans, True for a patch the local branch runs on.
-        batch_size: refined patches per forward pass.
-
-    Returns:
-        An index into the grid; ``N`` when every patch is finished.
-    """
-    waiting = np.flatnonzero(unfinished)
-    first = int(waiting[0]) if waiting.size else len(unfinished)
-    order = np.flatnonzero(refined)  # grid indices of the refined patches, in batching order
-    position = int(np.searchsorted(order, first))  # the first refined patch at or after `first`
-    if position == len(order):
-        return first
-    return min(first, int(order[position - position % batch_size]))
-
-
-def _fill_outside(out: np.ndarray, boxes: list[Box], value: int, rows_per_chunk: int = 1024) -> None:
-    """Set every pixel of ``out`` outside ``boxes`` (which do not overlap) to ``value``.
-
-    A band of rows at a time (``out`` may be on disk); pixels inside the boxes are left as they are.
-    """
-    height = out.shape[0]
-    cuts = sorted({0, height, *range(0, height, rows_per_chunk), *(b[0] for b in boxes), *(b[2] for b in boxes)})
-    for top, bottom in zip(cuts[:-1], cuts[1:], strict=True):
-        column = 0
-        for c0, c1 in sorted((b[1], b[3]) for b in boxes if b[0] <= top and bottom <= b[2]):
-            out[top:bottom, column:c0] = value
-            column = c1
-        out[top:bottom, column:] = value
-
-
-@contextlib.contextmanager
-def _read_ahead(items: Iterator[_T], enabled: bool = True) -> Iterator[Iterator[_T]]:
-    """``items``, each produced on a background thread while the consumer works on the one before.
-
-    A single worker runs ``next(items)`` one item ahead of the consumer, so producing (reading,
-    decoding and normalising patches) overlaps with consuming (the network); the items, their
-    order and everything computed from them are what iterating ``items`` directly gives. An
-    exception raised while producing an item is raised again, the same object, where the
-    consumer asks for that item (e.g. an :class:`~glmed.io.base.ImageFormatError` naming the
-    file). Leaving the block, even through an exception, first waits for the worker, then closes
-    ``items``: whatever they read from may be closed right after.
-
-    Args:
-        items: an iterator that is never used by two threads at once (a generator is fine).
-        enabled: False yields ``items`` itself, produced in line.
-    """
-    if not enabled:
-        try:
-            yield items
-        finally:
-            _close(items)
-        return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glmed-read-ahead")
-    pending: Future[Any] = pool.submit(next, items, _END)
-
-    def consume() -> Iterator[_T]:
-        nonlocal pending
-        while True:
-            item = pending.result()
-            if item is _END:
-                return
-            pending = pool.submit(next, items, _END)
-            yield item
-
-    try:
-        yield consume()
-    finally:
-        pending.cancel()  # not started yet: never runs; running: waited for below
-        pool.shutdown(wait=True)
-        _close(items)
-
-
-def _close(items: Iterator[Any]) -> None:
-    close = getattr(items, "close", None)
-    if close is not None:
-        close()
-
-
-def _to_channels_last(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Put ``model``'s 4-D weights in channels-last memory; returns those that were in the default layout.
-
-    The parameters stay the same objects (only their data is replaced), so an optimiser holding
-    them is unaffected and :func:`_restore_layouts` can put them back.
-    """
-    contiguous = [parameter for parameter in model.parameters() if parameter.dim() == 4 and parameter.is_contiguous()]
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from the stubs
-    return contiguous
-
-
-def _restore_layouts(contiguous: list[torch.nn.Parameter]) -> None:
-    """Give the tensors :func:`_to_channels_last` listed their default layout back (same values)."""
-    for tensor in contiguous:
-        tensor.data = tensor.data.contiguous()
-
-
-def _native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16/AMX."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return device.type == "cpu" and _cpu_has_bf16()
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU has native bfloat16 convolutions (oneDNN's AVX512-BF16 or AMX kernels)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False

@@ -182,3 +182,18 @@ class RowBandMerger:
             self._top += band
             if self._on_rows_written is not None:
                 self._on_rows_written(self._top)
+
+
+def fill_outside(out: np.ndarray, boxes: list[Box], value: int, rows_per_chunk: int = 1024) -> None:
+    """Set every pixel of ``out`` outside ``boxes`` (which do not overlap) to ``value``.
+
+    A band of rows at a time (``out`` may be on disk); pixels inside the boxes are left as they are.
+    """
+    height = out.shape[0]
+    cuts = sorted({0, height, *range(0, height, rows_per_chunk), *(b[0] for b in boxes), *(b[2] for b in boxes)})
+    for top, bottom in zip(cuts[:-1], cuts[1:], strict=True):
+        column = 0
+        for c0, c1 in sorted((b[1], b[3]) for b in boxes if b[0] <= top and bottom <= b[2]):
+            out[top:bottom, column:c0] = value
+            column = c1
+        out[top:bottom, column:] = value

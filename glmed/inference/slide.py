@@ -43,7 +43,8 @@ import torch
 
 from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization
-from glmed.inference.inferer import DEFAULT_AMP, DEFAULT_CHANNELS_LAST, GlobalLocalInferer
+from glmed.inference.execution import DEFAULT_AMP, DEFAULT_CHANNELS_LAST
+from glmed.inference.inferer import GlobalLocalInferer
 from glmed.inference.merging import label_dtype
 from glmed.inference.refinement import DEFAULT_MARGIN, DEFAULT_REFINE
 from glmed.inference.slide_outputs import (
@@ -389,7 +390,7 @@ class ScratchMask:
     """The ``H×W`` mask memory-mapped from ``.NAME.partial`` beside the output, with a ledger of rows done.
 
     The ledger of finished rows per region is kept in ``.NAME.partial.json`` (a
-    :class:`~glmed.inference.inferer.RowLedger`).
+    :class:`~glmed.inference.resume.RowLedger`).
 
     With an ``identity`` (what the result depends on) an earlier run's files with the same
     identity are reopened and kept if this run stops early; without one the run starts afresh

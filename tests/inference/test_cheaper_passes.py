@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import glmed
+import glmed.inference.execution as execution
 import glmed.inference.inferer as inferer
 from glmed.geometry import footprint, patch_grid
 from glmed.inference import merging
@@ -56,7 +57,7 @@ def test_bf16_autocast_agrees_with_float32_and_keeps_probabilities_in_float32(mo
 
 
 def test_bf16_on_a_cpu_without_native_bfloat16_says_it_is_slow(monkeypatch):
-    monkeypatch.setattr(inferer, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(execution, "cpu_has_bf16", lambda: False)
     notes = glmed.predict(tiny("g2l"), image(64, 64), amp="bf16").notes
     assert any("without native bfloat16" in note for note in notes)
     assert not any("bfloat16" in note for note in glmed.predict(tiny("g2l"), image(64, 64)).notes)
@@ -104,7 +105,7 @@ def test_reading_ahead_gives_exactly_what_reading_in_line_gives(monkeypatch, mod
     ahead = glmed.predict(model, pixels, batch_size=3)
     read_ahead = list(seen)
     seen.clear()
-    monkeypatch.setattr(inferer, "_PREFETCH", False)
+    monkeypatch.setattr(execution, "PREFETCH", False)
     in_line = glmed.predict(model, pixels, batch_size=3)
     np.testing.assert_array_equal(ahead.mask, in_line.mask)
     assert ahead.patches == in_line.patches > 3  # several batches, so something was read ahead
@@ -177,7 +178,7 @@ def test_reading_ahead_stops_when_the_consumer_stops():
             produced.append(i)
             yield i
 
-    with inferer._read_ahead(items()) as ahead:
+    with execution.read_ahead(items()) as ahead:
         assert [next(ahead), next(ahead)] == [0, 1]
     assert produced in ([0, 1], [0, 1, 2])  # at most one item ahead (none if cancelled before it began)
 

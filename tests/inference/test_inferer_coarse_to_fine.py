@@ -87,11 +87,11 @@ def test_two_lesions_per_component_give_two_boxes():
 
 
 def test_filling_outside_the_boxes_leaves_the_boxes_alone():
-    from glmed.inference.inferer import _fill_outside
+    from glmed.inference.merging import fill_outside
 
     out = np.full((300, 200), 7, np.uint8)
     boxes = [(10, 20, 120, 90), (100, 120, 290, 180), (200, 0, 250, 100)]
-    _fill_outside(out, boxes, 0, rows_per_chunk=64)
+    fill_outside(out, boxes, 0, rows_per_chunk=64)
     inside = np.zeros(out.shape, bool)
     for r0, c0, r1, c1 in boxes:
         inside[r0:r1, c0:c1] = True

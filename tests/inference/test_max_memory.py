@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import glmed
+import glmed.inference.execution as execution
 import glmed.inference.inferer as inferer
 from glmed.cli import main
 from glmed.data.synthetic import make_dermoscopy_image
@@ -97,7 +98,7 @@ def test_live_tensor_bytes_counts_new_storages_while_they_live():
 ])
 def test_the_estimate_bounds_the_memory_of_a_real_prediction(monkeypatch, sharing, model_class, refine, batches):
     model, pixels = tiny(sharing, model_class), image()
-    monkeypatch.setattr(inferer, "_PREFETCH", False)  # read in line, where the meter sees it
+    monkeypatch.setattr(execution, "PREFETCH", False)  # read in line, where the meter sees it
     if model_class is glmed.CoarseToFineGLNet:  # a box that is the whole image: every phase runs
         monkeypatch.setattr(inferer, "coarse_to_fine_boxes", lambda *args: [(0, 0, *SIZE)])
     # every other patch refined, the others taking the global answer (an untrained model's confidence is arbitrary)
@@ -120,7 +121,7 @@ def test_the_estimate_bounds_the_memory_of_a_real_prediction(monkeypatch, sharin
 @pytest.mark.parametrize("sharing, refine", [("bidirectional", "box"), ("g2l", "uncertain")])
 def test_the_estimate_with_tta_bounds_a_real_prediction_and_exceeds_the_plain_one(monkeypatch, sharing, refine):
     model, pixels = tiny(sharing), image()
-    monkeypatch.setattr(inferer, "_PREFETCH", False)  # read in line, where the meter sees it
+    monkeypatch.setattr(execution, "PREFETCH", False)  # read in line, where the meter sees it
     monkeypatch.setattr(inferer, "uncertain_patches", lambda logits, boxes, margin: np.arange(len(boxes)) % 2 == 0)
     _, estimate = GlobalLocalInferer(batch_size=2, max_memory=2**40, refine=refine, tta="flips").fitted(
         model, SIZE, out_in_memory=False, with_coarse=False)
@@ -197,7 +198,7 @@ def test_a_budget_below_batch_1_is_refused_before_any_patch_is_read(monkeypatch)
     model = tiny()
     minimum = least(model)
     monkeypatch.setattr(inferer, "iter_patch_batches", lambda *a: pytest.fail("a patch was read"))
-    monkeypatch.setattr(inferer, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(execution, "cpu_has_bf16", lambda: False)
     with pytest.raises(ValueError, match="too small") as error:
         glmed.predict(model, image(), max_memory=minimum - 1)
     text = str(error.value)
@@ -218,10 +219,10 @@ def test_bf16_is_switched_on_only_where_float32_cannot_fit_and_the_device_runs_i
     full, half = least(model, (64, 64)), least(model, (64, 64), amp="bf16")
     assert half + 2_000_000 < full
     budget = (full + half) // 2
-    monkeypatch.setattr(inferer, "_cpu_has_bf16", lambda: False)  # never on a CPU without native bf16
+    monkeypatch.setattr(execution, "cpu_has_bf16", lambda: False)  # never on a CPU without native bf16
     with pytest.raises(ValueError, match="not native"):
         glmed.predict(model, pixels, max_memory=budget)
-    monkeypatch.setattr(inferer, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(execution, "cpu_has_bf16", lambda: True)
     result = glmed.predict(model, pixels, max_memory=budget)
     assert "bf16 autocast switched on: float32 needs" in result.notes[0]
     np.testing.assert_array_equal(result.mask, glmed.predict(model, pixels, amp="bf16", batch_size=1).mask)

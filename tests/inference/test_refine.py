@@ -14,6 +14,7 @@ import glmed.inference.inferer as inferer
 from glmed.geometry import footprint, patch_grid
 from glmed.inference.inferer import GlobalLocalInferer
 from glmed.inference.refinement import uncertain_patches
+from glmed.inference.resume import resume_start
 from glmed.inference.slide import predict_to_tiff
 from glmed.io import open_image
 from glmed.io.base import ArrayReader
@@ -359,4 +360,4 @@ def test_a_resumed_pass_starts_where_the_refined_patches_are_batched_as_in_a_who
                                                                                        batch_size, start):
     unfinished = np.arange(10) >= first_unfinished
     chosen = np.isin(np.arange(10), refined)
-    assert inferer._resume_start(unfinished, chosen, batch_size) == start
+    assert resume_start(unfinished, chosen, batch_size) == start
