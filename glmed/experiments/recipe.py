@@ -60,6 +60,7 @@ from glmed.metrics.validation import Metric
 from glmed.models.checkpoint import CheckpointError, load_checkpoint
 from glmed.models.glnet import GLNet
 from glmed.models.losses import GLNetLoss
+from glmed.training.best_checkpoints import load_checkpoints
 from glmed.training.distributed import SINGLE, Distributed, close_distributed, init_distributed
 from glmed.training.runner import RunFiles, StagedRunner, TrainingResult
 from glmed.training.stages import paper_stages
@@ -247,7 +248,10 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
     result = runner.run(resume=resume)
     if distributed.is_main:
         model.load_state_dict(load_checkpoint(files.best, map_location=device)["model"])
-        report(recipe, config, out, model, splits["test"], result, device, progress)
+        scored: GLNet | list[GLNet] = model
+        if config.keep_best > 1:  # the test split is scored as the user would predict: every kept epoch averaged
+            scored = load_checkpoints(out, map_location=device)
+        report(recipe, config, out, scored, splits["test"], result, device, progress)
     distributed.barrier()
     return 0
 
@@ -335,9 +339,13 @@ def build_network(recipe: Recipe, config: RecipeConfig, pretrained: bool = True)
         raise
 
 
-def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: pd.DataFrame,
+def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet | list[GLNet], test: pd.DataFrame,
            result: TrainingResult, device: torch.device, progress: bool) -> dict[str, Any]:
-    """Predict every test image into the output folder, score the files, write and print the summary."""
+    """Predict every test image into the output folder, score the files, write and print the summary.
+
+    ``model`` is the best validated network, or (``--keep-best K``) the list of the kept ones,
+    whose probabilities :func:`~glmed.inference.inferer.predict` averages.
+    """
     folder = out / recipe.output.folder
     folder.mkdir(parents=True, exist_ok=True)
     rows = test.itertuples()
@@ -361,7 +369,8 @@ def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: 
         per_image.to_csv(temporary, float_format="%.17g")
     inference = {"seconds_per_image": float(np.mean(seconds)), "peak_memory_mb": peak.megabytes,
                  "peak_memory_kind": peak.kind, "device": str(device), "finish": finish or "none",
-                 "masks_changed_by_finishing": int(finished)}
+                 "masks_changed_by_finishing": int(finished),
+                 "checkpoints_averaged": len(model) if isinstance(model, list) else 1}
     everything = {"test": summary, "inference": inference, "best_validation": result.best}
     with atomic_path(out / "summary.json") as temporary:
         Path(temporary).write_text(json.dumps(everything, indent=2) + "\n")
@@ -373,6 +382,8 @@ def report(recipe: Recipe, config: RecipeConfig, out: Path, model: GLNet, test: 
     if finish is not None:
         print(f"finishing: {finish} (largest region, holes filled) changed {finished} of {len(test)} test masks "
               "(--finish none turns it off)")
+    if isinstance(model, list):
+        print(f"test masks: the {len(model)} best validated epochs' probabilities averaged (checkpoints/top/)")
     print(f"outputs in {out}: {recipe.output.folder}/, scores.csv, summary.json, metrics.csv, curves.png, "
           "checkpoints/best.pt")
     return everything

@@ -70,9 +70,30 @@ def test_demo_writes_every_output(demo_run):
     assert summary["inference"]["seconds_per_image"] > 0 and summary["inference"]["peak_memory_mb"] > 0
     # ISIC finishing by default: the submission holds one lesion region without holes, and says so
     assert summary["inference"]["finish"] == "lesion" and summary["inference"]["masks_changed_by_finishing"] in (0, 1)
+    assert summary["inference"]["checkpoints_averaged"] == 1  # best.pt alone without --keep-best
     assert "finishing: lesion (largest region, holes filled) changed" in stdout
     with Image.open(out / "submission" / f"{test.image_id}_segmentation.png") as mask:
         assert finish_lesion_mask(np.asarray(mask))[1] == []
+
+
+def test_keep_best_scores_the_test_split_with_the_kept_epochs_averaged(isic, tiny_options, tmp_path, capsys):
+    import glmed
+
+    out = tmp_path / "run"
+    assert isic.main(["--demo", "--out", str(out), "--seed", "1", "--keep-best", "2", *tiny_options]) == 0
+    stdout = capsys.readouterr().out
+    assert "the 2 best validated epochs' probabilities averaged" in stdout
+    assert json.loads((out / "summary.json").read_text())["inference"]["checkpoints_averaged"] == 2
+    manifest = read_manifest(out / "manifest.csv")
+    test = manifest[manifest["split"] == "test"].iloc[0]
+    models = glmed.load_checkpoints(out, best=2)
+    expected = glmed.predict(models, test.image_path, thumbnail=False, finish="lesion").mask
+    best_alone = glmed.predict(models[0], test.image_path, thumbnail=False, finish="lesion").mask
+    with Image.open(out / "submission" / f"{test.image_id}_segmentation.png") as mask:
+        written = np.asarray(mask)
+    assert np.array_equal(written, np.where(expected > 0, 255, 0))
+    # the ensemble is not best.pt under another name: on this run their masks differ
+    assert not np.array_equal(expected, best_alone)
 
 
 def test_scores_file_agrees_with_glmed_score_on_the_submission(demo_run, tmp_path, capsys):
