@@ -62,24 +62,15 @@ and the wall minutes from the start of the row's training to its scores.
     python benchmarks/accuracy_vs_monai.py --quick              # tiny images and network, 1 seed
     python benchmarks/accuracy_vs_monai.py --rows monai_local box box+finish --seeds 1
 
-Duration: estimated, not measured end to end (the machine was shared with a long benchmark
-while this was written, which starved these runs and inflated their CPU time too, as two
-threads spin waiting for each other). Measured at 1024×1536 with the demo model, two threads,
-under that load: about 5-7 CPU seconds per optimiser step of two images in glmed's global,
-local and coarse-to-fine bidirectional stages and of either peer, and about 35 per step of
-plain G⇄L's bidirectional stage (its collect pass reads every patch of both whole images).
 Epochs. A global epoch (the global branch alone on 192-pixel views) costs a few CPU seconds,
 a local or bidirectional one many times more, so the defaults give the global stage 20 (the
 coarse mask is what the box rests on: one seed's box model with 5, 10 and 20 global epochs
 and 4/1 local/bidirectional ones scored 0.20, 0.52 and 0.77 here, training for 1.7, 1.8 and
 2.6 CPU minutes), and the peers, timed to the costliest box model, gain that time too.
 
-With 5/4/1 epochs (8 training images: 4 steps an epoch) a seed trains the G⇄L
-GLNet (about 5 CPU min), two box models (3.3 each), local-only (2.4) and the two peers at the
-box models' time (6.7): about 21 CPU min; three seeds about 62 CPU min, some 35-40 minutes on
-2 idle cores, plus scoring 14 images for every row (whole-image G→L, G⇄L, local-only and the
-sliding window read 50-100 patches an image): **about 45 minutes** in all, uncertain by a
-third either way. ``--quick`` (256×384, one torch thread, 8 steps: a smoke test whose scores
+Duration, measured 2026-11-30 on this project's 2-core CPU with nothing else running: the
+default run (3 seeds, every row) took 59 minutes, about 20 a seed; each training took 1.1-3.6
+CPU minutes (the tables give each row's). ``--quick`` (256×384, one torch thread, 8 steps: a smoke test whose scores
 mean nothing) measured 61 s and 0.9 GB on 2 cores beside one other test run.
 """
 
