@@ -9,7 +9,7 @@ the same pixels and the same normalisation.
 
 Coarse-to-fine: :func:`glmed.geometry.coarse_to_fine_boxes` turns a mask (the ground truth
 when training, the global branch's coarse prediction at inference) into a box relaxed to
-about 1:1 foreground:background; :func:`jitter_box` perturbs it for training and
+about 1:1 foreground:background; :func:`jitter_box` and :func:`widen_box` perturb it for training and
 :func:`tile_box` tiles patches inside it only.
 """
 
@@ -174,6 +174,19 @@ def jitter_box(box: Box, image_size: Size, fraction: float, shifts: Sequence[flo
     r0, r1 = sorted((int(np.clip(moved[0], 0, image_size[0] - 1)), int(np.clip(moved[2], 1, image_size[0]))))
     c0, c1 = sorted((int(np.clip(moved[1], 0, image_size[1] - 1)), int(np.clip(moved[3], 1, image_size[1]))))
     return (r0, c0, max(r1, r0 + 1), max(c1, c0 + 1))
+
+
+def widen_box(box: Box, image_size: Size, amounts: np.ndarray | tuple[float, float, float, float]) -> Box:
+    """Move each edge of ``box`` toward the image's border by ``amounts[i]`` of the way there.
+
+    ``amounts`` are four fractions in ``[0, 1]`` (top, left, bottom, right): 0 keeps the
+    edge, 1 puts it on the border, so ``(1, 1, 1, 1)`` gives the whole image.
+    """
+    row0, col0, row1, col1 = box
+    height, width = image_size
+    top, left, bottom, right = (float(a) for a in amounts)
+    return (int(round(row0 * (1 - top))), int(round(col0 * (1 - left))),
+            int(round(row1 + (height - row1) * bottom)), int(round(col1 + (width - col1) * right)))
 
 
 def jittered_foreground_box(

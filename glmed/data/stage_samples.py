@@ -36,6 +36,7 @@ from glmed.data.samples import (
     global_local_sample,
     jittered_foreground_box,
     resize_label,
+    widen_box,
 )
 from glmed.geometry import grow_to_size, patch_grid, patch_size_for
 from glmed.io.base import ImageReader
@@ -74,19 +75,6 @@ def _label_size(label: ImageReader | np.ndarray) -> Size:
         return label.size
     shape = np.shape(label)
     return (int(shape[0]), int(shape[1]))
-
-
-def widen_box(box: Box, image_size: Size, amounts: np.ndarray | tuple[float, float, float, float]) -> Box:
-    """Move each edge of ``box`` toward the image's border by ``amounts[i]`` of the way there.
-
-    ``amounts`` are four fractions in ``[0, 1]`` (top, left, bottom, right): 0 keeps the
-    edge, 1 puts it on the border, so ``(1, 1, 1, 1)`` gives the whole image.
-    """
-    row0, col0, row1, col1 = box
-    height, width = image_size
-    top, left, bottom, right = (float(a) for a in amounts)
-    return (int(round(row0 * (1 - top))), int(round(col0 * (1 - left))),
-            int(round(row1 + (height - row1) * bottom)), int(round(col1 + (width - col1) * right)))
 
 
 def training_box(

@@ -247,10 +247,11 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
                           validate_every=config.validate_every, keep_best=config.keep_best)
     result = runner.run(resume=resume)
     if distributed.is_main:
-        model.load_state_dict(load_checkpoint(files.best, map_location=device)["model"])
         scored: GLNet | list[GLNet] = model
         if config.keep_best > 1:  # the test split is scored as the user would predict: every kept epoch averaged
             scored = load_checkpoints(out, map_location=device)
+        else:
+            model.load_state_dict(load_checkpoint(files.best, map_location=device)["model"])
         report(recipe, config, out, scored, splits["test"], result, device, progress)
     distributed.barrier()
     return 0
