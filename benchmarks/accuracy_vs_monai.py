@@ -30,8 +30,8 @@ readers), images per step, input sizes, encoder and Adam at the recipe's global 
 with the loss a MONAI user would pick (``DiceCELoss``); the sliding-window peer draws half
 its windows centred on lesion pixels and half anywhere (as MONAI's ``RandCropByPosNegLabeld``
 does), ``patches_per_image`` of them per image. Nobody selects checkpoints: every network is
-scored as its training leaves it, on the test images (the validation images give a second,
-smaller estimate in the per-run table).
+scored as its training leaves it, on the test images (``--val N`` adds N validation images
+for a second, smaller estimate in the per-run table; none by default, as they cost scoring time).
 
 Rows that share training share it: ``global_only``, ``g2l`` and ``bidirectional`` are one
 bidirectional GLNet read after its global, local and bidirectional stage (G→L is those
@@ -46,9 +46,9 @@ coarse-to-fine training of that seed (with the default rows, the box model with 
 loss: the model whose additions are meant to beat the peers), so no box row had more training
 time than a peer. The plain G⇄L GLNet may cost more (its bidirectional stage collects every
 patch of the whole image, not of a box); its CPU minutes say so. CPU time is the training's
-own (``time.process_time`` of this process, all its threads, plus finished children; samples
-are built in the process, ``num_workers=0``), measured around training alone, not scoring,
-so other jobs on the machine change it less than wall time. Equal steps × images would have
+own (``time.process_time`` of the process that trains it, all its threads, plus finished
+children; samples are built in the process, ``num_workers=0``), measured around training
+alone, not scoring, so other jobs on the machine change it less than wall time. Equal steps × images would have
 been the other choice; it hides that a glmed step (two branches, a collect pass) costs more
 than a peer's, which is what a user pays. The steps each row took are in the tables.
 
@@ -68,9 +68,17 @@ coarse mask is what the box rests on: one seed's box model with 5, 10 and 20 glo
 and 4/1 local/bidirectional ones scored 0.20, 0.52 and 0.77 here, training for 1.7, 1.8 and
 2.6 CPU minutes), and the peers, timed to the costliest box model, gain that time too.
 
+Processes. The trainings (one per family and loss setting per seed: six a seed with every
+row) run ``--workers`` at a time, each in its own spawned process with ``cores // workers``
+torch threads; the full run defaults to 2 workers. A seed's peers start when its box models
+are done. Every training of a run gets the same thread count, so the CPU-time rule compares
+like with like; the glmed rows' scores do not depend on the number of workers at one thread
+each (a test checks it). Scoring runs 16 patches a forward pass (``--predict-batch``).
+
 Duration, measured 2026-11-30 on this project's 2-core CPU with nothing else running: the
-default run (3 seeds, every row) took 59 minutes, about 20 a seed; each training took 1.1-3.6
-CPU minutes (the tables give each row's). ``--quick`` (256×384, one torch thread, 8 steps: a smoke test whose scores
+default run (3 seeds, every row) took 59 minutes, about 20 a seed, in one process with two
+threads and validation images scored; each training took 1.1-3.6 CPU minutes (the tables
+give each row's). ``--quick`` (256×384, one torch thread, 8 steps: a smoke test whose scores
 mean nothing) measured 61 s and 0.9 GB on 2 cores beside one other test run.
 """
 
@@ -79,10 +87,14 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
+import multiprocessing
+import os
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -196,14 +208,17 @@ class Settings(NamedTuple):
         augment: augmentation preset of every training (``none``: none).
         data_seed: seed of the generated images.
         peer_cpu_minutes: the peers' CPU budget when no glmed row is run (else ignored).
-        threads: torch threads (None: torch's default, one per core).
+        threads: torch threads of each process (None: torch's default with one worker,
+            ``cores // workers`` with several).
+        workers: trainings run at once, each in its own process (1: in this process, one after another).
+        predict_batch: patches (windows) per forward pass when scoring, for every row.
         verbose: print ``glmed.fit``'s line per epoch.
         model: recipe config values changed for every run, as ``(name, value)`` pairs.
     """
 
     size: tuple[int, int] = (1024, 1536)
     train: int = 8
-    val: int = 2
+    val: int = 0
     test: int = 12
     epochs: tuple[int, int, int] = (20, 4, 1)
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -212,6 +227,8 @@ class Settings(NamedTuple):
     data_seed: int = 0
     peer_cpu_minutes: float | None = None
     threads: int | None = None
+    workers: int = 1
+    predict_batch: int = 16
     verbose: bool = False
     model: tuple[tuple[str, Any], ...] = ()
 
@@ -472,7 +489,7 @@ def train_peer(family: str, config: Any, train: Sequence[Pair], seed: int, budge
     return net.eval(), cpu_seconds() - started, steps
 
 
-def peer_masks(family: str, net: Any, images: Sequence[np.ndarray], config: Any) -> list[np.ndarray]:
+def peer_masks(family: str, net: Any, images: Sequence[np.ndarray], config: Any, batch_size: int) -> list[np.ndarray]:
     """A peer's mask of every image: the global view's logits upsampled, or the sliding window's."""
     import torch
     import torch.nn.functional as F
@@ -484,7 +501,7 @@ def peer_masks(family: str, net: Any, images: Sequence[np.ndarray], config: Any)
     for image in images:
         if family == "monai_local":
             masks.append(sliding_window_mask(partial(flexible_unet_logits, net), image, config.patch_size,
-                                             config.overlap, config.predict_batch_size)[0])
+                                             config.overlap, batch_size)[0])
             continue
         view = DEFAULT_NORMALIZATION(as_reader(image).resized((config.global_size, config.global_size)))[None]
         with torch.inference_mode():
@@ -541,54 +558,158 @@ def peer_budget(spent: dict[tuple, float], settings: Settings) -> float:
     return 60 * (settings.peer_cpu_minutes or 0.0)
 
 
-def run_seed(seed: int, settings: Settings, config: Any, model_class: type, images: dict[str, list[Pair]],
-             log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every chosen row with one training seed: glmed's trainings first, then the peers with their budget."""
-    rows: list[dict[str, Any]] = []
-    runnable = [key for key in settings.rows if unavailable(ROWS[key]) is None]
-    for key in settings.rows:
-        why = unavailable(ROWS[key])
-        if why is not None:
-            rows.append({"row": key, "seed": seed, "status": why})
-    trainings: dict[tuple, list[str]] = {}
-    for key in runnable:
-        trainings.setdefault(training_key(ROWS[key]), []).append(key)
+class Task(NamedTuple):
+    """One training and the rows read from it: run in this process or in a worker process.
+
+    Attributes:
+        seed: the training seed.
+        key: :func:`training_key` of its rows (family, loss options).
+        members: the row keys it scores.
+    """
+
+    seed: int
+    key: tuple[str, tuple[tuple[str, Any], ...]]
+    members: tuple[str, ...]
+
+
+_STATE: dict[str, Any] = {}
+"""What every task of a process reads: the settings, images, recipe config, network class and log."""
+
+
+def start_process(settings: Settings, images: dict[str, list[Pair]], log: Callable[[str], None] | None = None) -> None:
+    """Ready this process (the run's own, or a worker) for :func:`run_task`.
+
+    A worker gets ``cores // workers`` torch threads unless ``settings.threads`` says otherwise:
+    two single-threaded processes on two cores scored 12% more images a minute here than one
+    process with two threads (small convolutions keep two threads waiting on each other).
+    """
+    import os
+
+    import torch
+
+    threads = settings.threads
+    if threads is None and settings.workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // settings.workers)
+    if threads:
+        torch.set_num_threads(threads)
+    config, model_class = recipe_settings(settings.epochs, settings.model)
+    _STATE.update(settings=settings, images=images, config=config, model_class=model_class,
+                  log=log or partial(print, flush=True))
+
+
+def run_task(task: Task, budget: float | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Train ``task``'s network and score its rows; returns their per-run lines and the training's CPU seconds.
+
+    ``budget``: a peer's CPU seconds (:func:`peer_budget`); glmed's trainings run their epochs.
+    """
+    settings, images, config, log = _STATE["settings"], _STATE["images"], _STATE["config"], _STATE["log"]
+    seed, (family, _) = task.seed, task.key
+    lines: list[dict[str, Any]] = []
 
     def record(keys: Sequence[str], scored: dict[str, dict[str, Any]], cpu: float, steps: int, wall: float) -> None:
         for key in keys:
-            rows.append({"row": key, "seed": seed, "status": "ok", **scored[key], "cpu_minutes": cpu / 60,
-                         "steps": steps, "wall_minutes": wall / 60})
+            lines.append({"row": key, "seed": seed, "status": "ok", **scored[key], "cpu_minutes": cpu / 60,
+                          "steps": steps, "wall_minutes": wall / 60})
             log(f"  seed {seed} | {ROWS[key].label}: thresholded Jaccard {scored[key]['threshold_jaccard']:.3f}, "
                 f"Jaccard {scored[key]['jaccard']:.3f}, {scored[key]['under_065']}/{scored[key]['images']} under "
                 f"{UNDER}, {cpu / 60:.1f} CPU min, {steps} steps")
 
-    spent: dict[tuple, float] = {}
-    for key, members in trainings.items():
-        if key[0] in PEERS:
-            continue
-        reads = {ROWS[member].read: [m for m in members if ROWS[m].read == ROWS[member].read] for member in members}
-        started = time.perf_counter()
-
-        def score(read: str, model: Any, cpu: float, steps: int, reads: dict = reads, started: float = started) -> None:
-            network, options = read_model(model, read)
-            scored = score_rows(reads[read], lambda images, extra: glmed_masks(
-                network, images, {**options, **extra}, config.predict_batch_size), images)
-            record(reads[read], scored, cpu, steps, time.perf_counter() - started)
-
-        spent[key] = train_glmed(key, reads, config, model_class, images, seed, settings, score, log)
-    budget = peer_budget(spent, settings)
-    for key, members in trainings.items():
-        if key[0] not in PEERS:
-            continue
-        started = time.perf_counter()
-        net, cpu, steps = train_peer(key[0], config, images["train"], seed, budget, settings)
-        scored = score_rows(members, lambda images, _, family=key[0], net=net: peer_masks(family, net, images, config),
-                            images)
-        record(members, scored, cpu, steps, time.perf_counter() - started)
+    started = time.perf_counter()
+    if family in PEERS:
+        net, cpu, steps = train_peer(family, config, images["train"], seed, budget or 0.0, settings)
+        scored = score_rows(task.members, lambda split, _: peer_masks(family, net, split, config,
+                                                                      settings.predict_batch), images)
+        record(task.members, scored, cpu, steps, time.perf_counter() - started)
         del net
         gc.collect()
+        return lines, cpu
+    reads = {ROWS[member].read: [m for m in task.members if ROWS[m].read == ROWS[member].read]
+             for member in task.members}
+
+    def score(read: str, model: Any, cpu: float, steps: int) -> None:
+        network, options = read_model(model, read)
+        scored = score_rows(reads[read], lambda split, extra: glmed_masks(
+            network, split, {**options, **extra}, settings.predict_batch), images)
+        record(reads[read], scored, cpu, steps, time.perf_counter() - started)
+
+    cpu = train_glmed(task.key, reads, config, _STATE["model_class"], images, seed, settings, score, log)
+    return lines, cpu
+
+
+def seed_plan(seed: int, settings: Settings) -> tuple[list[dict[str, Any]], list[Task]]:
+    """One seed's lines for rows the installed glmed cannot run, and its tasks: glmed's trainings, then the peers."""
+    unrunnable = [{"row": key, "seed": seed, "status": why} for key in settings.rows
+                  if (why := unavailable(ROWS[key])) is not None]
+    trainings: dict[tuple, list[str]] = {}
+    for key in settings.rows:
+        if unavailable(ROWS[key]) is None:
+            trainings.setdefault(training_key(ROWS[key]), []).append(key)
+    tasks = [Task(seed, key, tuple(members)) for key, members in trainings.items()]
+    return unrunnable, sorted(tasks, key=lambda task: task.key[0] in PEERS)
+
+
+class InProcess:
+    """An executor that runs each task at once in this process (``workers=1``): the same scheduling, no pool."""
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        """``function(*args)``, run now; its result (or its exception) in a finished future."""
+        future: Future = Future()
+        try:
+            future.set_result(function(*args))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller through the future, as a pool does
+            future.set_exception(error)
+        return future
+
+
+def run_tasks(settings: Settings, images: dict[str, list[Pair]], log: Callable[[str], None],
+              lines_done: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    """Every seed's tasks in seed order, ``settings.workers`` at a time; returns every per-run line.
+
+    A seed's peers start once all of its glmed trainings are done (their budget is the costliest
+    box model's CPU time); until then a free worker takes the next seed's trainings. With one
+    worker the order is the sequential one: seed by seed, glmed first. ``lines_done`` gets all
+    lines so far after each task.
+    """
+    lines: list[dict[str, Any]] = []
+    queue: list[Task] = []
+    for seed in settings.seeds:
+        unrunnable, tasks = seed_plan(seed, settings)
+        lines += unrunnable
+        queue += tasks
+    waiting = {seed: sum(task.seed == seed and task.key[0] not in PEERS for task in queue) for seed in settings.seeds}
+    spent: dict[int, dict[tuple, float]] = {seed: {} for seed in settings.seeds}
+    if settings.workers > 1:
+        executor: Any = ProcessPoolExecutor(settings.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=start_process, initargs=(settings, images))
+    else:
+        start_process(settings, images, log)
+        executor = InProcess()
+    running: dict[Future, Task] = {}
+    with executor if settings.workers > 1 else nullcontext():
+        while queue or running:
+            while queue and len(running) < settings.workers:
+                ready = next((task for task in queue if task.key[0] not in PEERS or not waiting[task.seed]), None)
+                if ready is None:
+                    break
+                queue.remove(ready)
+                budget = peer_budget(spent[ready.seed], settings) if ready.key[0] in PEERS else None
+                running[executor.submit(run_task, ready, budget)] = ready
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task = running.pop(future)
+                task_lines, cpu = future.result()
+                lines += task_lines
+                if task.key[0] not in PEERS:
+                    spent[task.seed][task.key] = cpu
+                    waiting[task.seed] -= 1
+                lines_done(ordered(lines, settings))
+    return ordered(lines, settings)
+
+
+def ordered(lines: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
+    """Per-run lines seed by seed, each seed's rows in the table's order."""
     order = {key: index for index, key in enumerate(settings.rows)}
-    return sorted(rows, key=lambda row: order[row["row"]])
+    return sorted(lines, key=lambda line: (line["seed"], order[line["row"]]))
 
 
 def summarise(runs: pd.DataFrame, rows: Sequence[str]) -> pd.DataFrame:
@@ -631,17 +752,12 @@ def runs_shown(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(settings: Settings, log: Callable[[str], None] = print,
-        seed_done: Callable[[pd.DataFrame], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every chosen row with every seed, seed by seed; returns the per-run table and the summary.
+        lines_done: Callable[[pd.DataFrame], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every chosen row with every seed; returns the per-run table and the summary.
 
-    ``seed_done``, when given, gets the per-run table so far after each seed (the CSV is
-    written there, so a run stopped early keeps its finished seeds).
+    ``lines_done``, when given, gets the per-run table so far after each training (the CSV is
+    written there, so a run stopped early keeps what it finished).
     """
-    config, model_class = recipe_settings(settings.epochs, settings.model)
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     images = hard_dermoscopy_splits(settings.size, {"train": settings.train, "val": settings.val,
                                                     "test": settings.test}, settings.data_seed)
@@ -649,13 +765,8 @@ def run(settings: Settings, log: Callable[[str], None] = print,
     log(f"generated {settings.train}/{settings.val}/{settings.test} hard dermoscopy images of "
         f"{settings.size[0]}×{settings.size[1]} in {time.perf_counter() - started:.0f} s; test lesions cover "
         f"{np.median(fractions):.0%} of an image (median)")
-    # Seed by seed, every row in turn: a run stopped early still compares the rows fairly.
-    rows: list[dict[str, Any]] = []
-    for seed in settings.seeds:
-        rows += run_seed(seed, settings, config, model_class, images, log)
-        if seed_done is not None:
-            seed_done(pd.DataFrame(rows))
-    runs = pd.DataFrame(rows)
+    lines = run_tasks(settings, images, log, lambda so_far: lines_done(pd.DataFrame(so_far)) if lines_done else None)
+    runs = pd.DataFrame(lines)
     return runs, summarise(runs, settings.rows)
 
 
@@ -665,7 +776,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--quick", action="store_true", help="small images and network, one seed: minutes")
     parser.add_argument("--size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"), help="image size (1024 1536)")
     parser.add_argument("--train", type=int, help="training images (8)")
-    parser.add_argument("--val", type=int, help="validation images, 0 for none (2)")
+    parser.add_argument("--val", type=int, help="validation images, scored for a second estimate (0: none)")
     parser.add_argument("--test", type=int, help="test images (12)")
     parser.add_argument("--epochs", nargs=3, type=int, metavar=("GLOBAL", "LOCAL", "BOTH"),
                         help="epochs of glmed's stages (20 4 1)")
@@ -676,7 +787,13 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--data-seed", type=int, help="seed of the generated images (0)")
     parser.add_argument("--peer-cpu-minutes", type=float,
                         help="the peers' CPU budget when no glmed row runs (else the costliest glmed training's)")
-    parser.add_argument("--threads", type=int, help="torch threads (torch's default; 1 with --quick)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads of each process (cores // workers; torch's default with one worker; "
+                             "1 with --quick)")
+    parser.add_argument("--workers", type=int,
+                        help="trainings at once, each in its own process (2 on a machine with 2 cores or more; "
+                             "1 with --quick)")
+    parser.add_argument("--predict-batch", type=int, help="patches per forward pass when scoring (16)")
     parser.add_argument("--verbose", action="store_true", default=None, help="print glmed.fit's line per epoch")
     parser.add_argument("--csv", type=Path, help="also write the per-run table here (after each seed)")
     parser.add_argument("--from-csv", type=Path, nargs="+", metavar="CSV",
@@ -684,15 +801,20 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
     given = {name: getattr(args, name) for name in ("size", "train", "val", "test", "epochs", "rows", "augment",
-                                                        "data_seed", "peer_cpu_minutes", "threads", "verbose")
+                                                        "data_seed", "peer_cpu_minutes", "threads", "workers",
+                                                        "predict_batch", "verbose")
              if getattr(args, name) is not None}
+    if args.workers is None and not args.quick:
+        given["workers"] = min(2, os.cpu_count() or 1)
     given = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
     if args.seeds is not None:
         given["seeds"] = tuple(range(args.seeds))
     settings = settings._replace(**given)
     settings = settings._replace(rows=tuple(key for key in ROWS if key in settings.rows))  # the table's order
-    if min(settings.train, settings.test, len(settings.seeds)) < 1 or settings.val < 0 or min(settings.epochs) < 0:
-        parser.error("--train, --test and --seeds need at least 1, --val and the epochs at least 0")
+    if min(settings.train, settings.test, len(settings.seeds), settings.workers, settings.predict_batch) < 1 \
+            or settings.val < 0 or min(settings.epochs) < 0:
+        parser.error("--train, --test, --seeds, --workers and --predict-batch need at least 1, --val and the epochs "
+                     "at least 0")
     glmed_rows = [key for key in settings.rows if ROWS[key].family not in PEERS]
     if any(ROWS[key].family in PEERS for key in settings.rows) and not glmed_rows and not settings.peer_cpu_minutes:
         parser.error("the MONAI peers train for the CPU time of the costliest glmed row: run one, or give "
@@ -713,7 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(markdown(runs_shown(runs)))
         return 0
     started = time.perf_counter()
-    runs, summary = run(settings, seed_done=None if args.csv is None else
+    runs, summary = run(settings, lines_done=None if args.csv is None else
                         (lambda so_far: so_far.to_csv(args.csv, index=False)))
     minutes = (time.perf_counter() - started) / 60
     changed = "".join(f", {name}={value}" for name, value in settings.model)

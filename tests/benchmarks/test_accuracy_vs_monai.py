@@ -108,3 +108,28 @@ def test_smoke_run_trains_and_scores_every_row(capsys, tmp_path):
             mean, spread = (float(part) for part in row["thresholded Jaccard"].split(" ± "))
             assert 0 <= mean <= 1 and spread == 0  # one seed has no spread
             assert row["images < 0.65"].endswith("/ 2")
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_in_process_scores(tmp_path):
+    """Trainings spread over worker processes (spawned, one torch thread each) score what one process scores."""
+    import subprocess
+    import sys
+
+    from benchmark_scripts import BENCHMARKS
+
+    argv = ["--quick", "--size", "96", "128", "--train", "2", "--test", "2", "--epochs", "1", "1", "1",
+            "--rows", "global_only", "box", "box+finish", "monai_global"]
+    runs = {}
+    for workers in (1, 2):
+        csv = tmp_path / f"runs{workers}.csv"
+        done = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy_vs_monai.py"), *argv, "--workers",
+                               str(workers), "--csv", str(csv)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[workers] = pd.read_csv(csv).set_index("row")
+    assert runs[2].index.tolist() == ["monai_global", "global_only", "box", "box+finish"]  # the table's order
+    glmed_rows = ["global_only", "box", "box+finish"]
+    for column in ("threshold_jaccard", "jaccard", "under_065", "steps"):  # same seeds, one thread: same numbers
+        assert runs[2].loc[glmed_rows, column].tolist() == runs[1].loc[glmed_rows, column].tolist(), column
+    cpu = runs[2]["cpu_minutes"]
+    assert cpu["monai_global"] >= cpu["box"] - 1e-9  # the peer waited for its seed's box model's time
