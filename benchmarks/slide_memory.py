@@ -193,9 +193,12 @@ def tissue_table(args: argparse.Namespace) -> int:
     masked = table[table["tissue mask"] == "on"] if "tissue mask" in table else table.iloc[:0]
     if len(masked) >= 2 and "error" not in masked:
         first, last = masked.iloc[0], masked.iloc[-1]
-        growth = 100 * (last["peak RssAnon MB"] / first["peak RssAnon MB"] - 1)
-        print(f"\npeak RssAnon {first['peak RssAnon MB']} MB at {first['slide']} -> {last['peak RssAnon MB']} MB at "
-              f"{last['slide']}: {growth:+.0f}% for {last['megapixels'] / first['megapixels']:.0f}x the area")
+        print()
+        for field in ("peak RssAnon MB", "peak VmRSS MB"):
+            growth = 100 * (last[field] / first[field] - 1)
+            print(f"{field.removesuffix(' MB')} {first[field]} MB at {first['slide']} -> {last[field]} MB at "
+                  f"{last['slide']}: {growth:+.0f}% for {last['megapixels'] / first['megapixels']:.0f}x the area "
+                  f"(highest of any slide: {masked[field].max()} MB)")
         print(f"time {first['seconds']} s -> {last['seconds']} s: x{last['seconds'] / max(first['seconds'], 1e-9):.1f}"
               f" for x{last['tissue megapixels'] / max(first['tissue megapixels'], 1e-9):.1f} the tissue and "
               f"x{last['megapixels'] / first['megapixels']:.1f} the slide")

@@ -2,9 +2,9 @@
 
 The device only ever holds the downsampled image, one batch of patches and the global
 branch's maps; the full-resolution image stays with its reader on the host (an array in
-memory or a file read region by region), and the per-patch outputs are averaged a band of rows
-at a time (:class:`~glmed.inference.merging.RowBandMerger`) into a mask that may itself live on
-disk, so whole slides stream through (:mod:`glmed.inference.slide`).
+memory or a file read region by region), and the per-patch outputs are averaged and written as
+soon as each part is final (:class:`~glmed.inference.merging.RowBandMerger`) into a mask that may
+itself live on disk, so whole slides stream through (:mod:`glmed.inference.slide`).
 
 MONAI's ``PatchInferer`` calls its network with the patches alone, and
 ``sliding_window_inference`` needs the whole image as one tensor and places windows its
@@ -640,8 +640,7 @@ class GlobalLocalInferer:
             return
         if refined is None:
             refined = np.ones(len(grid), dtype=bool)
-        merger = RowBandMerger(out, model.config.num_classes, grid.patch_size[0], start_row, on_rows_written,
-                               probability_out)
+        merger = RowBandMerger(out, model.config.num_classes, grid.boxes, start_row, on_rows_written, probability_out)
         patch_size = grid.patch_size
         local_grid = PatchGrid(grid.image_size, grid.boxes[refined])
         if glass is None:

@@ -20,8 +20,8 @@ a profiler is already running, or the build has none, the count falls back to
 What is not a pass is counted from the sizes of the arrays the inferer keeps, which are known
 exactly: the global input, the global maps kept through the local passes, the global answer
 that coarse-to-fine and ``refine="uncertain"`` keep, the coarse mask's upsampling band, and, on
-the CPU (where the budget is the process's memory, so host arrays count), the merger's band of
-rows (:meth:`~glmed.inference.merging.RowBandMerger.buffer_bytes`), the output and coarse masks
+the CPU (where the budget is the process's memory, so host arrays count), the patch merger's open
+cells (:meth:`~glmed.inference.merging.RowBandMerger.peak_bytes`), the output and coarse masks
 when they are held in memory, the batch being read ahead (measured: reading and normalising one
 batch) and the previous batch's probabilities. On a GPU the budget is the GPU's memory, and those
 stay on the host. With test-time augmentation (``tta``) the local pass is measured running every
@@ -80,7 +80,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from glmed.conventions import Size
 from glmed.geometry import patch_grid
-from glmed.inference.merging import UPSAMPLE_ROWS, RowBandMerger, label_dtype, upsample_band_bytes
+from glmed.inference.merging import RowBandMerger, label_dtype, upsample_band_bytes, upsample_rows
 from glmed.models.coarse_to_fine import CoarseToFineGLNet
 from glmed.models.fpn import FINAL
 from glmed.models.glnet import GLNet, GLNetConfig, Sharing
@@ -634,6 +634,7 @@ def plan_for_budget(
     cap = inferer.batch_cap if inferer.batch_cap is not None else max(len(grid), 1)
     device = str(placement.device)
     retains = placement.device.type == "cpu" and _glibc_retains_freed()
+    merger = RowBandMerger.peak_bytes(config.num_classes, grid.boxes, image_size)
 
     def plan(amp: str) -> MemoryPlan:
         trial = copy.copy(inferer)
@@ -641,7 +642,7 @@ def plan_for_budget(
 
         def phases_of(measured: PassMemory) -> list[Phase]:
             return _phases(measured, model, config, placement, image_size, inferer.refine, out_in_memory,
-                           with_coarse, weights_moved, len(inferer.views))
+                           with_coarse, weights_moved, len(inferer.views), merger)
 
         def over_at_1(measured: PassMemory) -> bool:  # then batch 2 need not be measured
             return max(phase.at(1) for phase in phases_of(measured)) > budget.nbytes
@@ -690,8 +691,11 @@ def _phases(
     with_coarse: bool,
     weights_moved: bool,
     views: int = 1,
+    merger: int = 0,
 ) -> list[Phase]:
     """The prediction's phases as lines through their totals at batch 1 and 2 (see the module's docstring).
+
+    ``merger``: the bytes the patch merger holds at most (:meth:`RowBandMerger.peak_bytes`).
 
     With test-time augmentation (``views`` > 1) each view's global maps (and first answer) are
     held together, so they count once per view; the local pass was measured with every view.
@@ -706,7 +710,7 @@ def _phases(
     # the answers kept through the local passes: one per view for refine="uncertain"
     logits = measured.logits * (int(coarse_to_fine) + views * int(uncertain))
     others = (views - 1) * measured.maps  # the other views' maps, held beside the one being computed
-    band = RowBandMerger.buffer_bytes(config.num_classes, min(config.patch_size, height), width) if on_host else 0
+    band = merger if on_host else 0
 
     def reading(i: int) -> int:
         """The batch in the pass and the next one being read: host memory."""
@@ -717,7 +721,8 @@ def _phases(
         total = always + measured.image + others + measured.first_global + (measured.logits if coarse_to_fine else 0)
         phases.append(Phase("global pass", total, 0))
         if with_coarse or coarse_to_fine:  # the coarse mask upsampled, a band of rows at a time
-            upsampling = upsample_band_bytes(config.num_classes, min(UPSAMPLE_ROWS, height), width)
+            rows = min(upsample_rows(config.num_classes, width), height)
+            upsampling = upsample_band_bytes(config.num_classes, rows, width)
             phases.append(Phase("coarse mask", always + measured.image + views * measured.maps + logits
                                 + views * measured.logits + upsampling, 0))
     if mode is Sharing.BIDIRECTIONAL:

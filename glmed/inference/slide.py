@@ -1,11 +1,12 @@
 """Whole-slide inference that streams: a slide of any size in, a tiled pyramidal TIFF mask out.
 
 The global branch sees a view built from the slide's coarsest sufficient pyramid level; patches
-are read region by region, a batch at a time; their outputs are averaged a band of rows at a
-time (:class:`~glmed.inference.merging.RowBandMerger`) into a scratch mask memory-mapped from a
-file beside the output (one byte per pixel, on disk); that mask is then written tile by tile as
-a pyramidal TIFF and moved into place in one step. Host memory grows with the slide's width (one
-band of patch rows), never with its area; no full-size array is ever held in memory.
+are read region by region, a batch at a time; their outputs are averaged, each part as soon as
+it is final (:class:`~glmed.inference.merging.RowBandMerger`), into a scratch mask memory-mapped
+from a file beside the output (one byte per pixel, on disk); that mask is then written tile by
+tile as a pyramidal TIFF and moved into place in one step. Host memory grows with the slide's
+width only through the overlap of two rows of patches, never with its area; no full-size array
+is ever held in memory.
 
 A run can resume. The scratch mask and a small ledger of the rows finished in each region (the
 whole slide, or each coarse-to-fine box) stay beside the output when a run stops early; the same
@@ -17,8 +18,9 @@ Resident memory as the OS reports it would also count every page of the scratch 
 touched (3.6 GB for a 60k×60k slide): file-backed, written back and reclaimable, but alarming. So
 while the scratch mask is open its pages are dropped from the process's resident set every
 :data:`RELEASE_EVERY_S` seconds (``madvise(MADV_DONTNEED)``, which for a shared file mapping loses
-nothing: dirty pages stay in the page cache and reach the file); the resident size then stays flat
-whatever the slide's area.
+nothing: dirty pages stay in the page cache and reach the file), and the passes that read the whole
+mask afterwards (its pyramid levels, the pixel counts) release what they read band by band
+(:mod:`glmed.io.mapped`); the resident size then stays flat whatever the slide's area.
 
 On a slide in colour the tissue is found first (:func:`glmed.io.tissue.detect_tissue`) and patches
 of glass only are never read and are written as background (:mod:`glmed.inference.glass`), so the
@@ -27,10 +29,8 @@ time grows with the tissue's area rather than the slide's.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import mmap
 import os
 import threading
 from collections.abc import Sequence
@@ -56,6 +56,7 @@ from glmed.inference.slide_outputs import (
 )
 from glmed.inference.working_resolution import check_mpp, working_view
 from glmed.io.base import ImageReader
+from glmed.io.mapped import release_pages
 from glmed.io.mask_tiff import MaskEncoding, mask_encoding, write_mask_tiff, write_probability_tiff
 from glmed.io.open import ImageLike, open_as_reader
 from glmed.io.resolution import microns_per_pixel
@@ -460,10 +461,7 @@ class ScratchMask:
         no-op where the platform lacks it.
         """
         for scratch in (self.mask, self.probabilities):
-            mapping = getattr(scratch, "_mmap", None)
-            if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-                with contextlib.suppress(OSError, ValueError):
-                    mapping.madvise(mmap.MADV_DONTNEED)
+            release_pages(scratch)
 
     def _release_periodically(self) -> None:
         while not self._stop.wait(RELEASE_EVERY_S):

@@ -29,6 +29,7 @@ from glmed.conventions import Size
 from glmed.inference.result import thumbnail_size
 from glmed.io.base import ImageReader
 from glmed.io.geojson import DEFAULT_VIEW_SIDE, class_colour, write_geojson
+from glmed.io.mapped import release_pages
 from glmed.io.mask_tiff import MaskEncoding
 from glmed.io.writers import atomic_path
 
@@ -114,7 +115,7 @@ def write_mask_geojson(
 def class_pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """Level-0 pixels of each class in ``mask`` (``num_classes`` int64), counted a band of rows at a time.
 
-    A memory-mapped slide mask is read once, sequentially, and never held whole.
+    A memory-mapped slide mask is read once, sequentially, and never held whole nor left resident.
     """
     counts = np.zeros(num_classes, dtype=np.int64)
     # bincount works on a copy as int64 (8 bytes a pixel): the band is sized for that copy, not the mask
@@ -122,4 +123,5 @@ def class_pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     for row in range(0, mask.shape[0], rows):
         band = np.asarray(mask[row : row + rows]).ravel()
         counts += np.bincount(band, minlength=num_classes)[:num_classes]
+        release_pages(mask)  # a memory-mapped mask's band read: out of the resident set again
     return counts

@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from glmed.io.mapped import mapping_of, release_pages
+
 RESAMPLINGS = ("area", "nearest")
+
+IN_MEMORY_LEVEL_BYTES = 16 << 20
+"""A memory-mapped image's pyramid level at most this large is copied into memory (see :func:`_every_nth`)."""
+
+RELEASE_BYTES = 64 << 20
+"""Bytes of a memory-mapped image read between two releases of its pages."""
 
 
 @contextmanager
@@ -117,10 +125,15 @@ def pyramid(
     if levels < 1:
         raise ValueError(f"levels must be at least 1, got {levels}")
     out = [image]
-    for _ in range(levels - 1):
+    mapped = mapping_of(image) is not None
+    for level in range(1, levels):
         previous = out[-1]
         if resampling == "nearest":
-            out.append(previous[::2, ::2])
+            stride = 2**level
+            if mapped and image[::stride, ::stride].nbytes <= IN_MEMORY_LEVEL_BYTES and mapping_of(previous):
+                out.append(_every_nth(image, stride))  # the first level small enough: copied, in bands
+            else:
+                out.append(previous[::2, ::2])
             continue
         rows, cols = np.arange(0, previous.shape[0], 2), np.arange(0, previous.shape[1], 2)
         sums = np.add.reduceat(np.add.reduceat(previous, rows, axis=0, dtype=np.float64), cols, axis=1)
@@ -131,6 +144,23 @@ def pyramid(
             means = np.rint(means)
         out.append(means.astype(image.dtype))
     return out
+
+
+def _every_nth(image: np.ndarray, stride: int) -> np.ndarray:
+    """``image[::stride, ::stride]`` copied into memory from a memory-mapped ``image``, a band of rows at a time.
+
+    As a view, a deep level of a mapped mask reads one byte in ``stride`` of every row it spans:
+    every page of the file, all at once for a level that fits in one tile. Copied band by band,
+    with the band's pages released after each (:func:`~glmed.io.mapped.release_pages`), the file
+    is read once and never resident whole.
+    """
+    row_bytes = max(1, image.shape[1] * image.itemsize * (image.shape[2] if image.ndim == 3 else 1))
+    rows = max(stride, RELEASE_BYTES // row_bytes // stride * stride)
+    level = np.empty_like(image[::stride, ::stride])
+    for start in range(0, image.shape[0], rows):
+        level[start // stride : -(-(start + rows) // stride)] = image[start : start + rows : stride, ::stride]
+        release_pages(image)
+    return level
 
 
 def check_tile(path: str | os.PathLike, tile: int) -> None:
@@ -239,6 +269,7 @@ def _tiles(level: np.ndarray, tile: int, bar: Any = None, lookup: np.ndarray | N
                 bar.update()  # before yielding: the writer does not come back after a level's last tile
             block = level[row : row + tile, col : col + tile]
             yield np.ascontiguousarray(block if lookup is None else lookup[block])
+        release_pages(level)  # a mapped level's row of tiles read: out of the resident set
 
 
 def _per_centimetre(mpp: tuple[float, float], size: tuple[int, ...], level: tuple[int, ...]) -> tuple[float, float]:

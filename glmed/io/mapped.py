@@ -1,0 +1,39 @@
+"""Keeping a memory-mapped array's pages out of the process's resident memory.
+
+A slide's mask lives in a file mapped into memory (:class:`numpy.memmap`): 3.6 GB for
+60k×60k. Every page the process reads or writes through the mapping counts in its resident
+size until the kernel reclaims it, so a pass over the whole mask (a pyramid level, a pixel
+count) would show gigabytes of "memory" that is only page cache. ``madvise(MADV_DONTNEED)``
+on a shared file mapping unmaps the pages from the process and loses nothing (written pages
+stay in the page cache and reach the file; the next access maps them again), so callers drop
+what they touched after each band they read or write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+from typing import Any
+
+import numpy as np
+
+
+def mapping_of(array: Any) -> mmap.mmap | None:
+    """The ``mmap`` behind ``array`` (a :class:`numpy.memmap` or a view of one), or None for memory."""
+    while isinstance(array, np.ndarray):
+        mapping = getattr(array, "_mmap", None)
+        if mapping is not None:
+            return mapping
+        array = array.base
+    return array if isinstance(array, mmap.mmap) else None
+
+
+def release_pages(array: Any) -> None:
+    """Drop the pages of the file behind ``array`` from this process's resident set; nothing for memory.
+
+    A no-op where the platform lacks ``MADV_DONTNEED`` or the mapping is already closed.
+    """
+    mapping = mapping_of(array)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(mmap.MADV_DONTNEED)
