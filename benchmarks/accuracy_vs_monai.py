@@ -78,8 +78,9 @@ each (a test checks it). Scoring runs 16 patches a forward pass (``--predict-bat
 Duration, measured 2026-11-30 on this project's 2-core CPU with nothing else running: the
 default run (3 seeds, every row, 2 workers) took 39 minutes, 13 a seed; each training took
 0.8-2.7 CPU minutes (the tables give each row's). The same rows in one process with two
-threads, scoring at batch 4 and 2 validation images, took 59. ``--quick`` (256×384, one torch thread, 8 steps: a smoke test whose scores
-mean nothing) measured 61 s and 0.9 GB on 2 cores beside one other test run.
+threads, scoring at batch 4 and 2 validation images, took 59. ``--quick`` (256×384, one
+torch thread, 8 steps: a smoke test whose scores mean nothing) measured 61 s and 0.9 GB on 2
+cores beside one other test run.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from glmed.conventions import Box, Size
+from glmed.io.mapped import release_pages
 
 MOSTLY_FOREGROUND = 0.95
 """Above this fraction of foreground pixels a prediction gets a note."""
@@ -29,16 +30,24 @@ EDGE_CONTACT = 0.02
 SIZE_FACTOR = 4.0
 """An image whose longer side is this many times larger or smaller than the training images' gets a note."""
 
-_BAND = 2048
-"""Rows read at a time when counting a mask that may be memory-mapped from disk."""
+_BAND_BYTES = 16 << 20
+"""Bytes read at a time when counting a mask that may be memory-mapped from disk."""
 
 
 def foreground_fraction(mask: np.ndarray) -> float:
-    """Fraction of pixels with a class other than 0 (background), counted a band of rows at a time."""
+    """Fraction of pixels with a class other than 0 (background), counted a band of rows at a time.
+
+    A memory-mapped mask's pages are released after each band (:func:`~glmed.io.mapped.release_pages`),
+    so counting a slide's mask does not leave the whole file in the resident set.
+    """
     total = mask.shape[0] * mask.shape[1]
     if not total:
         return 0.0
-    count = sum(int(np.count_nonzero(mask[top : top + _BAND])) for top in range(0, mask.shape[0], _BAND))
+    rows = max(1, _BAND_BYTES // max(1, mask.shape[1] * mask.itemsize))
+    count = 0
+    for top in range(0, mask.shape[0], rows):
+        count += int(np.count_nonzero(mask[top : top + rows]))
+        release_pages(mask)
     return count / total
 
 

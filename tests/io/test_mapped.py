@@ -92,3 +92,18 @@ def test_writing_a_mapped_mask_as_a_pyramid_does_not_keep_it_resident(tmp_path, 
     assert peak[0] < 16
     with tifffile.TiffFile(tmp_path / "mask.tif") as written:
         np.testing.assert_array_equal(written.pages[3].asarray(), np.asarray(mapped)[::8, ::8])
+
+
+def test_counting_a_mapped_masks_foreground_does_not_keep_it_resident(tmp_path):
+    from glmed.inference.notes import foreground_fraction
+    from glmed.inference.slide_outputs import class_pixel_counts
+
+    mapped = np.memmap(tmp_path / "m", dtype=np.uint8, mode="w+", shape=(4096, 16384))  # 64 MB
+    mapped[:1024] = 1
+    mapped.flush()
+    release_pages(mapped)
+    before = _rss_file_mb()
+    assert foreground_fraction(mapped) == 0.25
+    assert _rss_file_mb() - before < 24  # a band or two, not the 64 MB file
+    assert class_pixel_counts(mapped, 2).tolist() == [3072 * 16384, 1024 * 16384]
+    assert _rss_file_mb() - before < 24
