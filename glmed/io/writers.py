@@ -112,7 +112,9 @@ def pyramid(
         levels: how many levels; by default until the smallest fits in one tile.
         tile: the tile side that decides the default number of levels.
         resampling: ``"area"`` (2 x 2 mean, for images) or ``"nearest"`` (every other
-            pixel, for masks and class indices).
+            pixel, for masks and class indices). Nearest levels are views of ``image``, except
+            that for a memory-mapped ``image`` the first level of at most
+            :data:`IN_MEMORY_LEVEL_BYTES` (and the smaller ones after it) is copied into memory.
     """
     if resampling not in RESAMPLINGS:
         raise ValueError(f"unknown resampling {resampling!r}; choose one of {RESAMPLINGS}")
@@ -156,7 +158,7 @@ def _every_nth(image: np.ndarray, stride: int) -> np.ndarray:
     """
     row_bytes = max(1, image.shape[1] * image.itemsize * (image.shape[2] if image.ndim == 3 else 1))
     rows = max(stride, RELEASE_BYTES // row_bytes // stride * stride)
-    level = np.empty_like(image[::stride, ::stride])
+    level = np.empty(image[::stride, ::stride].shape, dtype=image.dtype)
     for start in range(0, image.shape[0], rows):
         level[start // stride : -(-(start + rows) // stride)] = image[start : start + rows : stride, ::stride]
         release_pages(image)
@@ -193,8 +195,10 @@ def write_pyramidal_tiff(
     Args:
         path: the ``.tif`` to write.
         image: ``H x W`` or ``H x W x C`` (C = 1 or 3 for JPEG; uint8 for JPEG). With ``"nearest"``
-            resampling the levels are views of it and tiles are written one at a time, so a
-            :class:`numpy.memmap` larger than memory streams to disk.
+            resampling the levels are views of it (the small ones copied, see :func:`pyramid`)
+            and tiles are written one at a time, so a :class:`numpy.memmap` larger than memory
+            streams to disk; its pages are released after each row of tiles, so the file is
+            never resident whole.
         levels: number of levels, each half the previous (``ceil``); by default until one tile holds the last.
         tile: tile side, a multiple of 16.
         compression: ``"jpeg"`` (lossy; encoded by ``imagecodecs``), ``"zlib"`` or ``"lzw"`` (lossless), or ``None``.
