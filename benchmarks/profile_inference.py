@@ -76,7 +76,7 @@ PARTS: tuple[tuple[str, str, str], ...] = (
     ("local head", "glmed.models.glnet", "GLNet.local_logits"),
     ("stitch loop (softmax, to host)", "glmed.inference.inferer", "GlobalLocalInferer._stitch_patches"),
     ("merging: add patch", "glmed.inference.merging", "RowBandMerger.add"),
-    ("merging: arg-max of finished rows", "glmed.inference.merging", "RowBandMerger._write_rows_above"),
+    ("merging: arg-max of finished cells", "glmed.inference.merging", "RowBandMerger._write"),
     ("reading patches", "glmed.data.samples", "read_patches"),
     ("normalising (to_model_input)", "glmed.inference.inferer", "to_model_input"),
     ("coarse mask upsampled (upsample_to_labels)", "glmed.inference.inferer", "upsample_to_labels"),

@@ -634,7 +634,12 @@ def plan_for_budget(
     cap = inferer.batch_cap if inferer.batch_cap is not None else max(len(grid), 1)
     device = str(placement.device)
     retains = placement.device.type == "cpu" and _glibc_retains_freed()
-    merger = RowBandMerger.peak_bytes(config.num_classes, grid.boxes, image_size)
+    if isinstance(model, CoarseToFineGLNet):
+        # Each box has its own grid, whose last (clamped) row can overlap the one above by nearly a
+        # patch: bound it by a patch-high band across the image's width.
+        merger = 4 * config.num_classes * min(config.patch_size, int(image_size[0])) * int(image_size[1])
+    else:
+        merger = RowBandMerger.peak_bytes(config.num_classes, grid.boxes, image_size)
 
     def plan(amp: str) -> MemoryPlan:
         trial = copy.copy(inferer)

@@ -17,21 +17,33 @@ from typing import Any
 
 import numpy as np
 
+SHARED_MODES = ("r", "r+", "w+")
+""":class:`numpy.memmap` modes that map the file shared: dropping their pages loses nothing.
+
+Mode ``"c"`` (copy-on-write) maps it private: dropping a changed page would throw the change
+away and show the file's bytes again, so such a mapping is never released.
+"""
+
 
 def mapping_of(array: Any) -> mmap.mmap | None:
-    """The ``mmap`` behind ``array`` (a :class:`numpy.memmap` or a view of one), or None for memory."""
+    """The shared ``mmap`` behind ``array`` (a :class:`numpy.memmap` or a view of one), or None.
+
+    None for an array in memory, a copy-on-write memmap, or a bare ``mmap`` whose access mode
+    cannot be told.
+    """
     while isinstance(array, np.ndarray):
         mapping = getattr(array, "_mmap", None)
         if mapping is not None:
-            return mapping
+            return mapping if getattr(array, "mode", None) in SHARED_MODES else None
         array = array.base
-    return array if isinstance(array, mmap.mmap) else None
+    return None
 
 
 def release_pages(array: Any) -> None:
     """Drop the pages of the file behind ``array`` from this process's resident set; nothing for memory.
 
-    A no-op where the platform lacks ``MADV_DONTNEED`` or the mapping is already closed.
+    Only a shared mapping is released (:func:`mapping_of`). A no-op where the platform lacks
+    ``MADV_DONTNEED`` or the mapping is already closed.
     """
     mapping = mapping_of(array)
     if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):

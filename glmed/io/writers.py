@@ -132,7 +132,8 @@ def pyramid(
         previous = out[-1]
         if resampling == "nearest":
             stride = 2**level
-            if mapped and image[::stride, ::stride].nbytes <= IN_MEMORY_LEVEL_BYTES and mapping_of(previous):
+            first_small = image[::stride, ::stride].nbytes <= IN_MEMORY_LEVEL_BYTES and mapping_of(previous) is not None
+            if mapped and first_small:
                 out.append(_every_nth(image, stride))  # the first level small enough: copied, in bands
             else:
                 out.append(previous[::2, ::2])

@@ -107,3 +107,15 @@ def test_counting_a_mapped_masks_foreground_does_not_keep_it_resident(tmp_path):
     assert _rss_file_mb() - before < 24  # a band or two, not the 64 MB file
     assert class_pixel_counts(mapped, 2).tolist() == [3072 * 16384, 1024 * 16384]
     assert _rss_file_mb() - before < 24
+
+
+def test_a_copy_on_write_mapping_is_never_released(tmp_path):
+    """Mode "c" maps the file privately: releasing would drop the changes and show the file's bytes."""
+    np.zeros((256, 4096), np.uint8).tofile(tmp_path / "m")
+    private = np.memmap(tmp_path / "m", dtype=np.uint8, mode="c", shape=(256, 4096))
+    private[:] = 5
+    assert mapping_of(private) is None
+    release_pages(private)
+    assert (private == 5).all()
+    for mode in ("r", "r+"):
+        assert mapping_of(np.memmap(tmp_path / "m", dtype=np.uint8, mode=mode, shape=(256, 4096))) is not None
