@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from glmed.conventions import Box, Size
 
-_WRITE_COLUMNS = 2048
-"""Sets the rows :class:`RowBandMerger` writes at once where no patch reached (``64 × this`` pixels)."""
+_UNCOVERED_PIXELS = 1 << 17
+"""Pixels :class:`RowBandMerger` writes at once in a part no patch reached (which can be large)."""
 
 UPSAMPLE_ROWS = 512
 """Rows :func:`upsample_to_labels` computes at once by default, on an image up to ``UPSAMPLE_BYTES`` a band."""
@@ -207,7 +207,7 @@ class RowBandMerger:
         top, bottom = layout.row_cuts[a], layout.row_cuts[a + 1]
         left, right = layout.col_cuts[b], layout.col_cuts[b + 1]
         # An uncovered cell can be large (a region with no patches): written a strip of rows at a time.
-        step = bottom - top if sums is not None else max(1, _WRITE_COLUMNS * 64 // max(1, right - left))
+        step = bottom - top if sums is not None else max(1, _UNCOVERED_PIXELS // max(1, right - left))
         for row in range(top, bottom, step):
             stop = min(row + step, bottom)
             averaged = (sums / count if sums is not None

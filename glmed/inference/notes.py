@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from glmed.conventions import Box, Size
-from glmed.io.mapped import release_pages
+from glmed.io.mapped import row_bands
 
 MOSTLY_FOREGROUND = 0.95
 """Above this fraction of foreground pixels a prediction gets a note."""
@@ -37,18 +37,13 @@ _BAND_BYTES = 16 << 20
 def foreground_fraction(mask: np.ndarray) -> float:
     """Fraction of pixels with a class other than 0 (background), counted a band of rows at a time.
 
-    A memory-mapped mask's pages are released after each band (:func:`~glmed.io.mapped.release_pages`),
+    A memory-mapped mask's pages are released after each band (:func:`~glmed.io.mapped.row_bands`),
     so counting a slide's mask does not leave the whole file in the resident set.
     """
     total = mask.shape[0] * mask.shape[1]
     if not total:
         return 0.0
-    rows = max(1, _BAND_BYTES // max(1, mask.shape[1] * mask.itemsize))
-    count = 0
-    for top in range(0, mask.shape[0], rows):
-        count += int(np.count_nonzero(mask[top : top + rows]))
-        release_pages(mask)
-    return count / total
+    return sum(int(np.count_nonzero(mask[band])) for band in row_bands(mask, _BAND_BYTES)) / total
 
 
 def cover_notes(fraction: float) -> list[str]:

@@ -29,7 +29,7 @@ from glmed.conventions import Size
 from glmed.inference.result import thumbnail_size
 from glmed.io.base import ImageReader
 from glmed.io.geojson import DEFAULT_VIEW_SIDE, class_colour, write_geojson
-from glmed.io.mapped import release_pages
+from glmed.io.mapped import row_bands
 from glmed.io.mask_tiff import MaskEncoding
 from glmed.io.writers import atomic_path
 
@@ -119,9 +119,6 @@ def class_pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """
     counts = np.zeros(num_classes, dtype=np.int64)
     # bincount works on a copy as int64 (8 bytes a pixel): the band is sized for that copy, not the mask
-    rows = max(1, BAND_BYTES // max(1, mask.shape[1] * 8))
-    for row in range(0, mask.shape[0], rows):
-        band = np.asarray(mask[row : row + rows]).ravel()
-        counts += np.bincount(band, minlength=num_classes)[:num_classes]
-        release_pages(mask)  # a memory-mapped mask's band read: out of the resident set again
+    for band in row_bands(mask, BAND_BYTES, bytes_per_pixel=8):
+        counts += np.bincount(np.asarray(mask[band]).ravel(), minlength=num_classes)[:num_classes]
     return counts

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -49,3 +50,23 @@ def release_pages(array: Any) -> None:
     if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
         with contextlib.suppress(OSError, ValueError):
             mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def row_bands(array: Any, band_bytes: int, bytes_per_pixel: int | None = None, multiple: int = 1) -> Iterator[slice]:
+    """Slices of ``array``'s rows of at most ``band_bytes`` each; a mapped array's pages are released after each.
+
+    The one way glmed reads a whole mask that may be memory-mapped: the caller uses each band
+    before asking for the next, and the pages it touched leave the resident set then.
+
+    Args:
+        array: ``H×W`` (or ``H×W×C``) array, in memory or memory-mapped.
+        band_bytes: the most bytes a band may take.
+        bytes_per_pixel: what a pixel counts for: the array's own by default; more when the
+            caller copies a band to a wider type (``np.bincount``'s int64).
+        multiple: band heights are a multiple of this many rows (at least one such multiple).
+    """
+    pixel = bytes_per_pixel or array.itemsize * (array.shape[2] if array.ndim == 3 else 1)
+    rows = max(multiple, band_bytes // max(1, array.shape[1] * pixel) // multiple * multiple)
+    for start in range(0, array.shape[0], rows):
+        yield slice(start, start + rows)
+        release_pages(array)

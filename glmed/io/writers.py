@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from glmed.io.mapped import mapping_of, release_pages
+from glmed.io.mapped import mapping_of, release_pages, row_bands
 
 RESAMPLINGS = ("area", "nearest")
 
@@ -154,15 +154,12 @@ def _every_nth(image: np.ndarray, stride: int) -> np.ndarray:
 
     As a view, a deep level of a mapped mask reads one byte in ``stride`` of every row it spans:
     every page of the file, all at once for a level that fits in one tile. Copied band by band,
-    with the band's pages released after each (:func:`~glmed.io.mapped.release_pages`), the file
+    with the band's pages released after each (:func:`~glmed.io.mapped.row_bands`), the file
     is read once and never resident whole.
     """
-    row_bytes = max(1, image.shape[1] * image.itemsize * (image.shape[2] if image.ndim == 3 else 1))
-    rows = max(stride, RELEASE_BYTES // row_bytes // stride * stride)
     level = np.empty(image[::stride, ::stride].shape, dtype=image.dtype)
-    for start in range(0, image.shape[0], rows):
-        level[start // stride : -(-(start + rows) // stride)] = image[start : start + rows : stride, ::stride]
-        release_pages(image)
+    for band in row_bands(image, RELEASE_BYTES, multiple=stride):  # bands start on a multiple of stride
+        level[band.start // stride : -(-band.stop // stride)] = image[band.start : band.stop : stride, ::stride]
     return level
 
 

@@ -119,3 +119,14 @@ def test_a_copy_on_write_mapping_is_never_released(tmp_path):
     assert (private == 5).all()
     for mode in ("r", "r+"):
         assert mapping_of(np.memmap(tmp_path / "m", dtype=np.uint8, mode=mode, shape=(256, 4096))) is not None
+
+
+def test_row_bands_cover_every_row_once_within_the_budget():
+    from glmed.io.mapped import row_bands
+
+    image = np.zeros((1000, 300, 3), np.uint8)  # 900 bytes a row
+    bands = list(row_bands(image, 9000, multiple=4))
+    assert all((band.stop - band.start) % 4 == 0 and (band.stop - band.start) * 900 <= 9000 for band in bands)
+    assert np.concatenate([np.arange(1000)[band] for band in bands]).tolist() == list(range(1000))
+    assert len(list(row_bands(image, 1, multiple=4))) == 250  # never fewer rows than the multiple
+    assert len(list(row_bands(image[..., 0], 300 * 8 * 10, bytes_per_pixel=8))) == 100
