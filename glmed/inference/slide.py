@@ -20,7 +20,10 @@ while the scratch mask is open its pages are dropped from the process's resident
 :data:`RELEASE_EVERY_S` seconds (``madvise(MADV_DONTNEED)``, which for a shared file mapping loses
 nothing: dirty pages stay in the page cache and reach the file), and the passes that read the whole
 mask afterwards (its pyramid levels, the pixel counts) release what they read band by band
-(:mod:`glmed.io.mapped`); the resident size then stays flat whatever the slide's area.
+(:mod:`glmed.io.mapped`); the resident size then stays flat whatever the slide's area. The same
+thread hands the C heap's free pages back to the OS (:mod:`glmed.inference.heap`): without it the
+heap's resident size crept up with the run's length (a batch's activations freed between smaller
+pieces that live on).
 
 On a slide in colour the tissue is found first (:func:`glmed.io.tissue.detect_tissue`) and patches
 of glass only are never read and are written as background (:mod:`glmed.inference.glass`), so the
@@ -44,6 +47,7 @@ import torch
 from glmed.conventions import Box, Size
 from glmed.data.normalize import DEFAULT_NORMALIZATION, Normalization
 from glmed.inference.execution import DEFAULT_AMP, DEFAULT_CHANNELS_LAST
+from glmed.inference.heap import release_free_heap
 from glmed.inference.inferer import GlobalLocalInferer
 from glmed.inference.merging import label_dtype
 from glmed.inference.refinement import DEFAULT_MARGIN, DEFAULT_REFINE
@@ -464,8 +468,10 @@ class ScratchMask:
             release_pages(scratch)
 
     def _release_periodically(self) -> None:
+        """Every :data:`RELEASE_EVERY_S` seconds: the scratch pages, then the C heap's free pages (:mod:`.heap`)."""
         while not self._stop.wait(RELEASE_EVERY_S):
             self.release()
+            release_free_heap()
 
     def rows_done(self, region: Box) -> int:
         return self._regions.get(_key(region), 0)

@@ -94,6 +94,42 @@ def test_writing_a_mapped_mask_as_a_pyramid_does_not_keep_it_resident(tmp_path, 
         np.testing.assert_array_equal(written.pages[3].asarray(), np.asarray(mapped)[::8, ::8])
 
 
+def test_a_wide_masks_strided_levels_are_let_go_tile_by_tile(tmp_path, monkeypatch):
+    """A tile of a level taken every 4th pixel touches 4 × tile rows of the file: a row of such tiles, all of it."""
+    import threading
+    import time
+
+    import tifffile
+
+    import glmed.io.writers as writers
+    from glmed.io.writers import write_pyramidal_tiff
+
+    monkeypatch.setattr(writers, "IN_MEMORY_LEVEL_BYTES", 1 << 20)  # levels 1 and 2 stay strided views
+    monkeypatch.setattr(writers, "RELEASE_BYTES", 4 << 20)  # level 3 copied in bands of 4 MB
+    mapped = np.memmap(tmp_path / "m", dtype=np.uint8, mode="w+", shape=(1024, 65536))  # 64 MB, 16 pages a row
+    mapped[:, ::3] = 1
+    mapped.flush()
+    release_pages(mapped)
+    before, peak, done = _rss_file_mb(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_file_mb() - before)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        write_pyramidal_tiff(tmp_path / "mask.tif", mapped, tile=256, compression=None, resampling="nearest")
+    finally:
+        done.set()
+        sampler.join()
+    # a level-2 tile: 1024 file rows, one page of each (4 MB); its row of tiles: the whole 64 MB file
+    assert peak[0] < 16
+    with tifffile.TiffFile(tmp_path / "mask.tif") as written:
+        np.testing.assert_array_equal(written.pages[2].asarray(), np.asarray(mapped)[::4, ::4])
+
+
 def test_counting_a_mapped_masks_foreground_does_not_keep_it_resident(tmp_path):
     from glmed.inference.notes import foreground_fraction
     from glmed.inference.slide_outputs import class_pixel_counts
