@@ -1,16 +1,14 @@
 """The C heap's free pages go back to the OS (glibc's malloc_trim), which a long slide run needs."""
 
+import sys
+
 import numpy as np
+import pytest
 
 from glmed.inference.heap import _malloc_trim, release_free_heap
+from tests.resident import resident_mb
 
-
-def _rss_anon_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no RssAnon in /proc/self/status")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 
 
 def test_freed_memory_held_between_live_pieces_leaves_the_resident_set():
@@ -23,8 +21,8 @@ def test_freed_memory_held_between_live_pieces_leaves_the_resident_set():
         large.append(np.ones(64 << 10, dtype=np.uint8))
         kept.append(np.ones(1 << 10, dtype=np.uint8))
     del large
-    held = _rss_anon_mb()
+    held = resident_mb("RssAnon")
     assert release_free_heap()
-    released = held - _rss_anon_mb()
+    released = held - resident_mb("RssAnon")
     assert released > 100, f"only {released:.0f} MB of ~190 MB freed went back to the OS"
     assert all(piece.sum() == 1 << 10 for piece in kept)  # live memory untouched

@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 
 from glmed.io.mapped import mapping_of, release_pages
+from tests.resident import peak_resident_mb_added, resident_mb
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-
-
-def _rss_file_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no RssFile in /proc/self/status")
 
 
 def test_the_mapping_is_found_through_views_and_memory_has_none(tmp_path):
@@ -28,11 +21,11 @@ def test_the_mapping_is_found_through_views_and_memory_has_none(tmp_path):
 
 def test_released_pages_leave_the_resident_set_and_keep_their_data(tmp_path):
     mask = np.memmap(tmp_path / "m", dtype=np.uint8, mode="w+", shape=(4096, 16384))  # 64 MB
-    before = _rss_file_mb()
+    before = resident_mb("RssFile")
     mask[:] = np.arange(16384, dtype=np.uint8)  # every page written
-    assert _rss_file_mb() - before > 48
+    assert resident_mb("RssFile") - before > 48
     release_pages(mask[::7])
-    assert _rss_file_mb() - before < 8
+    assert resident_mb("RssFile") - before < 8
     assert (mask[1234] == np.arange(16384, dtype=np.uint8)).all()  # written data kept (page cache, file)
 
 
@@ -47,9 +40,9 @@ def test_a_mapped_masks_pyramid_equals_the_in_memory_one_and_is_not_kept_residen
     release_pages(mapped)
     monkeypatch.setattr(writers, "IN_MEMORY_LEVEL_BYTES", 1 << 20)  # levels of ≤1 MB copied: from level 2 here
     monkeypatch.setattr(writers, "RELEASE_BYTES", 1 << 20)  # in bands of 1 MB
-    before = _rss_file_mb()
+    before = resident_mb("RssFile")
     levels = writers.pyramid(mapped, tile=128, resampling="nearest")
-    assert _rss_file_mb() - before < 6  # the 15 MB file was read for level 2 and let go band by band
+    assert resident_mb("RssFile") - before < 6  # the 15 MB file was read for level 2 and let go band by band
     expected = writers.pyramid(image, tile=128, resampling="nearest")
     assert len(levels) == len(expected) == 7
     for level, want in zip(levels, expected, strict=True):
@@ -57,77 +50,35 @@ def test_a_mapped_masks_pyramid_equals_the_in_memory_one_and_is_not_kept_residen
     assert mapping_of(levels[1]) is not None and mapping_of(levels[2]) is None  # level 2 (~0.9 MB) in memory
 
 
-def test_writing_a_mapped_mask_as_a_pyramid_does_not_keep_it_resident(tmp_path, monkeypatch):
-    import threading
-    import time
-
+@pytest.mark.parametrize(("shape", "in_memory_mb", "checked_level"), [
+    # 48 MB: levels of <=4 MB copied into memory (from level 2); a row of level-1 tiles spans 512
+    # rows (4 MB); as views, the deep levels would each map the whole file for one tile
+    ((6000, 8000), 4, 3),
+    # 64 MB, 16 pages a row: levels 1 and 2 stay strided views; a level-2 tile spans 1024 rows of
+    # the file, each mapping 64-128 kB around the byte read (fault-around), so a row of such tiles
+    # maps all 64 MB unless the tile's pages are released as it is copied
+    ((1024, 65536), 1, 2),
+], ids=["tall", "wide"])
+def test_writing_a_mapped_mask_as_a_pyramid_does_not_keep_it_resident(
+    tmp_path, monkeypatch, shape, in_memory_mb, checked_level
+):
     import tifffile
 
     import glmed.io.writers as writers
     from glmed.io.writers import write_pyramidal_tiff
 
-    # scaled down with the file: levels of ≤4 MB in memory (from level 2), bands of 4 MB
-    monkeypatch.setattr(writers, "IN_MEMORY_LEVEL_BYTES", 4 << 20)
-    monkeypatch.setattr(writers, "RELEASE_BYTES", 4 << 20)
-
-    mapped = np.memmap(tmp_path / "m", dtype=np.uint8, mode="w+", shape=(6000, 8000))  # 48 MB
-    mapped[::2] = 1
+    monkeypatch.setattr(writers, "IN_MEMORY_LEVEL_BYTES", in_memory_mb << 20)
+    monkeypatch.setattr(writers, "RELEASE_BYTES", 4 << 20)  # the copied level read in bands of 4 MB
+    mapped = np.memmap(tmp_path / "m", dtype=np.uint8, mode="w+", shape=shape)
+    mapped[::2, ::3] = 1
     mapped.flush()
     release_pages(mapped)
-    before, peak, done = _rss_file_mb(), [0.0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_file_mb() - before)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        write_pyramidal_tiff(tmp_path / "mask.tif", mapped, tile=256, compression=None, resampling="nearest")
-    finally:
-        done.set()
-        sampler.join()
-    # a row of level-1 tiles spans 512 rows (4 MB); as views, the deep levels would each map the whole 48 MB
-    assert peak[0] < 16
+    peak = peak_resident_mb_added("RssFile", lambda: write_pyramidal_tiff(
+        tmp_path / "mask.tif", mapped, tile=256, compression=None, resampling="nearest"))
+    assert peak < 16
+    stride = 2**checked_level
     with tifffile.TiffFile(tmp_path / "mask.tif") as written:
-        np.testing.assert_array_equal(written.pages[3].asarray(), np.asarray(mapped)[::8, ::8])
-
-
-def test_a_wide_masks_strided_levels_are_let_go_tile_by_tile(tmp_path, monkeypatch):
-    """A tile of a level taken every 4th pixel touches 4 × tile rows of the file: a row of such tiles, all of it."""
-    import threading
-    import time
-
-    import tifffile
-
-    import glmed.io.writers as writers
-    from glmed.io.writers import write_pyramidal_tiff
-
-    monkeypatch.setattr(writers, "IN_MEMORY_LEVEL_BYTES", 1 << 20)  # levels 1 and 2 stay strided views
-    monkeypatch.setattr(writers, "RELEASE_BYTES", 4 << 20)  # level 3 copied in bands of 4 MB
-    mapped = np.memmap(tmp_path / "m", dtype=np.uint8, mode="w+", shape=(1024, 65536))  # 64 MB, 16 pages a row
-    mapped[:, ::3] = 1
-    mapped.flush()
-    release_pages(mapped)
-    before, peak, done = _rss_file_mb(), [0.0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_file_mb() - before)
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        write_pyramidal_tiff(tmp_path / "mask.tif", mapped, tile=256, compression=None, resampling="nearest")
-    finally:
-        done.set()
-        sampler.join()
-    # a level-2 tile: 1024 file rows, one page of each (4 MB); its row of tiles: the whole 64 MB file
-    assert peak[0] < 16
-    with tifffile.TiffFile(tmp_path / "mask.tif") as written:
-        np.testing.assert_array_equal(written.pages[2].asarray(), np.asarray(mapped)[::4, ::4])
+        np.testing.assert_array_equal(written.pages[checked_level].asarray(), np.asarray(mapped)[::stride, ::stride])
 
 
 def test_counting_a_mapped_masks_foreground_does_not_keep_it_resident(tmp_path):
@@ -138,11 +89,11 @@ def test_counting_a_mapped_masks_foreground_does_not_keep_it_resident(tmp_path):
     mapped[:1024] = 1
     mapped.flush()
     release_pages(mapped)
-    before = _rss_file_mb()
+    before = resident_mb("RssFile")
     assert foreground_fraction(mapped) == 0.25
-    assert _rss_file_mb() - before < 24  # a band or two, not the 64 MB file
+    assert resident_mb("RssFile") - before < 24  # a band or two, not the 64 MB file
     assert class_pixel_counts(mapped, 2).tolist() == [3072 * 16384, 1024 * 16384]
-    assert _rss_file_mb() - before < 24
+    assert resident_mb("RssFile") - before < 24
 
 
 def test_a_copy_on_write_mapping_is_never_released(tmp_path):
