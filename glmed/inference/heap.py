@@ -9,7 +9,9 @@ and peak anonymous memory rose from 660 MB on a 10k² slide to 880 MB on a 60k²
 at the same forward pass. ``malloc_trim(0)`` returns every free page of every arena to the OS
 (glibc ≥ 2.8 also releases pages in the middle of the heap); called once a second from the
 slide's release thread, it took that slide's lowest resident size between batches from 560 to
-340 MB and its peak from 757 to 664 MB, at no measurable cost in time (113 s against 118 s).
+340 MB and its peak from 741/718 to 600/614 MB (two runs each). Its cost in time is not settled:
+on that slide 145/147 s against 113/147 s without it (noisy), and a 60k² slide took 4159 s against
+2966 s in an earlier run (docs/benchmarks.md); if it costs, a longer period is the remedy.
 
 Written by hand because no library does this: neither torch nor numpy exposes the allocator.
 Trimming after every batch instead kept the peak at 520 MB but cost 20% more time (the next
