@@ -10,8 +10,9 @@ at the same forward pass. ``malloc_trim(0)`` returns every free page of every ar
 (glibc ≥ 2.8 also releases pages in the middle of the heap); called once a second from the
 slide's release thread, it took that slide's lowest resident size between batches from 560 to
 340 MB and its peak from 741/718 to 600/614 MB (two runs each). Its cost in time is not settled:
-on that slide 145/147 s against 113/147 s without it (noisy), and a 60k² slide took 4159 s against
-2966 s in an earlier run (docs/benchmarks.md); if it costs, a longer period is the remedy.
+on that slide 145/147/169/161 s against 113/147/170/150 s without it (alternating runs), and a
+60k² slide took 4159 s against 2966 s in an earlier run (docs/benchmarks.md); if it costs, a
+longer period is the remedy.
 
 Written by hand because no library does this: neither torch nor numpy exposes the allocator.
 Trimming after every batch instead kept the peak at 520 MB but cost 20% more time (the next
