@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from glmed.io.mapped import mapping_of, release_pages, row_bands
+from glmed.io.mapped import mapping_of, row_bands
 
 RESAMPLINGS = ("area", "nearest")
 
@@ -287,9 +287,8 @@ def _copied_releasing(view: np.ndarray) -> np.ndarray:
     pixel of a 60k-wide mask would leave 4096 rows × 64 kB = 256 MB resident until released.
     """
     copy = np.empty(view.shape, dtype=view.dtype)
-    for start in range(0, view.shape[0], TILE_RELEASE_ROWS):
-        copy[start : start + TILE_RELEASE_ROWS] = view[start : start + TILE_RELEASE_ROWS]
-        release_pages(view)
+    for band in row_bands(view, TILE_RELEASE_ROWS * view[:1].nbytes):  # bands of TILE_RELEASE_ROWS rows
+        copy[band] = view[band]
     return copy
 
 
