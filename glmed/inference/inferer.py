@@ -707,9 +707,11 @@ class GlobalLocalInferer:
     ) -> torch.Tensor:
         """One batch's ``N×K×p×p`` float32 probabilities from the local (and aggregation) heads, on the device."""
         boxes = host_boxes.to(placement.device, non_blocking=True)
-        index = torch.zeros(len(boxes), dtype=torch.long, device=placement.device)
+        host_index = torch.zeros(len(boxes), dtype=torch.long)
+        index = host_index.to(placement.device, non_blocking=True)
         with self._autocast(placement):
-            local_maps = model.local_features(patches, global_maps, boxes, index)
+            # The local branch reads boxes and index on the host (where each crop's window lies).
+            local_maps = model.local_features(patches, global_maps, host_boxes, host_index)
             if global_maps is None:
                 logits = model.local_logits(local_maps, patch_size)
                 del local_maps

@@ -7,7 +7,9 @@ A branch exposes twelve named maps, the places where GLNet shares features:
 take the partner branch's map of the same name; the convolution that consumes it then
 sees both, exactly as a convolution over their channel concatenation would (the kernel
 is split in two, ``conv(own) + conv(partner)``), which also makes an absent partner the
-same as an all-zero one without allocating it.
+same as an all-zero one without allocating it. The partner's half is computed by whoever
+supplies the partner's map (:data:`PartnerFn`), so the local branch can convolve its global
+crops at the global map's resolution (:mod:`glmed.models.crop_convolution`).
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ FINAL = "final"
 ALL_POINTS = SHARED_POINTS + (FINAL,)
 """Every map a branch can return: the twelve shared points and ``final``."""
 
-PartnerFn = Callable[[str, Size], torch.Tensor | None]
-"""Given a shared point's name and the spatial size of this branch's map there, return the
-partner branch's map at that size (or None where nothing is shared)."""
+PartnerFn = Callable[[str, Size, nn.Conv2d], torch.Tensor | None]
+"""Given a shared point's name, the spatial size of this branch's map there and the
+convolution that reads the partner's map there, return that convolution applied to the
+partner branch's map at that size (or None where nothing is shared). The convolution is
+handed over rather than applied here because the cheapest way to apply it depends on where
+the partner's map comes from: the local branch's global crops are convolved before they are
+resampled (:func:`glmed.models.crop_convolution.convolve_crops`)."""
 
 
 class FusedConv(nn.Module):
@@ -55,16 +61,18 @@ class FusedConv(nn.Module):
         """Whether this convolution was built with a partner input (a kernel half for it)."""
         return self.partner_conv is not None
 
-    def forward(self, own: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
-        """``conv(own) + partner_conv(partner)``: the convolution of their channel concatenation.
+    def forward(self, own: torch.Tensor, partner_term: torch.Tensor | None = None) -> torch.Tensor:
+        """``conv(own) + partner_term``: the convolution of own and partner maps' channel concatenation.
 
-        Without ``partner`` it is ``conv(own)``, what an all-zero partner map would give.
+        ``partner_term`` is ``partner_conv`` already applied to the partner's map (see
+        :data:`PartnerFn`); without it the result is ``conv(own)``, what an all-zero partner
+        map would give.
         """
         out = self.conv(own)
-        if partner is not None:
+        if partner_term is not None:
             if self.partner_conv is None:
                 raise ValueError("this convolution was built without a partner input")
-            out = out + self.partner_conv(partner)
+            out = out + partner_term
         return out
 
 
@@ -164,9 +172,10 @@ class FPNBranch(nn.Module):
         lateral_convs, smooth_convs, refine_convs = self._stages()
 
         def fused(conv: FusedConv, point: str, own: torch.Tensor) -> torch.Tensor:
-            if partner is None or not conv.takes_partner:
+            if partner is None or conv.partner_conv is None:
                 return conv(own, None)
-            return conv(own, partner(point, (int(own.shape[-2]), int(own.shape[-1]))))
+            size = (int(own.shape[-2]), int(own.shape[-1]))
+            return conv(own, partner(point, size, conv.partner_conv))
 
         topdown: torch.Tensor | None = None
         for index in reversed(range(len(LEVELS))):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmed.conventions import Size
+from glmed.models.crop_convolution import convolve_crops
 from glmed.models.fpn import FINAL, SHARED_POINTS, SMOOTH_POINTS, FPNBranch, PartnerFn, map_channels
 from glmed.models.resnet import BACKBONES, load_pretrained
 from glmed.models.sharing import crop_to_patches
@@ -285,7 +286,7 @@ class GLNet(nn.Module):
         if local_context is not None:
             if not self.sharing.local_to_global_points:
                 raise ValueError(f"sharing mode {self.sharing.value!r} takes no local context in the global branch")
-            partner = lambda point, size: _checked_map(local_context, point, size)  # noqa: E731
+            partner = lambda point, size, conv: conv(_checked_map(local_context, point, size))  # noqa: E731
         return branch(image, partner)
 
     def local_features(
@@ -302,7 +303,8 @@ class GLNet(nn.Module):
         Args:
             patches: ``N×C×p×p`` normalised full-resolution patches.
             global_maps: output of :meth:`global_features` for the patches' images.
-            boxes: ``N×4`` patch boxes as fractions of their image.
+            boxes: ``N×4`` patch boxes as fractions of their image, best on the host (they are
+                read there to place each crop's window; a GPU tensor is copied back).
             image_index: ``N`` index of each patch's image in ``global_maps``.
             points: the maps the caller will read (shared point names and/or ``final``); None
                 computes them all. Fewer points skip the convolutions (and global crops) only
@@ -311,14 +313,19 @@ class GLNet(nn.Module):
                 the final map (see :meth:`glmed.models.fpn.FPNBranch.forward`).
         """
         branch = self._require(self.local_branch, "local")
-        partner: PartnerFn | None = None
-        if self.sharing.global_to_local_points:
-            if global_maps is None or boxes is None or image_index is None:
-                raise ValueError(
-                    f"sharing mode {self.sharing.value!r} needs the global maps, patch boxes and image index"
-                )
-            partner = lambda point, size: self.crop_global(global_maps, point, boxes, image_index, size)  # noqa: E731
-        return branch(patches, partner, points)
+        if not self.sharing.global_to_local_points:
+            return branch(patches, None, points)
+        if global_maps is None or boxes is None or image_index is None:
+            raise ValueError(f"sharing mode {self.sharing.value!r} needs the global maps, patch boxes and image index")
+        # Read once per pass: each shared point places its crops' windows from them on the host.
+        maps, where, owners = global_maps, boxes.detach().cpu(), image_index.detach().cpu()
+
+        def convolved_crop(point: str, size: Size, conv: nn.Conv2d) -> torch.Tensor:
+            # conv(crop_global(...)) computed at the global map's resolution: the same values
+            # to float rounding, at a few per cent of the cost (glmed.models.crop_convolution).
+            return convolve_crops(maps[point], conv.weight, where, owners, size)
+
+        return branch(patches, convolved_crop, points)
 
     @staticmethod
     def crop_global(

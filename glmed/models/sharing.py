@@ -193,15 +193,15 @@ def collect_local_context(
         model: a :class:`~glmed.models.glnet.GLNet` with bidirectional sharing.
         global_maps: its global branch's maps without local context (the first pass).
         batches: ``(patches N×C×p×p, boxes N×4 as fractions of their image, image index N)``;
-            the patches on the model's device, boxes and index on the host or there. Given on
-            the host (as the inferer does), they are sent to the device without waiting and
-            nothing comes back from it until the stitched maps are used.
+            the patches on the model's device, boxes and index best on the host (as the
+            inferer and trainer give them): the local branch places its crops' windows there,
+            and the canvas's footprints are computed there; the stitched maps are then the
+            first thing read back from the device.
     """
     points = model.sharing.local_to_global_points
     canvas = LocalToGlobalCanvas.like(global_maps, points)
     for patches, boxes, image_index in batches:
-        device = patches.device
-        on_device = boxes.to(device, non_blocking=True), image_index.to(device, non_blocking=True)
         # Only the maps the canvas reads: the refining convolutions and the final map are skipped.
-        canvas.add(model.local_features(patches, global_maps, *on_device, points=points), boxes, image_index)
+        # Boxes and index go in as given: the local branch reads them on the host.
+        canvas.add(model.local_features(patches, global_maps, boxes, image_index, points=points), boxes, image_index)
     return canvas.maps()

@@ -319,7 +319,7 @@ class GLNetTrainer:
                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for start in range(0, len(patches), self.collect_batch_size):
             part = slice(start, start + self.collect_batch_size)
-            yield self._to_device(patches[part], device), boxes[part].to(device), image_index[part].to(device)
+            yield self._to_device(patches[part], device), boxes[part], image_index[part]  # read on the host
 
     def _to_device(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
         """An image batch on ``device``, channels-last when the trainer keeps the model so."""

@@ -23,11 +23,11 @@ def branch_with_partner():
     partner_maps: dict[str, torch.Tensor] = {}
     asked: list[str] = []
 
-    def partner(point, size):
+    def partner(point, size, conv):
         asked.append(point)
         if point not in partner_maps:  # one fixed map per point, whichever pass asks first
             partner_maps[point] = torch.randn(2, channels[point], *size, generator=generator)
-        return partner_maps[point]
+        return conv(partner_maps[point])
 
     return branch, partner, asked
 
