@@ -70,9 +70,10 @@ PARTS: tuple[tuple[str, str, str], ...] = (
     ("collect pass (bidirectional)", "glmed.inference.inferer", "collect_local_context"),
     ("local branch", "glmed.models.glnet", "GLNet.local_features"),
     ("G→L crop (crop_to_patches)", "glmed.models.glnet", "crop_to_patches"),
+    ("G→L crop convolutions (convolve_crops)", "glmed.models.glnet", "convolve_crops"),
     ("L→G canvas add", "glmed.models.sharing", "LocalToGlobalCanvas.add"),
     ("L→G canvas maps", "glmed.models.sharing", "LocalToGlobalCanvas.maps"),
-    ("aggregation head", "glmed.models.glnet", "GLNet.aggregated_logits"),
+    ("aggregation head", "glmed.models.glnet", "GLNet.aggregated_logits_at_boxes"),
     ("local head", "glmed.models.glnet", "GLNet.local_logits"),
     ("stitch loop (softmax, to host)", "glmed.inference.inferer", "GlobalLocalInferer._stitch_patches"),
     ("merging: add patch", "glmed.inference.merging", "RowBandMerger.add"),
@@ -545,8 +546,7 @@ def local_pass_ab(args: argparse.Namespace) -> int:
                 x = patches.contiguous(memory_format=torch.channels_last) if layouts is not None else patches
                 start = time.perf_counter()
                 final = model.local_features(x, global_maps, boxes, index)[FINAL]
-                crop = model.crop_global(global_maps, FINAL, boxes, index, (final.shape[-2], final.shape[-1]))
-                model.aggregated_logits(final, crop, (side, side)).float().softmax(1)
+                model.aggregated_logits_at_boxes(final, global_maps, boxes, index, (side, side)).float().softmax(1)
                 times[name].append(time.perf_counter() - start)
                 if layouts is not None:
                     restore_layouts(layouts)

@@ -706,11 +706,10 @@ class GlobalLocalInferer:
         patch_size: Size,
     ) -> torch.Tensor:
         """One batch's ``N×K×p×p`` float32 probabilities from the local (and aggregation) heads, on the device."""
-        boxes = host_boxes.to(placement.device, non_blocking=True)
-        host_index = torch.zeros(len(boxes), dtype=torch.long)
-        index = host_index.to(placement.device, non_blocking=True)
+        host_index = torch.zeros(len(host_boxes), dtype=torch.long)
         with self._autocast(placement):
-            # The local branch reads boxes and index on the host (where each crop's window lies).
+            # Boxes and index stay on the host: the crops' windows are placed there
+            # (glmed.models.crop_convolution), so nothing waits for the device.
             local_maps = model.local_features(patches, global_maps, host_boxes, host_index)
             if global_maps is None:
                 logits = model.local_logits(local_maps, patch_size)
@@ -718,9 +717,8 @@ class GlobalLocalInferer:
             else:
                 local_final = local_maps[FINAL]
                 del local_maps  # the shared maps are spent: only the final map goes on
-                crop = model.crop_global(global_maps, FINAL, boxes, index, spatial_size(local_final))
-                logits = model.aggregated_logits(local_final, crop, patch_size)
-                del local_final, crop
+                logits = model.aggregated_logits_at_boxes(local_final, global_maps, host_boxes, host_index, patch_size)
+                del local_final
         del patches
         return logits.float().softmax(dim=1)
 

@@ -112,6 +112,21 @@ class GLNetEnsemble(GLNet):
             for member, local, crop in zip(self.networks, local_final.chunk(count, dim=1),
                                            global_final_crop.chunk(count, dim=1), strict=True)])
 
+    def aggregated_logits_at_boxes(
+        self,
+        local_final: torch.Tensor,
+        global_maps: dict[str, torch.Tensor],
+        boxes: torch.Tensor,
+        image_index: torch.Tensor,
+        size: Size,
+    ) -> torch.Tensor:
+        """The log of the members' mean aggregated probabilities, each from its own maps (no crop)."""
+        count = len(self.members)
+        return mean_log_probabilities([
+            member.aggregated_logits_at_boxes(local, maps, boxes, image_index, size)
+            for member, local, maps in zip(self.networks, local_final.chunk(count, dim=1),
+                                           self._parts(global_maps), strict=True)])
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: an ensemble is for inference; train its members."""
         raise TypeError("a GLNetEnsemble predicts with trained members; train each member (a GLNet) instead")

@@ -14,7 +14,7 @@ import os
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -356,6 +356,38 @@ class GLNet(nn.Module):
         """The main output per patch: the aggregation conv over both branches' last maps."""
         head = self._require(self.aggregate, "aggregation")
         return _upsample(head(torch.cat([local_final, global_final_crop], dim=1)), size)
+
+    def aggregated_logits_at_boxes(
+        self,
+        local_final: torch.Tensor,
+        global_maps: dict[str, torch.Tensor],
+        boxes: torch.Tensor,
+        image_index: torch.Tensor,
+        size: Size,
+    ) -> torch.Tensor:
+        """:meth:`aggregated_logits` of the global final map cropped at ``boxes``, without the crop.
+
+        The aggregation convolution's kernel is split into its local and global halves, and the
+        global half is applied at the global map's resolution
+        (:func:`~glmed.models.crop_convolution.convolve_crops`): the same logits to float
+        rounding, without resampling the global final map to every patch's full map size or
+        concatenating the two (``2F`` channels at the local map's size per patch: the largest
+        tensor of an inference batch). Inference uses it; training needs the crop itself (for
+        the feature-map regulariser) and calls :meth:`aggregated_logits`.
+
+        Args:
+            local_final: ``N×2F×h×w`` the local branch's final maps.
+            global_maps: :meth:`global_features` of the patches' images (``final`` is read).
+            boxes: ``N×4`` patch boxes as fractions of their image (best on the host).
+            image_index: ``N`` each patch's image in ``global_maps``.
+            size: the logits' output size (the patch size).
+        """
+        head = cast(nn.Conv2d, self._require(self.aggregate, "aggregation"))
+        local_channels = int(local_final.shape[1])
+        local_half = F.conv2d(local_final, head.weight[:, :local_channels], head.bias, padding=head.padding)
+        global_half = convolve_crops(global_maps[FINAL], head.weight[:, local_channels:], boxes, image_index,
+                                     spatial_size(local_final))
+        return _upsample(local_half + global_half, size)
 
     # -- one training step ----------------------------------------------------------
 

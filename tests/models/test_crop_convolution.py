@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 import glmed.models.crop_convolution as crop_convolution
 from glmed.models.crop_convolution import convolve_crops
-from glmed.models.fpn import SHARED_POINTS
+from glmed.models.ensemble import ensemble
+from glmed.models.fpn import FINAL, SHARED_POINTS
 from glmed.models.glnet import GLNet
 from glmed.models.sharing import crop_to_patches
 
@@ -80,6 +81,21 @@ def test_float32_is_as_close_to_the_exact_values_as_cropping_then_convolving_in_
     assert windowed_error < 1e-6 * float(exact.abs().max())
 
 
+def test_under_bfloat16_autocast_it_is_no_less_exact_than_the_crop_order():
+    """The resampling stays in float32 under autocast (measured: 0.015 against the crop order's 0.35,
+    outputs up to 3.7)."""
+    generator = torch.Generator().manual_seed(0)
+    global_map = torch.randn(1, 16, 48, 48, generator=generator)
+    weight = torch.randn(8, 16, 3, 3, generator=generator) / 12
+    boxes, index = patch_boxes(3, 0.1, generator).float(), torch.zeros(3, dtype=torch.long)
+    exact = crop_then_convolve(global_map.double(), weight.double(), boxes.double(), index, (40, 40))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        crop_order = crop_then_convolve(global_map, weight, boxes, index, (40, 40))
+        windowed = convolve_crops(global_map, weight, boxes, index, (40, 40))
+    assert windowed.dtype == crop_order.dtype == torch.bfloat16
+    assert float((windowed.double() - exact).abs().max()) <= float((crop_order.double() - exact).abs().max())
+
+
 def test_rejects_an_even_or_oblong_kernel():
     global_map, boxes = torch.randn(1, 2, 8, 8), torch.tensor([[0.0, 0.0, 0.5, 0.5]])
     index = torch.zeros(1, dtype=torch.long)
@@ -106,3 +122,21 @@ def test_the_local_branch_gives_what_cropping_then_convolving_gives_at_every_sha
     assert set(got) == set(expected) and set(SHARED_POINTS) <= set(got)
     for name, map_ in expected.items():
         torch.testing.assert_close(got[name], map_, rtol=0, atol=1e-10 * max(float(map_.abs().max()), 1.0))
+
+
+def test_the_aggregation_head_without_the_crop_gives_the_logits_with_it():
+    """Inference's aggregation (kernel split, global half at the global resolution) against training's, one
+    model and an ensemble of two."""
+    torch.manual_seed(1)
+    models = [GLNet(backbone="resnet18", fpn_channels=16, sharing="g2l").double().eval() for _ in range(2)]
+    boxes = torch.tensor([[0.0, 0.0, 0.1, 0.1], [0.45, 0.9, 0.55, 1.0]]).double()
+    index = torch.tensor([1, 0])
+    for model in (models[0], ensemble(models)):
+        with torch.no_grad():
+            global_maps = model.global_features(torch.randn(2, 3, 128, 128, dtype=torch.float64))
+            local_final = model.local_features(torch.randn(2, 3, 64, 64, dtype=torch.float64), global_maps,
+                                               boxes, index)[FINAL]
+            crop = model.crop_global(global_maps, FINAL, boxes, index, tuple(local_final.shape[-2:]))
+            expected = model.aggregated_logits(local_final, crop, (64, 64))
+            got = model.aggregated_logits_at_boxes(local_final, global_maps, boxes, index, (64, 64))
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 * float(expected.abs().max()))
