@@ -27,6 +27,8 @@ directly.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -39,12 +41,50 @@ map's; above it (a box spanning as many global cells as the patch has map cells)
 crop is convolved as it is."""
 
 
+class CropResampling(NamedTuple):
+    """Where each patch's window lies on a global map, and its bilinear weights (host, float64).
+
+    Depends only on the boxes, the global map's size, the local map's size and the kernel, so a
+    local pass computes it once per pyramid level and kernel size and reuses it (a level's 3×3
+    smoothing and refining partners share one; ``convolve_crops``'s ``plans``).
+    """
+
+    windowed: bool
+    """False where the windowed order would not be cheaper: the crop is convolved as it is."""
+    row_starts: list[int]
+    window_rows: int
+    col_starts: list[int]
+    window_cols: int
+    row_taps: torch.Tensor
+    """``N×k×H×window_rows``: per tap row, the weights of the window's rows at each output row."""
+    col_taps: torch.Tensor
+    """``N×k×W×window_cols``: the same along the columns."""
+
+
+def crop_resampling(boxes: torch.Tensor, map_size: Size, size: Size, kernel: int) -> CropResampling:
+    """The :class:`CropResampling` of ``boxes`` (``N×4`` fractions) on a ``map_size`` global map."""
+    height, width = int(size[0]), int(size[1])
+    host_boxes = boxes.detach().to("cpu", torch.float64)
+    pad = kernel // 2
+    rows = _sampling_weights(host_boxes[:, 0], host_boxes[:, 2], height, int(map_size[0]), pad)
+    cols = _sampling_weights(host_boxes[:, 1], host_boxes[:, 3], width, int(map_size[1]), pad)
+    row_starts, window_rows = _windows(rows)
+    col_starts, window_cols = _windows(cols)
+    return CropResampling(
+        windowed=window_rows * window_cols <= WINDOWED_AREA_RATIO * height * width,
+        row_starts=row_starts, window_rows=window_rows, col_starts=col_starts, window_cols=window_cols,
+        row_taps=_shifted(_cut(rows, row_starts, window_rows), kernel, height),
+        col_taps=_shifted(_cut(cols, col_starts, window_cols), kernel, width),
+    )
+
+
 def convolve_crops(
     global_map: torch.Tensor,
     weight: torch.Tensor,
     boxes: torch.Tensor,
     image_index: torch.Tensor,
     size: Size,
+    plans: dict[tuple[Size, Size, int], CropResampling] | None = None,
 ) -> torch.Tensor:
     """``conv2d(crop_to_patches(global_map, boxes, image_index, size), weight, padding=k // 2)``, cheaply.
 
@@ -55,6 +95,9 @@ def convolve_crops(
             there (the inferer and trainer do), else a GPU tensor is copied back once.
         image_index: ``N`` index into ``B`` of each patch's image (not read when ``B`` is 1).
         size: ``(height, width)`` of the local map.
+        plans: a dict the caller keeps over calls with the same ``boxes`` (one local pass):
+            each (global map size, local size, kernel)'s :class:`CropResampling` is computed
+            once there. None computes it for this call alone.
 
     Returns:
         ``N×O×size`` in the global map's dtype, on its device.
@@ -63,22 +106,25 @@ def convolve_crops(
     if kernel % 2 == 0 or int(weight.shape[-2]) != kernel:
         raise ValueError(f"convolve_crops needs a square kernel of odd size, got {tuple(weight.shape[-2:])}")
     height, width = int(size[0]), int(size[1])
-    host_boxes = boxes.detach().to("cpu", torch.float64)
-    pad = kernel // 2
-    rows = _sampling_weights(host_boxes[:, 0], host_boxes[:, 2], height, int(global_map.shape[-2]), pad)
-    cols = _sampling_weights(host_boxes[:, 1], host_boxes[:, 3], width, int(global_map.shape[-1]), pad)
-    row_starts, window_rows = _windows(rows)
-    col_starts, window_cols = _windows(cols)
-    if window_rows * window_cols > WINDOWED_AREA_RATIO * height * width:
+    map_size = (int(global_map.shape[-2]), int(global_map.shape[-1]))
+    key = (map_size, (height, width), kernel)
+    plan = None if plans is None else plans.get(key)
+    if plan is None:
+        plan = crop_resampling(boxes, map_size, (height, width), kernel)
+        if plans is not None:
+            plans[key] = plan
+    if not plan.windowed:
         crops = crop_to_patches(global_map, boxes, image_index, size)
-        return F.conv2d(crops, weight.to(crops.dtype), padding=pad)
+        return F.conv2d(crops, weight.to(crops.dtype), padding=kernel // 2)
 
-    images = [0] * len(host_boxes) if global_map.shape[0] == 1 else image_index.detach().cpu().tolist()
+    window_rows, window_cols = plan.window_rows, plan.window_cols
+    count = len(plan.row_starts)
+    images = [0] * count if global_map.shape[0] == 1 else image_index.detach().cpu().tolist()
     windows = torch.stack([
         global_map[image, :, r0 : r0 + window_rows, c0 : c0 + window_cols]
-        for image, r0, c0 in zip(images, row_starts, col_starts, strict=True)
+        for image, r0, c0 in zip(images, plan.row_starts, plan.col_starts, strict=True)
     ])
-    count, out_channels = len(images), int(weight.shape[0])
+    out_channels = int(weight.shape[0])
     # Every tap's 1×1 convolution at once: output channel (i·k + j)·O + o is W[o, :, i, j].
     per_tap = weight.permute(2, 3, 0, 1).reshape(kernel * kernel * out_channels, -1, 1, 1)
     taps = F.conv2d(windows, per_tap.to(windows.dtype))
@@ -86,8 +132,8 @@ def convolve_crops(
     # The resampling runs in at least float32, as the crop order's grid_sample does: bilinear
     # weights rounded to bfloat16 would blur the crop by up to 0.4% under autocast.
     device, exact = taps.device, torch.promote_types(taps.dtype, torch.float32)
-    row_taps = _shifted(_cut(rows, row_starts, window_rows), kernel, height).to(device, exact, non_blocking=True)
-    col_taps = _shifted(_cut(cols, col_starts, window_cols), kernel, width).to(device, exact, non_blocking=True)
+    row_taps = plan.row_taps.to(device, exact, non_blocking=True)
+    col_taps = plan.col_taps.to(device, exact, non_blocking=True)
     with torch.autocast(device.type, enabled=False):
         # Σ_j over columns first, as one matrix product per tap row i: (O·r)×(k·s) by (k·s)×W.
         by_row_tap = taps.to(exact).permute(0, 1, 3, 4, 2, 5).reshape(count, kernel, out_channels * window_rows, -1)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmed.conventions import Size
-from glmed.models.crop_convolution import convolve_crops
+from glmed.models.crop_convolution import CropResampling, convolve_crops
 from glmed.models.fpn import FINAL, SHARED_POINTS, SMOOTH_POINTS, FPNBranch, PartnerFn, map_channels
 from glmed.models.resnet import BACKBONES, load_pretrained
 from glmed.models.sharing import crop_to_patches
@@ -319,11 +319,12 @@ class GLNet(nn.Module):
             raise ValueError(f"sharing mode {self.sharing.value!r} needs the global maps, patch boxes and image index")
         # Read once per pass: each shared point places its crops' windows from them on the host.
         maps, where, owners = global_maps, boxes.detach().cpu(), image_index.detach().cpu()
+        plans: dict[tuple[Size, Size, int], CropResampling] = {}  # per level and kernel: p and s share one
 
         def convolved_crop(point: str, size: Size, conv: nn.Conv2d) -> torch.Tensor:
             # conv(crop_global(...)) computed at the global map's resolution: the same values
             # to float rounding, at a few per cent of the cost (glmed.models.crop_convolution).
-            return convolve_crops(maps[point], conv.weight, where, owners, size)
+            return convolve_crops(maps[point], conv.weight, where, owners, size, plans)
 
         return branch(patches, convolved_crop, points)
 

@@ -140,3 +140,15 @@ def test_the_aggregation_head_without_the_crop_gives_the_logits_with_it():
             expected = model.aggregated_logits(local_final, crop, (64, 64))
             got = model.aggregated_logits_at_boxes(local_final, global_maps, boxes, index, (64, 64))
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 * float(expected.abs().max()))
+
+
+def test_a_plan_kept_over_calls_gives_the_same_values_and_is_made_once_per_map_size_and_kernel():
+    generator = torch.Generator().manual_seed(7)
+    boxes, index = patch_boxes(4, 0.1, generator), torch.zeros(4, dtype=torch.long)
+    plans = {}
+    for map_side, kernel in [(40, 3), (40, 3), (40, 1), (20, 3)]:
+        global_map = torch.randn(1, 6, map_side, map_side, generator=generator, dtype=torch.float64)
+        weight = torch.randn(5, 6, kernel, kernel, generator=generator, dtype=torch.float64)
+        alone = convolve_crops(global_map, weight, boxes, index, (32, 32))
+        assert torch.equal(convolve_crops(global_map, weight, boxes, index, (32, 32), plans), alone)
+    assert sorted(plans) == [((20, 20), (32, 32), 3), ((40, 40), (32, 32), 1), ((40, 40), (32, 32), 3)]
