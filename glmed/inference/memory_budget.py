@@ -29,6 +29,12 @@ view (each view's transformed patches and the running sum of their probabilities
 global maps (and, for ``refine="uncertain"``, its first answer) count once per view, as the
 inferer holds them all through the local passes.
 
+With ``reuse_encoder`` (:mod:`glmed.inference.encoder_reuse`) the encoder maps the collect pass
+keeps are counted from their measured size per patch (``encoded``), for every patch of the image
+and every view, in the collect pass, the second global pass and the local pass: the most they
+can hold (a coarse-to-fine box or ``refine="uncertain"`` keeps fewer). Left unset, it is switched
+on when they fit the budget beside the batch chosen without them, and the note says which.
+
 Every phase (global pass, coarse mask, collect pass, second global pass, local pass) is then a
 line ``fixed + per_patch × batch`` through its totals at batch 1 and 2, and the estimate at a
 batch is the highest phase. The two points are measured rather than the per-patch cost assumed
@@ -71,7 +77,7 @@ import re
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -345,6 +351,8 @@ class PassMemory:
             the whole pass counts per patch, the most it can.
         most: the largest batch the device can take at all (1 when batch 2 ran out of GPU
             memory), or None.
+        encoded: one patch's encoder maps as the collect pass keeps them for ``reuse_encoder``
+            (bidirectional sharing; 0 otherwise).
     """
 
     image: int
@@ -361,6 +369,7 @@ class PassMemory:
     reading: tuple[int, int]
     at_2: bool = True
     most: int | None = None
+    encoded: int = 0
 
 
 _PER_BATCH = ("collect", "local", "probabilities", "inputs", "reading")
@@ -437,7 +446,7 @@ class _Passes:
         self, inferer: GlobalLocalInferer, model: GLNet, config: GLNetConfig, placement: Placement, meter: MemoryMeter
     ) -> None:
         self.inferer, self.model, self.config, self.placement, self.meter = inferer, model, config, placement, meter
-        self.sizes = dict(image=0, maps=0, kept=0, logits=0, context=0)  # bytes of what the passes keep
+        self.sizes = dict(image=0, maps=0, kept=0, logits=0, context=0, encoded=0)  # bytes of what the passes keep
         self.blocks: dict[str, _Block] = {}  # first_global, second_global, and "NAME BATCH" for the rest
         self.per_batch: dict[str, dict[int, int]] = {name: {} for name in _PER_BATCH}
         self.global_maps: dict[str, torch.Tensor] | None = None
@@ -474,13 +483,16 @@ class _Passes:
         boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5]] * batch)  # patches a quarter of the image, on the host
         index = torch.zeros(batch, dtype=torch.long)
         if model.sharing is Sharing.BIDIRECTIONAL and self.global_maps is not None and self.image is not None:
+            encoded: list[int] = []  # the encoder maps reuse_encoder would keep, bytes
             with meter.block() as self.blocks[f"collect {batch}"]:
                 patches = placement.put(pixels)
                 with inferer._autocast(placement):
-                    context = collect_local_context(model, self.global_maps, [(patches, boxes, index)])
+                    context = collect_local_context(model, self.global_maps, [(patches, boxes, index)],
+                                                    lambda _, maps: encoded.append(_storage_bytes(*maps.values())))
                 del patches
             if batch == 1:
                 self.sizes["context"] = _storage_bytes(*context.values())
+                self.sizes["encoded"] = encoded[0]
                 with meter.block() as self.blocks["second_global"], inferer._autocast(placement):
                     second = model.global_features(self.image, context)
                 del second
@@ -513,7 +525,7 @@ class _Passes:
             kept=self.sizes["kept"], logits=self.sizes["logits"], second_global=peak["second_global"],
             context=self.sizes["context"], collect=pairs["collect"], local=pairs["local"],
             probabilities=pairs["probabilities"], inputs=pairs["inputs"], reading=pairs["reading"], at_2=at_2,
-            most=most)
+            most=most, encoded=self.sizes["encoded"])
 
 
 @dataclass(frozen=True)
@@ -551,6 +563,9 @@ class MemoryPlan:
         device: where the passes were measured.
         retains_freed: the CPU's allocator is glibc's with its defaults, which keep freed buffers
             for reuse, so the resident size can run well above the estimate (the note says so).
+        reuse_encoder: the prediction keeps the collect pass's encoder maps (counted in ``phases``).
+        encoder_store: the most those maps can hold, bytes (counted or not).
+        reuse_chosen: ``reuse_encoder`` was the caller's choice (else the plan's, from the budget).
     """
 
     budget: MemoryBudget
@@ -562,6 +577,9 @@ class MemoryPlan:
     float32_minimum: int | None = None
     device: str = "cpu"
     retains_freed: bool = False
+    reuse_encoder: bool = False
+    encoder_store: int = 0
+    reuse_chosen: bool = True
 
     def estimate(self, batch: int) -> int:
         """The estimated peak at ``batch`` patches per pass: the highest phase, bytes."""
@@ -586,6 +604,11 @@ class MemoryPlan:
         if self.float32_minimum is not None:
             line += (f"; bf16 autocast switched on: float32 needs {budget.format(self.float32_minimum)} "
                      "even at batch 1")
+        if self.encoder_store and not self.reuse_chosen:
+            held = budget.format(self.encoder_store)
+            line += (f"; reuse_encoder switched on: the collect pass's encoder maps ({held} at most) fit beside it"
+                     if self.reuse_encoder else
+                     f"; reuse_encoder left off: the collect pass's encoder maps ({held} at most) would not fit")
         if self.retains_freed:
             line += ("; glibc's allocator keeps freed buffers, so the resident size can run up to 2× the estimate: "
                      "MALLOC_MMAP_THRESHOLD_=131072 in the environment keeps it close (docs/models.md)")
@@ -641,13 +664,16 @@ def plan_for_budget(
     else:
         merger = RowBandMerger.peak_bytes(config.num_classes, grid.boxes, image_size)
 
-    def plan(amp: str) -> MemoryPlan:
+    # reuse_encoder's kept maps, at most every patch of the image (a box or refine="uncertain" keeps fewer)
+    reusable = len(grid) if model.sharing is Sharing.BIDIRECTIONAL else 0
+
+    def plan(amp: str, reuse: bool = inferer.reuse_encoder) -> MemoryPlan:
         trial = copy.copy(inferer)
         trial.amp = amp
 
         def phases_of(measured: PassMemory) -> list[Phase]:
             return _phases(measured, model, config, placement, image_size, inferer.refine, out_in_memory,
-                           with_coarse, weights_moved, len(inferer.views), merger)
+                           with_coarse, weights_moved, len(inferer.views), merger, reusable if reuse else 0)
 
         def over_at_1(measured: PassMemory) -> bool:  # then batch 2 need not be measured
             return max(phase.at(1) for phase in phases_of(measured)) > budget.nbytes
@@ -659,15 +685,24 @@ def plan_for_budget(
         capped_by = None
         if batch == cap and _largest_batch(phases, budget.nbytes, cap + 1) > cap:
             capped_by = "batch_size" if inferer.batch_cap is not None else "patches"
-        return MemoryPlan(budget, batch, amp, tuple(phases), cap, capped_by, device=device, retains_freed=retains)
+        return MemoryPlan(budget, batch, amp, tuple(phases), cap, capped_by, device=device, retains_freed=retains,
+                          reuse_encoder=reuse and reusable > 0,
+                          encoder_store=reusable * len(inferer.views) * measured.encoded,
+                          reuse_chosen=inferer.reuse_chosen)
 
     chosen = plan(inferer.amp)
     if chosen.batch_size == 0 and not inferer.amp_chosen and inferer.amp != "bf16" and native_bf16:
         half = plan("bf16")
         if half.batch_size > 0:
-            return MemoryPlan(budget, half.batch_size, "bf16", half.phases, cap, half.capped_by,
-                              float32_minimum=chosen.estimate(1), device=device, retains_freed=retains)
-        chosen = half
+            chosen = replace(half, float32_minimum=chosen.estimate(1))
+        else:
+            chosen = half
+    if chosen.batch_size > 0:
+        if not inferer.reuse_chosen and reusable:  # keep the encoder maps if they fit beside the batch chosen
+            keeping = plan(chosen.amp, reuse=True)
+            if keeping.batch_size >= chosen.batch_size:
+                return replace(keeping, batch_size=chosen.batch_size, float32_minimum=chosen.float32_minimum)
+        return chosen
     if chosen.batch_size == 0:
         phase = chosen.peak_phase(1)
         if chosen.amp == "bf16":
@@ -681,7 +716,9 @@ def plan_for_budget(
         raise ValueError(f"max_memory {budget} is too small: one patch at a time needs an estimated "
                          f"{budget.format(chosen.estimate(1))}{tried} ({budget.format(phase.fixed)} fixed + "
                          f"{budget.format(phase.per_patch)} per patch, in the {phase.name}, measured on {device}); "
-                         f"give at least {budget.format(chosen.estimate(1))}")
+                         f"give at least {budget.format(chosen.estimate(1))}"
+                         + (f", or reuse_encoder=False, whose kept encoder maps ({budget.format(chosen.encoder_store)}"
+                            " at most) this counts" if chosen.reuse_encoder else ""))
     return chosen
 
 
@@ -697,10 +734,13 @@ def _phases(
     weights_moved: bool,
     views: int = 1,
     merger: int = 0,
+    reused: int = 0,
 ) -> list[Phase]:
     """The prediction's phases as lines through their totals at batch 1 and 2 (see the module's docstring).
 
     ``merger``: the bytes the patch merger holds at most (:meth:`RowBandMerger.peak_bytes`).
+    ``reused``: the patches whose encoder maps ``reuse_encoder`` keeps from the collect pass
+    through the final pass (0: off), once per view.
 
     With test-time augmentation (``views`` > 1) each view's global maps (and first answer) are
     held together, so they count once per view; the local pass was measured with every view.
@@ -716,6 +756,7 @@ def _phases(
     logits = measured.logits * (int(coarse_to_fine) + views * int(uncertain))
     others = (views - 1) * measured.maps  # the other views' maps, held beside the one being computed
     band = merger if on_host else 0
+    store = reused * views * measured.encoded  # reuse_encoder's maps, full from the end of the collect pass
 
     def reading(i: int) -> int:
         """The batch in the pass and the next one being read: host memory."""
@@ -732,10 +773,11 @@ def _phases(
                                 + views * measured.logits + upsampling, 0))
     if mode is Sharing.BIDIRECTIONAL:
         base = always + measured.image + views * measured.maps + logits
-        phases.append(Phase.through("collect pass", *(base + measured.collect[i] + reading(i) for i in (0, 1))))
+        phases.append(Phase.through("collect pass", *(base + store + measured.collect[i] + reading(i)
+                                                      for i in (0, 1))))
         phases.append(Phase("second global pass", always + measured.image + others + measured.context + logits
-                            + measured.second_global, 0))
-    base = always + band + measured.image + views * measured.kept + logits
+                            + store + measured.second_global, 0))
+    base = always + band + measured.image + views * measured.kept + logits + store
     previous = 2 if uncertain else 1  # the previous batch's answers (and, skipping patches, the global ones')
     local = (base + measured.local[i] + reading(i) + (previous * measured.probabilities[i] if on_host else 0)
              for i in (0, 1))

@@ -156,6 +156,7 @@ def predict_to_tiff(
     margin: float | None = DEFAULT_MARGIN,
     max_memory: str | int | float | None = None,
     tta: str | None = None,
+    reuse_encoder: bool | None = None,
     classes: Sequence[str] | None = None,
     thumbnail: str | os.PathLike | None = None,
     geojson: str | os.PathLike | None = None,
@@ -214,6 +215,10 @@ def predict_to_tiff(
             patch's probabilities are averaged over the views before they are merged, so the mask
             still streams a band of rows at a time and a run resumes; a run resumes only with the
             ``tta`` it began with.
+        reuse_encoder: bidirectional models: the final pass takes each patch's encoder maps from
+            the collect pass, as for :func:`glmed.predict` (the same mask, so a run resumes with or
+            without it). With ``max_memory`` unset it holds the maps of every refined patch of the
+            slide (or of a coarse-to-fine box) between the passes: for a slide, give a budget.
         classes: a name per class, background first, for the TIFF's metadata and the GeoJSON;
             ``("background", "foreground")`` for two classes, ``"class N"`` otherwise.
         thumbnail: a ``.png`` to write too: the slide's overview, at most
@@ -285,7 +290,7 @@ def predict_to_tiff(
     inferer = GlobalLocalInferer(batch_size=batch_size, device=device, normalization=normalization, progress=progress,
                                  amp=amp, channels_last=channels_last, refine=refine, margin=margin, overlap=overlap,
                                  target_ratio=target_ratio, per_component=per_component, min_component=min_component,
-                                 grow_boxes=grow_boxes, max_memory=max_memory, tta=tta)
+                                 grow_boxes=grow_boxes, max_memory=max_memory, tta=tta, reuse_encoder=reuse_encoder)
     inferer.config_for(model)  # bad settings fail before the slide is opened
     reader, opened = open_as_reader(image)
     size = (int(reader.size[0]), int(reader.size[1]))  # read now: a closed OpenSlide handle answers nothing

@@ -27,7 +27,7 @@ sharing, widths and sizes); they differ in their weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -85,10 +85,16 @@ class GLNetEnsemble(GLNet):
         image_index: torch.Tensor | None = None,
         *,
         points: Any = None,
+        encoded: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Every member's local maps of the same patches, each with its own global maps, stacked along the channels."""
-        return _stacked([member.local_features(patches, maps, boxes, image_index, points=points)
-                         for member, maps in zip(self.networks, self._split(global_maps), strict=True)])
+        """Every member's local maps of the same patches, each with its own global maps, stacked along the channels.
+
+        ``encoded`` (channel-stacked encoder maps, as this method returns them) hands each member its own block.
+        """
+        encodings = self._split(dict(encoded) if encoded is not None else None)
+        return _stacked([member.local_features(patches, maps, boxes, image_index, points=points, encoded=encoding)
+                         for member, maps, encoding in zip(self.networks, self._split(global_maps), encodings,
+                                                           strict=True)])
 
     # -- heads: the log of the mean probability -------------------------------------------
 

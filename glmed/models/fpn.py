@@ -137,7 +137,11 @@ class FPNBranch(nn.Module):
         return list(zip(ENCODER_POINTS + TOPDOWN_POINTS + SMOOTH_POINTS, lateral + smooth + refine, strict=True))
 
     def forward(
-        self, image: torch.Tensor, partner: PartnerFn | None = None, points: Collection[str] | None = None
+        self,
+        image: torch.Tensor,
+        partner: PartnerFn | None = None,
+        points: Collection[str] | None = None,
+        encoded: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """``B×C×H×W`` image → dict of the twelve shared maps and ``final`` (``B×2F×H/4×W/4``).
 
@@ -154,6 +158,12 @@ class FPNBranch(nn.Module):
                 refining convolutions (with their partner halves and crops) and the final
                 concatenation. Each map returned is computed by the same operations in the same
                 order as without ``points``, so it is the same bit for bit.
+            encoded: this very ``image``'s encoder maps (``c2``–``c5``) from an earlier pass of
+                the branch, used instead of running the encoder again. The partner's maps enter
+                after the encoder (at the lateral convolutions), so the encoder's output does not
+                depend on them: bidirectional sharing's final pass can take the collect pass's
+                maps (``reuse_encoder`` of :func:`glmed.predict`) and skip the encoder, the
+                same bit for bit.
 
         Returns:
             The requested maps, and any other computed on the way (every ``c`` map at least).
@@ -167,7 +177,10 @@ class FPNBranch(nn.Module):
         topdown_levels = smoothed_levels | {k for k in LEVELS if f"p{k}" in wanted}
         lowest = min(topdown_levels, default=LEVELS[-1] + 1)  # above every level: no top-down map at all
 
-        encoded = dict(zip(ENCODER_POINTS, self.encoder(image), strict=True))
+        if encoded is None:
+            encoded = dict(zip(ENCODER_POINTS, self.encoder(image), strict=True))
+        else:
+            encoded = _checked_encoding(encoded, len(image))
         maps: dict[str, torch.Tensor] = dict(encoded)
         lateral_convs, smooth_convs, refine_convs = self._stages()
 
@@ -197,6 +210,17 @@ class FPNBranch(nn.Module):
             size = outputs[0].shape[-2:]
             maps[FINAL] = torch.cat([_resize(o, size) for o in outputs], dim=1)
         return maps
+
+
+def _checked_encoding(encoded: Mapping[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
+    """``encoded`` as a dict of the four encoder maps, refused when a level is missing or holds another batch."""
+    missing = [point for point in ENCODER_POINTS if point not in encoded]
+    if missing:
+        raise ValueError(f"encoded maps lack {missing}; give all of {ENCODER_POINTS}")
+    sizes = {point: int(encoded[point].shape[0]) for point in ENCODER_POINTS}
+    if any(size != batch for size in sizes.values()):
+        raise ValueError(f"encoded maps hold batches of {sizes}, but the image batch has {batch}")
+    return {point: encoded[point] for point in ENCODER_POINTS}
 
 
 def map_channels(backbone: str, fpn_channels: int) -> dict[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, cast
@@ -297,6 +297,7 @@ class GLNet(nn.Module):
         image_index: torch.Tensor | None = None,
         *,
         points: Collection[str] | None = None,
+        encoded: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run the local branch on ``N×C×p×p`` patches, taking global maps where the mode shares.
 
@@ -311,10 +312,14 @@ class GLNet(nn.Module):
                 the others need, bit-identically: bidirectional sharing's collect pass asks for
                 :attr:`Sharing.local_to_global_points` and skips the refining convolutions and
                 the final map (see :meth:`glmed.models.fpn.FPNBranch.forward`).
+            encoded: these patches' encoder maps (``c2``–``c5``, as an earlier pass returned
+                them), used instead of running the encoder again; the same bit for bit, as global
+                maps enter only after the encoder (bidirectional sharing's final pass takes the
+                collect pass's: ``reuse_encoder`` of :func:`glmed.predict`).
         """
         branch = self._require(self.local_branch, "local")
         if not self.sharing.global_to_local_points:
-            return branch(patches, None, points)
+            return branch(patches, None, points, encoded)
         if global_maps is None or boxes is None or image_index is None:
             raise ValueError(f"sharing mode {self.sharing.value!r} needs the global maps, patch boxes and image index")
         # Read once per pass: each shared point places its crops' windows from them on the host.
@@ -326,7 +331,7 @@ class GLNet(nn.Module):
             # to float rounding, at a few per cent of the cost (glmed.models.crop_convolution).
             return convolve_crops(maps[point], conv.weight, where, owners, size, plans)
 
-        return branch(patches, convolved_crop, points)
+        return branch(patches, convolved_crop, points, encoded)
 
     @staticmethod
     def crop_global(

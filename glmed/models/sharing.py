@@ -7,13 +7,14 @@ the image each patch belongs to, so one batch may mix patches of several images.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from glmed.conventions import Size
+from glmed.models.fpn import ENCODER_POINTS
 
 
 def crop_to_patches(
@@ -179,6 +180,7 @@ def collect_local_context(
     model: Any,
     global_maps: Mapping[str, torch.Tensor],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    keep_encoded: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Bidirectional sharing's collect pass: every patch's local maps stitched onto its image's global grid.
 
@@ -197,11 +199,18 @@ def collect_local_context(
             inferer and trainer give them): the local branch places its crops' windows there,
             and the canvas's footprints are computed there; the stitched maps are then the
             first thing read back from the device.
+        keep_encoded: called with each batch's number (from 0) and its encoder maps (``c2``–``c5``),
+            which the final pass may take instead of running the encoder again (the inferer's
+            ``reuse_encoder``); None lets them go with the batch.
     """
     points = model.sharing.local_to_global_points
     canvas = LocalToGlobalCanvas.like(global_maps, points)
-    for patches, boxes, image_index in batches:
+    for number, (patches, boxes, image_index) in enumerate(batches):
         # Only the maps the canvas reads: the refining convolutions and the final map are skipped.
         # Boxes and index go in as given: the local branch reads them on the host.
-        canvas.add(model.local_features(patches, global_maps, boxes, image_index, points=points), boxes, image_index)
+        local_maps = model.local_features(patches, global_maps, boxes, image_index, points=points)
+        if keep_encoded is not None:
+            keep_encoded(number, {point: local_maps[point] for point in ENCODER_POINTS})
+        canvas.add(local_maps, boxes, image_index)
+        del local_maps
     return canvas.maps()

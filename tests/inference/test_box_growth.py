@@ -35,7 +35,7 @@ def coarse_of(box, size=SIZE, grid=64):
 def faithful_refinement(monkeypatch):
     """The local passes segment what they see: foreground wherever the patch is bright."""
 
-    def local_probabilities(self, model, patches, host_boxes, global_maps, placement, patch_size):
+    def local_probabilities(self, model, patches, host_boxes, global_maps, placement, patch_size, encoded=None):
         bright = (patches.mean(dim=1) > 0).float()
         return torch.stack([1 - bright, bright], dim=1)
 

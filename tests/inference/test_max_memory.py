@@ -42,8 +42,9 @@ def plan(model, budget, size=SIZE, in_memory=True, **settings):
 
 
 def least(model, size=SIZE, in_memory=True, **settings):
-    """The estimate at batch 1, in bytes: the least budget that works."""
-    return plan(model, 2**40, size, in_memory, **settings).estimate(1)
+    """The estimate at batch 1, in bytes: the least budget that works (without reuse_encoder's kept maps, which
+    a budget left to choose switches on only where they fit; test_encoder_reuse.py has those)."""
+    return plan(model, 2**40, size, in_memory, **{"reuse_encoder": False, **settings}).estimate(1)
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ def test_the_estimate_bounds_the_memory_of_a_real_prediction(monkeypatch, sharin
     # every other patch refined, the others taking the global answer (an untrained model's confidence is arbitrary)
     monkeypatch.setattr(inferer, "uncertain_patches", lambda logits, boxes, margin: np.arange(len(boxes)) % 2 == 0)
     for batch in batches:
-        chosen = GlobalLocalInferer(batch_size=batch, max_memory=2**40, refine=refine)
+        chosen = GlobalLocalInferer(batch_size=batch, max_memory=2**40, refine=refine, reuse_encoder=False)
         _, estimate = chosen.fitted(model, SIZE, out_in_memory=False, with_coarse=False)
         out = np.zeros(SIZE, dtype=np.uint8)
         meter = memory_budget.MemoryMeter(torch.device("cpu"))
@@ -123,9 +124,9 @@ def test_the_estimate_with_tta_bounds_a_real_prediction_and_exceeds_the_plain_on
     model, pixels = tiny(sharing), image()
     monkeypatch.setattr(execution, "PREFETCH", False)  # read in line, where the meter sees it
     monkeypatch.setattr(inferer, "uncertain_patches", lambda logits, boxes, margin: np.arange(len(boxes)) % 2 == 0)
-    _, estimate = GlobalLocalInferer(batch_size=2, max_memory=2**40, refine=refine, tta="flips").fitted(
-        model, SIZE, out_in_memory=False, with_coarse=False)
-    _, plain = GlobalLocalInferer(batch_size=2, max_memory=2**40, refine=refine).fitted(
+    _, estimate = GlobalLocalInferer(batch_size=2, max_memory=2**40, refine=refine, tta="flips",
+                                     reuse_encoder=False).fitted(model, SIZE, out_in_memory=False, with_coarse=False)
+    _, plain = GlobalLocalInferer(batch_size=2, max_memory=2**40, refine=refine, reuse_encoder=False).fitted(
         model, SIZE, out_in_memory=False, with_coarse=False)
     out = np.zeros(SIZE, dtype=np.uint8)
     meter = memory_budget.MemoryMeter(torch.device("cpu"))

@@ -245,10 +245,10 @@ def test_bidirectional_collects_local_context_from_the_refined_patches_only(monk
     collected, contexts = [], []
     collect = inferer.collect_local_context
 
-    def recording_collect(model, global_maps, batches):
+    def recording_collect(model, global_maps, batches, keep_encoded=None):
         batches = list(batches)
         collected.extend(box for _, boxes, _ in batches for box in boxes.tolist())
-        return collect(model, global_maps, iter(batches))
+        return collect(model, global_maps, iter(batches), keep_encoded)
 
     global_features = model.global_features
 
