@@ -16,6 +16,8 @@ overlap and patch batch for all:
   6748×4499: skipped, with a row saying why, when the machine has less free memory;
   ``--skip-full-image`` skips it always).
 * ``glnet_g2l``, ``glnet_bidirectional``: ``glmed.predict`` with plain GLNet over the whole image.
+* ``glnet_bidirectional_kept``: the same G⇄L with ``reuse_encoder=True``: the final pass takes the
+  collect pass's encoder maps (the same mask; memory held between the passes).
 * ``c2f_box``, ``c2f_uncertain``: ``glmed.predict`` with the bidirectional coarse-to-fine GLNet,
   ``refine="box"`` (every patch of the relaxed box) and ``refine="uncertain"`` (only the box's
   patches where the global branch is unsure; ``--margin``). A case the installed glmed cannot
@@ -66,7 +68,7 @@ on a CPU a larger batch buys little time, as each convolution already uses every
 ``--batch-size`` changes it for all cases at once.
 
 Duration. Cases whose time and memory do not depend on the lesion (``local_sw``, ``full_image``
-and both whole-image GLNets) run at the first lesion only (``--once``; ``--every-lesion`` runs
+and the whole-image GLNets) run at the first lesion only (``--once``; ``--every-lesion`` runs
 them at every lesion, for their Jaccard there: about 25 minutes more); the FlexibleUNet
 sliding window, the ratios' reference, runs at every lesion, next to the cases it is compared
 with. Estimated, not measured end to end (a busy machine takes several times longer), from the
@@ -121,6 +123,7 @@ CASES: dict[str, str] = {
     "full_image": "full image at once, glmed local branch",
     "glnet_g2l": "GLNet whole image, G→L",
     "glnet_bidirectional": "GLNet whole image, G⇄L",
+    "glnet_bidirectional_kept": "GLNet whole image, G⇄L, reuse_encoder",
     "c2f_box": "coarse-to-fine G⇄L, refine=box",
     "c2f_uncertain": "coarse-to-fine G⇄L, refine=uncertain",
 }
@@ -190,7 +193,7 @@ class Settings(NamedTuple):
     overlap: int = 50
     batch_size: int = 1
     cases: tuple[str, ...] = tuple(CASES)
-    once: tuple[str, ...] = ("local_sw", "full_image", "glnet_g2l", "glnet_bidirectional")
+    once: tuple[str, ...] = ("local_sw", "full_image", "glnet_g2l", "glnet_bidirectional", "glnet_bidirectional_kept")
     train_images: int = 12
     epochs: tuple[int, int, int] = (12, 2, 0)
     bidirectional_images: int = 2
@@ -645,6 +648,8 @@ def infer(case: str, network: Any, image: np.ndarray, settings: Settings, device
     options: dict[str, Any] = {"batch_size": settings.batch_size, "with_coarse": False, "thumbnail": False}
     if settings.amp != "off":
         options["amp"] = settings.amp
+    if case == "glnet_bidirectional_kept":
+        options["reuse_encoder"] = True
     if case == "c2f_uncertain":
         options["refine"] = "uncertain"
         if settings.margin is not None:
@@ -825,9 +830,9 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     figure = Figure(figsize=(12, 5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
-    colours = dict(zip(CASES, ["tab:grey", "tab:brown", "tab:pink", "tab:blue", "tab:purple", "tab:green",
-                               "tab:red"], strict=True))
-    markers = dict(zip(CASES, ["s", "D", "P", "^", "v", "o", "*"], strict=True))
+    colours = dict(zip(CASES, ["tab:grey", "tab:brown", "tab:pink", "tab:blue", "tab:purple", "tab:olive",
+                               "tab:green", "tab:red"], strict=True))
+    markers = dict(zip(CASES, ["s", "D", "P", "^", "v", "X", "o", "*"], strict=True))
     done = table[table["status"] == "ok"]
     for axis, column, label in ((axes[0], "seconds", "inference time, s"),
                                 (axes[1], "peak_mb", "peak memory added, MB")):
@@ -870,7 +875,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--batch-size", type=int, help="patches or windows per pass, every case (1)")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), help="cases to run (all)")
     parser.add_argument("--once", nargs="*", choices=list(CASES),
-                        help="cases run at the first lesion only (local_sw full_image glnet_g2l glnet_bidirectional)")
+                        help="cases run at the first lesion only (local_sw full_image glnet_g2l glnet_bidirectional "
+                             "glnet_bidirectional_kept)")
     parser.add_argument("--every-lesion", action="store_true", help="every case at every lesion (--once with none)")
     parser.add_argument("--train-images", type=int, help="generated training images (12)")
     parser.add_argument("--epochs", nargs=3, type=int, metavar=("GLOBAL", "LOCAL", "BOTH"),

@@ -57,6 +57,9 @@ def test_quick_mode_runs_every_case_with_numbers(capsys, tmp_path):
     for case in ("c2f_box", "c2f_uncertain"):  # the box is reported: found the lesion or not, its size against it
         note = table.set_index("case").loc[case, "notes"]
         assert ("found the lesion" in note or "did NOT find the lesion" in note) and "the lesion's area" in note
+    cases = table.set_index("case")  # reuse_encoder: the same mask, and the note says the maps were taken
+    assert cases.loc["glnet_bidirectional_kept", "jaccard"] == cases.loc["glnet_bidirectional", "jaccard"]
+    assert "reuse_encoder: the final pass took" in cases.loc["glnet_bidirectional_kept", "notes"]
     for label in module.CASES.values():
         assert label in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
