@@ -65,6 +65,8 @@ class RecipeConfig(GLNetConfig):
                                           "(0: off, the paper's objective)")
     boundary_width: int = setting(3, "half-width in pixels of that band (patch pixels; downsampled pixels in the "
                                      "global stage)")
+    dice_weight: float = setting(0.0, "weight of a soft Dice term on the main output (the global branch's in the "
+                                      "global stage; 0: off, the paper's objective)")
     # optimisation
     global_lr: float = setting(1e-4, "Adam learning rate of the global parts")
     local_lr: float = setting(2e-5, "Adam learning rate of the local parts and aggregation head")
@@ -132,7 +134,7 @@ class RecipeConfig(GLNetConfig):
              "three counts > 0: train, validation and test each need images")
         need(self.gamma >= 0, "gamma", ">= 0")
         need(self.boundary_width >= 1, "boundary_width", "at least 1 pixel")
-        for name in ("main_weight", "local_weight", "global_weight", "fmreg_weight", "boundary_weight"):
+        for name in ("main_weight", "local_weight", "global_weight", "fmreg_weight", "boundary_weight", "dice_weight"):
             need(getattr(self, name) >= 0, name, ">= 0")
         for name in ("global_lr", "local_lr"):
             need(0 < getattr(self, name) < 1, name, "in (0, 1)")

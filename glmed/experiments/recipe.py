@@ -229,7 +229,7 @@ def run(recipe: Recipe, config: RecipeConfig, out: Path, *, resume: bool = False
     splits = prepare_data(recipe, config, out, resume, distributed, log, progress)
     loss = GLNetLoss(config.gamma, config.main_weight, config.local_weight, config.global_weight,
                      config.fmreg_weight, ignore_index=recipe.ignore_index, boundary_weight=config.boundary_weight,
-                     boundary_width=config.boundary_width)
+                     boundary_width=config.boundary_width, dice_weight=config.dice_weight)
     trainer = GLNetTrainer(model, loss, config.global_lr, config.local_lr, config.patches_per_step,
                            distributed=distributed, amp=config.amp, channels_last=config.channels_last,
                            listening_lr=config.listening_lr)

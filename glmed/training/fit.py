@@ -48,6 +48,7 @@ def fit(
     validate_every: int = 1,
     boundary_weight: float = 0.0,
     keep_best: int = 1,
+    dice_weight: float = 0.0,
 ) -> pd.DataFrame:
     """Train ``model`` through ``stages``; each epoch visits every training pair once, in random order.
 
@@ -68,7 +69,7 @@ def fit(
         channels_last: keep the model's weights and the image batches in channels-last memory
             format (faster convolutions on recent GPUs, above all with ``amp``).
         trainer: all optimisation settings at once (then ``global_lr``, ``local_lr``, ``amp``,
-            ``channels_last`` and ``boundary_weight`` are not used).
+            ``channels_last``, ``boundary_weight`` and ``dice_weight`` are not used).
         sampler: what each stage sees of an image (:class:`StageSampler` defaults).
         images_per_step: images per mini-batch.
         seed: drives image order, patch choice, box jitter and PyTorch's generator, per epoch.
@@ -90,6 +91,8 @@ def fit(
             a stage that trains the global branch alone is scored on its own masks (``val_coarse_*``).
         boundary_weight: weight of a training-only loss on a band around the labels' edges
             (:class:`~glmed.models.losses.BoundaryLoss`); 0 leaves the paper's objective as it is.
+        dice_weight: weight of a soft Dice term on the main output (MONAI's ``DiceLoss``;
+            :class:`~glmed.models.losses.GLNetLoss`); 0 leaves the paper's objective as it is.
         keep_best: with ``out_dir`` and ``val``, also keep the weights of this many best validated
             epochs, for an ensemble (:func:`glmed.load_checkpoints`); 1 keeps ``best.pt`` alone.
 
@@ -103,8 +106,9 @@ def fit(
         raise TypeError("fit(model, train, val=None, *, stages=...): the schedule now comes as stages=, after "
                         "the training pairs, e.g. fit(model, pairs, stages=paper_stages('g2l'))")
     runner = StagedRunner(
-        trainer or GLNetTrainer(model, GLNetLoss(boundary_weight=boundary_weight), global_lr=global_lr,
-                                local_lr=local_lr, amp=amp, channels_last=channels_last, listening_lr=listening_lr),
+        trainer or GLNetTrainer(model, GLNetLoss(boundary_weight=boundary_weight, dice_weight=dice_weight),
+                                global_lr=global_lr, local_lr=local_lr, amp=amp, channels_last=channels_last,
+                                listening_lr=listening_lr),
         sampler or StageSampler(model.config),
         paper_stages(model.sharing) if stages is None else stages, train, val, metric, out_dir,
         images_per_step=images_per_step, seed=seed, predict_batch_size=predict_batch_size,

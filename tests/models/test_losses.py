@@ -77,3 +77,48 @@ def test_train_global_false_keeps_the_global_head_out_of_the_graph(batch):
     model = tiny_glnet("g2l")
     out = model(**batch, train_global=False)
     assert not out.global_logits.requires_grad
+
+
+def _dice_by_hand(probabilities, labels, classes):
+    """1 − 2|P∩Y|/(|P|+|Y|) over the whole batch per class, averaged: the soft Dice loss written out."""
+    losses = []
+    for k in classes:
+        p, y = probabilities[:, k], (labels == k).float()
+        losses.append(1 - (2 * (p * y).sum() + 1e-5) / (p.sum() + y.sum() + 1e-5))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_the_dice_term_is_the_soft_dice_over_the_batch_leaving_background_out_for_two_classes(num_classes):
+    torch.manual_seed(0)
+    logits = torch.randn(3, num_classes, 8, 8)
+    labels = torch.randint(0, num_classes, (3, 8, 8))
+    labels[1] = 0  # an image without foreground counts within the batch, not as a term of its own
+    probabilities = logits.softmax(dim=1)
+    classes = range(1, 2) if num_classes == 2 else range(num_classes)
+    assert GLNetLoss().dice(logits, labels) == pytest.approx(float(_dice_by_hand(probabilities, labels, classes)),
+                                                            rel=1e-5)
+
+
+def test_the_dice_term_skips_ignored_pixels():
+    torch.manual_seed(1)
+    logits, labels = torch.randn(2, 2, 6, 6), torch.randint(0, 2, (2, 6, 6))
+    ignored = labels.clone()
+    ignored[:, :2] = 255
+    expected = _dice_by_hand(logits.softmax(dim=1)[:, :, 2:], labels[:, 2:], [1])
+    assert GLNetLoss(ignore_index=255).dice(logits, ignored) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["global_only", "none"])
+def test_a_dice_weight_adds_its_weighted_term_on_the_main_output(batch, mode):
+    torch.manual_seed(2)
+    patch_labels = torch.randint(0, 2, (len(batch["patches"]), PATCH, PATCH))
+    global_labels = torch.randint(0, 2, (2, GLOBAL, GLOBAL))
+    with torch.no_grad():
+        output = tiny_glnet(mode)(**batch)
+    main_labels = global_labels if mode == "global_only" else patch_labels
+    plain = GLNetLoss()(output, patch_labels, global_labels)
+    with_dice = GLNetLoss(dice_weight=0.5)(output, patch_labels, global_labels)
+    assert "dice" not in plain.terms and set(with_dice.terms) == set(plain.terms) | {"dice"}
+    assert float(with_dice.terms["dice"]) == pytest.approx(0.5 * float(GLNetLoss().dice(output.logits, main_labels)))
+    assert float(with_dice.total) == pytest.approx(float(plain.total + with_dice.terms["dice"]), rel=1e-6)

@@ -160,6 +160,20 @@ def test_a_boundary_weight_adds_its_term_to_global_and_two_branch_steps(stage_in
     assert terms["loss"] == pytest.approx(sum(v for k, v in terms.items() if k != "loss"), rel=1e-5)
 
 
+@pytest.mark.parametrize("stage_index", [0, 1])
+def test_a_dice_weight_adds_its_term_to_global_and_two_branch_steps(stage_index):
+    from glmed.models.losses import GLNetLoss
+
+    stage = paper_stages("g2l")[stage_index]
+    plain = GLNetTrainer(tiny("g2l"))
+    plain_terms = plain.train_epoch(stage, [bright_square_batch()], plain.optimizer(stage))
+    trainer = GLNetTrainer(tiny("g2l"), GLNetLoss(dice_weight=0.5))
+    terms = trainer.train_epoch(stage, [bright_square_batch()], trainer.optimizer(stage))
+    assert "dice" not in plain_terms and set(terms) == set(plain_terms) | {"dice"}
+    assert 0 < terms["dice"] <= 0.5  # a weighted soft Dice loss lies in [0, weight]
+    assert terms["loss"] == pytest.approx(sum(v for k, v in terms.items() if k != "loss"), rel=1e-5)
+
+
 def test_the_bidirectional_stage_trains_its_listening_convolutions_at_their_own_rate():
     model = tiny("bidirectional")
     stage = paper_stages("bidirectional")[2]
