@@ -141,6 +141,7 @@ class Addition(NamedTuple):
 
 ADDITIONS: dict[str, Addition] = {
     "boundary": Addition("boundary loss", train=(("boundary_weight", 0.05),)),
+    "dice": Addition("Dice term", train=(("dice_weight", 0.5),)),
     "finish": Addition("ISIC finishing", finish=True),
     "tta": Addition("test-time flips", predict=(("tta", "flips"),)),
     "grow": Addition("box growth", predict=(("grow_boxes", 2),)),
