@@ -21,6 +21,9 @@ def test_rows_share_a_training_only_when_their_weights_are_the_same():
     assert key["global_only"] == key["g2l"] == key["bidirectional"] == ("glnet", ())
     assert key["box+finish"] == key["box"] == key["box+grow"] == ("c2f", ())
     assert key["box+boundary"] == ("c2f", module.ADDITIONS["boundary"].train) != key["box"]
+    assert key["box+dice"] == ("c2f", module.ADDITIONS["dice"].train) != key["box"]
+    # every addition together: one training with both loss terms
+    assert key["box+all"] == ("c2f", tuple(sorted(module.ADDITIONS["boundary"].train + module.ADDITIONS["dice"].train)))
     assert len({key["monai_global"], key["monai_local"], key["local_only"], key["box"], key["global_only"]}) == 5
     for name, row in module.ROWS.items():
         assert row.read == "peer" or row.read in module.STAGE_READ, name
