@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from glmed.inference.memory_budget import storage_bytes
 from glmed.inference.tta import Dihedral
 
 __all__ = ["EncoderReuse", "EncoderStore", "batch_key"]
@@ -35,7 +36,12 @@ BatchKey = tuple[str, tuple[tuple[int, ...], ...]]
 
 def batch_key(view: Dihedral, pixel_boxes: np.ndarray) -> BatchKey:
     """The key of one batch of patches: the view it runs in and its pixel boxes, in order."""
-    return view.name, tuple(tuple(int(value) for value in box) for box in np.asarray(pixel_boxes).tolist())
+    return view.name, _box_tuples(pixel_boxes)
+
+
+def _box_tuples(boxes: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """``N×4`` pixel boxes as tuples of Python ints (hashable, comparable whatever the array's type)."""
+    return tuple(tuple(int(value) for value in box) for box in np.asarray(boxes).tolist())
 
 
 class EncoderReuse:
@@ -68,7 +74,7 @@ class EncoderStore:
     """One region's encoder maps, kept per batch by the collect pass and taken (once) by the final pass."""
 
     def __init__(self, wanted_boxes: np.ndarray, tally: EncoderReuse) -> None:
-        self._wanted = {tuple(int(value) for value in box) for box in np.asarray(wanted_boxes).tolist()}
+        self._wanted = set(_box_tuples(wanted_boxes))
         self._maps: dict[BatchKey, dict[str, torch.Tensor]] = {}
         self._tally = tally
         self.nbytes = 0
@@ -78,7 +84,7 @@ class EncoderStore:
         if key in self._maps or not all(box in self._wanted for box in key[1]):
             return
         self._maps[key] = maps
-        self.nbytes += sum(tensor.untyped_storage().nbytes() for tensor in maps.values())
+        self.nbytes += storage_bytes(*maps.values())
         self._tally.kept += len(key[1])
         self._tally.peak_bytes = max(self._tally.peak_bytes, self.nbytes)
 
@@ -86,7 +92,7 @@ class EncoderStore:
         """The maps kept under ``key``, released from the store; None when there are none (compute them)."""
         maps = self._maps.pop(key, None)
         if maps is not None:
-            self.nbytes -= sum(tensor.untyped_storage().nbytes() for tensor in maps.values())
+            self.nbytes -= storage_bytes(*maps.values())
             self._tally.reused += len(key[1])
         return maps
 

@@ -482,10 +482,13 @@ class GlobalLocalInferer:
                 first_logits = [self._view_logits(model, view, view_maps_, global_size, placement)
                                 for view, view_maps_ in zip(views, maps, strict=True)]
                 refined = uncertain_patches(combined_scores(first_logits), grid.normalized(), self.margin) & on_tissue
+        # Resume at the start of the batch that held the first unfinished refined patch, so every
+        # patch is batched as in an uninterrupted run (batch shape can change results in the last bits).
+        start = resume_start(grid.boxes[:, 2] > done, refined, self.batch_size)
+        if mode.has_global:
             if mode is Sharing.BIDIRECTIONAL and refined.any():
                 collected = PatchGrid(grid.image_size, grid.boxes[refined])
                 if reuse is not None:  # only the batches the final pass will run (all but a resumed run's done ones)
-                    start = resume_start(grid.boxes[:, 2] > done, refined, self.batch_size)
                     store = reuse.store(grid.boxes[start:][refined[start:]])
                 for number, view in enumerate(views):
                     context = self._collect(model, reader, collected, maps[number], view, placement, store)
@@ -504,9 +507,6 @@ class GlobalLocalInferer:
             view_maps = [{point: view_maps_[point] for point in (*mode.global_to_local_points, FINAL)}
                          for view_maps_ in maps]
             del maps
-        # Resume at the start of the batch that held the first unfinished refined patch, so every
-        # patch is batched as in an uninterrupted run (batch shape can change results in the last bits).
-        start = resume_start(grid.boxes[:, 2] > done, refined, self.batch_size)
         remaining = PatchGrid(grid.image_size, grid.boxes[start:])
         refined, glass = refined[start:], ~on_tissue[start:]
         record = None if ledger is None else (lambda rows: ledger.record(region, rows))

@@ -97,7 +97,7 @@ if TYPE_CHECKING:
     from glmed.inference.inferer import GlobalLocalInferer
 
 __all__ = ["LiveTensorBytes", "MemoryBudget", "MemoryMeter", "MemoryPlan", "Phase", "measure_passes", "parse_memory",
-           "plan_for_budget"]
+           "plan_for_budget", "storage_bytes"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -466,10 +466,10 @@ class _Passes:
         with self.meter.block() as self.blocks["first_global"], inferer._autocast(placement):
             self.global_maps = model.global_features(self.image)
             logits = model.global_logits(self.global_maps, (side, side))[0].float()
-        self.sizes["image"] = _storage_bytes(self.image)
-        self.sizes["maps"], self.sizes["logits"] = _storage_bytes(*self.global_maps.values()), _storage_bytes(logits)
+        self.sizes["image"] = storage_bytes(self.image)
+        self.sizes["maps"], self.sizes["logits"] = storage_bytes(*self.global_maps.values()), storage_bytes(logits)
         self.kept = {point: self.global_maps[point] for point in (*model.sharing.global_to_local_points, FINAL)}
-        self.sizes["kept"] = _storage_bytes(*self.kept.values())
+        self.sizes["kept"] = storage_bytes(*self.kept.values())
 
     def batch(self, batch: int) -> None:
         """Reading, the collect pass (and, at batch 1, the second global pass) and the local pass at ``batch``."""
@@ -478,7 +478,7 @@ class _Passes:
         raw = self._dummy(batch, patch)
         with meter.block() as self.blocks[f"reading {batch}"]:
             pixels = inferer._prepare_pixels(raw, "dummy")
-        self.per_batch["inputs"][batch] = _storage_bytes(pixels)
+        self.per_batch["inputs"][batch] = storage_bytes(pixels)
         self.raw = raw.nbytes
         boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5]] * batch)  # patches a quarter of the image, on the host
         index = torch.zeros(batch, dtype=torch.long)
@@ -488,10 +488,10 @@ class _Passes:
                 patches = placement.put(pixels)
                 with inferer._autocast(placement):
                     context = collect_local_context(model, self.global_maps, [(patches, boxes, index)],
-                                                    lambda _, maps: encoded.append(_storage_bytes(*maps.values())))
+                                                    lambda _, maps: encoded.append(storage_bytes(*maps.values())))
                 del patches
             if batch == 1:
-                self.sizes["context"] = _storage_bytes(*context.values())
+                self.sizes["context"] = storage_bytes(*context.values())
                 self.sizes["encoded"] = encoded[0]
                 with meter.block() as self.blocks["second_global"], inferer._autocast(placement):
                     second = model.global_features(self.image, context)
@@ -503,7 +503,7 @@ class _Passes:
             views = [(view, self.kept) for view in inferer.views]  # one set of maps stands in for each view's
             answers = list(inferer._refined_answers(model, batches, views, placement, (patch, patch)))
             del patches
-        self.per_batch["probabilities"][batch] = _storage_bytes(*answers)
+        self.per_batch["probabilities"][batch] = storage_bytes(*answers)
 
     def resolve(self) -> None:
         """Read the blocks' peaks (after their session)."""
@@ -816,7 +816,7 @@ def _weights_bytes(model: torch.nn.Module) -> int:
     return sum(t.nbytes for t in model.parameters()) + sum(t.nbytes for t in model.buffers())
 
 
-def _storage_bytes(*tensors: torch.Tensor) -> int:
+def storage_bytes(*tensors: torch.Tensor) -> int:
     """Bytes of the distinct storages behind ``tensors`` (views of one storage count once)."""
     seen: dict[int, int] = {}
     for tensor in tensors:

@@ -258,12 +258,17 @@ class GLNetLoss(nn.Module):
         Over the batch at once, so a patch of plain skin (no lesion at all) does not make a
         term of its own that only an empty prediction satisfies.
         """
-        from monai.losses import DiceLoss
-
-        two_class = logits.shape[1] == 2
-        loss = DiceLoss(include_background=not two_class, to_onehot_y=True, softmax=True, batch=True,
-                        ignore_index=self.ignore_index)
+        loss = _dice_loss(include_background=logits.shape[1] != 2, ignore_index=self.ignore_index)
         return loss(logits.float(), labels[:, None].long())
+
+
+@functools.cache
+def _dice_loss(include_background: bool, ignore_index: int | None) -> nn.Module:
+    """MONAI's soft Dice loss as :meth:`GLNetLoss.dice` uses it, built once per setting (MONAI loads on first use)."""
+    from monai.losses import DiceLoss
+
+    return DiceLoss(include_background=include_background, to_onehot_y=True, softmax=True, batch=True,
+                    ignore_index=ignore_index)
 
 
 def _need(value: torch.Tensor | None, what: str) -> torch.Tensor:
