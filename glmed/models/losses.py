@@ -221,7 +221,7 @@ class GLNetLoss(nn.Module):
             output: what :meth:`glmed.models.glnet.GLNet.forward` returned.
             patch_labels: ``N×p×p`` class maps of the patches (None for ``global_only``).
             global_labels: ``B×g×g`` class maps of the downsampled images (nearest-resampled).
-            skip: terms to leave out (``"local"``, ``"global"``, ``"fmreg"``, ``"boundary"``), e.g. those whose
+            skip: terms to leave out (``"local"``, ``"global"``, ``"fmreg"``, ``"boundary"``, ``"dice"``), e.g. those whose
                 gradient would only reach frozen parts or, through them, the wrong branch.
         """
         skip = set(skip)
@@ -241,12 +241,35 @@ class GLNetLoss(nn.Module):
                     local_final = _need(output.local_final, "the local branch's final map")
                     global_crop = _need(output.global_final_crop, "the global branch's cropped final map")
                     terms["fmreg"] = F.mse_loss(local_final, global_crop.detach())
+        terms.update(self._main_extras(output.logits, main_labels, skip))
+        return self._weighted(terms)
+
+    def global_only(self, logits: torch.Tensor, labels: torch.Tensor) -> LossTerms:
+        """The loss of a global-only step (the paper's global stage): the global branch's logits are the main output.
+
+        Its focal term is weighted as ``"global"`` (the branch it trains); the boundary and Dice
+        terms, which belong to the main output, apply to these logits, so the global stage
+        trains the coarse mask coarse-to-fine draws its boxes from with them.
+
+        Args:
+            logits: ``B×K×g×g`` the global branch's logits.
+            labels: ``B×g×g`` the downsampled images' class maps.
+        """
+        terms = {"global": self.focal(logits, labels), **self._main_extras(logits, labels, ())}
+        return self._weighted(terms)
+
+    def _main_extras(self, logits: torch.Tensor, labels: torch.Tensor, skip: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The optional terms on the main output (boundary, Dice), unweighted; those of weight 0 left out."""
+        extras: dict[str, torch.Tensor] = {}
         if self.weights["boundary"] > 0 and "boundary" not in skip:
-            terms["boundary"] = self.boundary(output.logits, main_labels)
+            extras["boundary"] = self.boundary(logits, labels)
         if self.weights["dice"] > 0 and "dice" not in skip:
-            terms["dice"] = self.dice(output.logits, main_labels)
+            extras["dice"] = self.dice(logits, labels)
+        return extras
+
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> LossTerms:
+        """Each term times its weight, and their sum (``terms`` is never empty: a focal term is always there)."""
         weighted = {name: self.weights[name] * value for name, value in terms.items()}
-        # "main" is always there, so the sum starts from a tensor (no ``0 +`` needed).
         total = functools.reduce(operator.add, weighted.values())
         return LossTerms(total=total, terms=weighted)
 

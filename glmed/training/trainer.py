@@ -131,16 +131,9 @@ class StageStep(nn.Module):
                                     train_global=self.train_global)
         with torch.autocast(global_image.device.type, enabled=False):
             if self.global_only:
-                terms = {"global": self.loss.weights["global"] * self.loss.focal(logits.float(), global_label)}
-                total = terms["global"]
-                if self.loss.weights["boundary"] > 0:
-                    terms["boundary"] = self.loss.weights["boundary"] * self.loss.boundary(logits.float(), global_label)
-                    total = total + terms["boundary"]
-                if self.loss.weights["dice"] > 0:  # the main output of a global-only step is the global branch's
-                    terms["dice"] = self.loss.weights["dice"] * self.loss.dice(logits.float(), global_label)
-                    total = total + terms["dice"]
-                return total, terms
-            result = self.loss(_float32(output), patch_labels, global_label, skip=self.skip)
+                result = self.loss.global_only(logits.float(), global_label)
+            else:
+                result = self.loss(_float32(output), patch_labels, global_label, skip=self.skip)
             return result.total, result.terms
 
 

@@ -122,3 +122,16 @@ def test_a_dice_weight_adds_its_weighted_term_on_the_main_output(batch, mode):
     assert "dice" not in plain.terms and set(with_dice.terms) == set(plain.terms) | {"dice"}
     assert float(with_dice.terms["dice"]) == pytest.approx(0.5 * float(GLNetLoss().dice(output.logits, main_labels)))
     assert float(with_dice.total) == pytest.approx(float(plain.total + with_dice.terms["dice"]), rel=1e-6)
+
+
+def test_a_global_only_step_weighs_its_focal_term_as_global_and_adds_the_main_output_terms():
+    torch.manual_seed(3)
+    logits, labels = torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    loss = GLNetLoss(global_weight=0.5, main_weight=9.0, boundary_weight=0.2, dice_weight=0.3, boundary_width=1)
+    result = loss.global_only(logits, labels)
+    assert set(result.terms) == {"global", "boundary", "dice"}
+    assert float(result.terms["global"]) == pytest.approx(0.5 * float(loss.focal(logits, labels)))
+    assert float(result.terms["boundary"]) == pytest.approx(0.2 * float(loss.boundary(logits, labels)))
+    assert float(result.terms["dice"]) == pytest.approx(0.3 * float(loss.dice(logits, labels)))
+    assert float(result.total) == pytest.approx(sum(float(term) for term in result.terms.values()), rel=1e-6)
+    assert set(GLNetLoss().global_only(logits, labels).terms) == {"global"}
