@@ -221,8 +221,8 @@ class GLNetLoss(nn.Module):
             output: what :meth:`glmed.models.glnet.GLNet.forward` returned.
             patch_labels: ``N×p×p`` class maps of the patches (None for ``global_only``).
             global_labels: ``B×g×g`` class maps of the downsampled images (nearest-resampled).
-            skip: terms to leave out (``"local"``, ``"global"``, ``"fmreg"``, ``"boundary"``, ``"dice"``), e.g. those whose
-                gradient would only reach frozen parts or, through them, the wrong branch.
+            skip: terms to leave out (``"local"``, ``"global"``, ``"fmreg"``, ``"boundary"``, ``"dice"``), e.g.
+                those whose gradient would only reach frozen parts or, through them, the wrong branch.
         """
         skip = set(skip)
         terms: dict[str, torch.Tensor] = {}
