@@ -75,9 +75,13 @@ are done. Every training of a run gets the same thread count, so the CPU-time ru
 like with like; the glmed rows' scores do not depend on the number of workers at one thread
 each (a test checks it). Scoring runs 16 patches a forward pass (``--predict-batch``).
 
-Duration, measured 2026-11-30 on this project's 2-core CPU with nothing else running: the
-default run (3 seeds, every row, 2 workers) took 39 minutes, 13 a seed; each training took
-0.8-2.7 CPU minutes (the tables give each row's). The same rows in one process with two
+Duration, measured on this project's 2-core CPU: on 2026-11-30, with nothing else running, the
+rows of then (3 seeds, six trainings a seed, 2 workers) took 39 minutes, 13 a seed; each
+training took 0.8-2.7 CPU minutes (the tables give each row's). On 2026-12-02 every row,
+``box+dice`` and its training included (eight a seed), took 60 minutes on a host that ran the
+same trainings (same steps, same scores) at 1.46 times the CPU time per step; a run leaves
+``box+dice`` out since (:data:`OPTIONAL_ROWS`), and scores bidirectional models with
+``reuse_encoder``. The same rows in one process with two
 threads, scoring at batch 4 and 2 validation images, took 59. ``--quick`` (256×384, one
 torch thread, 8 steps: a smoke test whose scores mean nothing) measured 61 s and 0.9 GB on 2
 cores beside one other test run.
@@ -191,6 +195,14 @@ ROWS: dict[str, Row] = {
 }
 """Every row, by key, in the table's order."""
 
+OPTIONAL_ROWS = ("box+dice",)
+"""Rows a run leaves out unless ``--rows`` names them. The Dice term alone was measured on its own
+(3 seeds, docs/benchmarks.md) and stays in ``box+all``; its own training would add an eighth
+training a seed (about 3.4 CPU minutes) to a full run that should fit in 45 minutes."""
+
+DEFAULT_ROWS = tuple(key for key in ROWS if key not in OPTIONAL_ROWS)
+"""The rows a run trains and scores without ``--rows``."""
+
 PEERS = ("monai_global", "monai_local")
 """The MONAI families: they train for the CPU time of the seed's costliest box model (:func:`peer_budget`)."""
 
@@ -227,7 +239,7 @@ class Settings(NamedTuple):
     test: int = 12
     epochs: tuple[int, int, int] = (20, 4, 1)
     seeds: tuple[int, ...] = (0, 1, 2)
-    rows: tuple[str, ...] = tuple(ROWS)
+    rows: tuple[str, ...] = DEFAULT_ROWS
     augment: str = "dermoscopy"
     data_seed: int = 0
     peer_cpu_minutes: float | None = None
@@ -340,11 +352,17 @@ def read_model(model: Any, read: str) -> tuple[Any, dict[str, Any]]:
 
 
 def glmed_masks(model: Any, images: Sequence[np.ndarray], options: dict[str, Any], batch_size: int) -> list[np.ndarray]:
-    """``glmed.predict``'s mask of every image with ``options``."""
+    """``glmed.predict``'s mask of every image with ``options``.
+
+    Bidirectional models keep the collect pass's encoder maps for the final pass
+    (``reuse_encoder``: the same masks, bit for bit, without a second encoder pass; other
+    models ignore it), so scoring takes less of the run.
+    """
     import glmed
 
     model.eval()
-    return [glmed.predict(model, image, batch_size=batch_size, with_coarse=False, thumbnail=False, **options).mask
+    return [glmed.predict(model, image, batch_size=batch_size, with_coarse=False, thumbnail=False,
+                          reuse_encoder=True, **options).mask
             for image in images]
 
 
@@ -787,7 +805,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
                         help="epochs of glmed's stages (20 4 1)")
     parser.add_argument("--seeds", type=int, help="training seeds per row: 0, 1, ... (3)")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), metavar="ROW",
-                        help=f"rows to run, of: {' '.join(ROWS)} (all)")
+                        help=f"rows to run, of: {' '.join(ROWS)} (all but {' '.join(OPTIONAL_ROWS)})")
     parser.add_argument("--augment", help="augmentation preset of every training, or none (dermoscopy)")
     parser.add_argument("--data-seed", type=int, help="seed of the generated images (0)")
     parser.add_argument("--peer-cpu-minutes", type=float,

@@ -64,6 +64,14 @@ def test_peers_get_the_costliest_box_models_time():
     assert module.peer_budget({}, module.Settings(peer_cpu_minutes=2.0)) == 120.0
 
 
+def test_a_run_leaves_out_only_the_optional_rows_unless_asked():
+    module = _load()
+    assert module.Settings().rows == module.DEFAULT_ROWS == module.QUICK.rows
+    assert set(module.ROWS) - set(module.DEFAULT_ROWS) == set(module.OPTIONAL_ROWS) == {"box+dice"}
+    settings, _ = module.parse(["--rows", "box+dice", "box"])
+    assert settings.rows == ("box", "box+dice")  # the table's order
+
+
 def test_summary_gives_mean_spread_and_range_over_seeds_and_says_why_a_row_is_missing():
     module = _load()
     runs = pd.DataFrame([
@@ -84,7 +92,8 @@ def test_summary_gives_mean_spread_and_range_over_seeds_and_says_why_a_row_is_mi
 @pytest.mark.slow
 def test_smoke_run_trains_and_scores_every_row(capsys, tmp_path):
     module = _load()
-    argv = ["--quick", "--size", "96", "128", "--train", "2", "--val", "0", "--test", "2", "--epochs", "1", "1", "1"]
+    argv = ["--quick", "--size", "96", "128", "--train", "2", "--val", "0", "--test", "2", "--epochs", "1", "1", "1",
+            "--rows", *module.ROWS]
     assert module.main([*argv, "--csv", str(tmp_path / "runs.csv")]) == 0
     rows = _first_table(capsys.readouterr().out)
     labels = [row["row"] for row in rows]
