@@ -63,6 +63,8 @@ def recipe_settings(epochs: tuple[int, int, int], model: Sequence[tuple[str, Any
 
     Read from ``recipes/isic_c2f.py`` so a benchmark follows the recipe when its demo changes;
     ``epochs`` per stage and the ``model`` changes (``(name, value)`` pairs) replace the demo's values.
+    The recipe's own departures from the paper's loss (``RECIPE.defaults``, the Dice term) are
+    left out: a benchmark's rows name the loss they train with.
     """
     spec = importlib.util.spec_from_file_location("isic_c2f_recipe", ISIC_RECIPE)
     if spec is None or spec.loader is None:

@@ -229,16 +229,19 @@ class CoarseToFineRecipeConfig(CoarseToFineConfig, RecipeConfig):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[RecipeConfig],
-                         demo_defaults: Mapping[str, Any] | None = None) -> None:
+                         demo_defaults: Mapping[str, Any] | None = None,
+                         recipe_defaults: Mapping[str, Any] | None = None) -> None:
     """One ``--flag`` per field of ``config_class``.
 
     Unset flags stay out of the parsed namespace, so :func:`config_from_arguments` can tell
     a value given from a default. Each help text ends with the default, and, where
     ``demo_defaults`` (the recipe's ``--demo`` values) changes it, the demo's too:
     ``(default: 508; with --demo: 192)``; an option that only matters with ``--demo`` shows
-    the demo's value alone.
+    the demo's value alone. Where ``recipe_defaults`` (the recipe's own, for every run)
+    departs from the paper's, the help says so: ``(default: 1.0, this recipe's; the paper's: 0.0)``.
     """
     demo_defaults = demo_defaults or {}
+    recipe_defaults = recipe_defaults or {}
     for item in fields(config_class):
         meta = dict(item.metadata)
         if not meta.pop("command_line", True):  # set by the recipe, not by the user (num_classes)
@@ -251,6 +254,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[Rec
         default = item.default if item.default is not MISSING else None
         meta.setdefault("type", type(default) if isinstance(default, (int, float, str)) else str)
         shown = [] if "(default:" in meta["help"] else [f"default: {_shown(default)}"]  # or the help says it
+        if item.name in recipe_defaults:
+            paper, default = default, recipe_defaults[item.name]
+            shown = [f"default: {_shown(default)}, this recipe's; the paper's: {_shown(paper)}"]
         if item.name in demo_defaults:
             demo = demo_defaults[item.name]
             if meta["help"].startswith("with --demo"):  # the paper's default never applies
@@ -270,14 +276,16 @@ def given_values(args: argparse.Namespace, config_class: type[RecipeConfig]) -> 
 
 def config_from_arguments(
     config_class: type[RecipeConfig], given: Mapping[str, Any], demo_defaults: Mapping[str, Any],
-    fixed: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None, recipe_defaults: Mapping[str, Any] | None = None,
 ) -> RecipeConfig:
     """The paper's defaults, or the demo's with ``demo=True``, overridden by ``given``; checked.
 
-    ``fixed`` holds values the recipe sets itself (``num_classes`` from its class names).
+    ``fixed`` holds values the recipe sets itself (``num_classes`` from its class names);
+    ``recipe_defaults`` the recipe's own departures from the paper's defaults, which the
+    demo's values and ``given`` override.
     """
     fixed = dict(fixed or {})
-    base = config_class(**fixed)
+    base = replace(config_class(**fixed), **dict(recipe_defaults or {}))
     if given.get("demo"):
         base = replace(base, **demo_defaults)
     return replace(base, **given).check()

@@ -48,3 +48,21 @@ def test_a_cuda_device_the_machine_lacks_is_refused_before_any_work(load_recipe,
     err = capsys.readouterr().err
     assert "--device cuda: this machine has no CUDA device (torch " in err and "use --device cpu" in err
     assert not out.exists()
+
+
+def test_the_isic_recipe_trains_with_the_dice_term_unless_told_otherwise(load_recipe, tmp_path):
+    from glmed.experiments.recipe import new_config
+
+    isic, deepglobe = load_recipe("isic_c2f").RECIPE, load_recipe("deepglobe_glnet").RECIPE
+    assert new_config(isic, {"data": tmp_path}).dice_weight == 1.0
+    assert new_config(isic, {"demo": True}).dice_weight == 1.0
+    assert new_config(isic, {"demo": True, "dice_weight": 0.0}).dice_weight == 0.0  # the paper's loss, on request
+    assert new_config(isic, {"data": tmp_path}).gamma == 6.0  # the rest of the paper's loss is kept
+    assert new_config(deepglobe, {"demo": True}).dice_weight == 0.0
+
+
+def test_help_names_a_recipe_default_that_departs_from_the_papers(load_recipe):
+    isic, deepglobe = load_recipe("isic_c2f"), load_recipe("deepglobe_glnet")
+    assert _option_help(isic, "--dice-weight").endswith("(default: 1.0, this recipe's; the paper's: 0.0)")
+    assert _option_help(deepglobe, "--dice-weight").endswith("(default: 0.0)")
+    assert "except where an option's help names this recipe's own" in _help(isic)
