@@ -81,7 +81,8 @@ training took 0.8-2.7 CPU minutes (the tables give each row's). On 2026-12-02 ev
 ``box+dice`` and its training included (eight a seed), took 60 minutes on a host that ran the
 same trainings (same steps, same scores) at 1.46 times the CPU time per step; a run leaves
 ``box+dice`` out since (:data:`OPTIONAL_ROWS`), and scores bidirectional models with
-``reuse_encoder``. The same rows in one process with two
+``reuse_encoder``: so run, the default rows (seven trainings a seed) took 21.6 minutes later that
+day on a host 2.3 times faster per step, nothing else running. The 11-30 rows in one process with two
 threads, scoring at batch 4 and 2 validation images, took 59. ``--quick`` (256×384, one
 torch thread, 8 steps: a smoke test whose scores mean nothing) measured 61 s and 0.9 GB on 2
 cores beside one other test run.
